@@ -1,0 +1,309 @@
+//! The `ferry` binary: `serve`, `pull`, `list`, `run`, `bench`.
+//!
+//! This is the edge of the program: it parses flags, loads models, starts the server, and turns
+//! errors into messages (`anyhow`). Logic lives in the library crates.
+
+mod bench;
+mod store;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ferry_engine::{Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
+use ferry_models::gguf::GgufFile;
+use ferry_models::llama::Llama;
+use ferry_models::template::{ChatMessage, ChatTemplate};
+use ferry_models::tokenizer::Tokenizer;
+use ferry_server::{AppState, ModelState, ServerConfig};
+
+/// Default model name (imported by the setup script).
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Ferry: large models as a service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Import a model (a local .gguf file) into Ferry's data directory.
+    Pull {
+        source: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Expected sha256 of the file; the import fails if it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// List imported models.
+    List,
+    /// Generate a chat reply to one prompt, streaming tokens to stdout.
+    Run {
+        model: String,
+        prompt: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Measure prefill and decode speed of a model in this process.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// KV cache capacity in tokens, shared by all sequences.
+    #[arg(long, default_value_t = 16384)]
+    kv_cache_tokens: usize,
+    /// Most sequences decoding together.
+    #[arg(long, default_value_t = 32)]
+    max_running: usize,
+    /// Most tokens per engine step.
+    #[arg(long, default_value_t = 256)]
+    max_batch_tokens: usize,
+    /// Most requests waiting; beyond it requests get 429.
+    #[arg(long, default_value_t = 128)]
+    max_waiting: usize,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            threads: self.threads,
+            kv_cache_tokens: self.kv_cache_tokens,
+            block_size: 16,
+            max_running: self.max_running,
+            max_batch_tokens: self.max_batch_tokens,
+            max_waiting: self.max_waiting,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model names (as imported) or paths to .gguf files.
+    #[arg(long = "model", default_values_t = vec![DEFAULT_MODEL.to_string()])]
+    models: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Largest accepted request body, bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Exit when standard input reaches end of file (for supervisors and tests that hold a
+    /// pipe to the server: the server cannot outlive them).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Everything needed to serve one model.
+pub struct Loaded {
+    pub engine: Engine,
+    pub template: ChatTemplate,
+}
+
+pub fn load(path: &Path, cfg: EngineConfig) -> Result<Loaded> {
+    let file =
+        Arc::new(GgufFile::open(path).with_context(|| format!("loading {}", path.display()))?);
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&file).context("building the tokenizer")?);
+    let template =
+        ChatTemplate::from_gguf(&file, &tokenizer).context("reading the chat template")?;
+    let model = Arc::new(Llama::load(file).context("loading weights")?);
+    Ok(Loaded {
+        engine: Engine::start(model, tokenizer, cfg),
+        template,
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let r = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Pull {
+            source,
+            name,
+            sha256,
+        } => pull(&source, name, sha256),
+        Cmd::List => list(),
+        Cmd::Run {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            engine,
+        } => run(&model, &prompt, max_tokens, temperature, &engine),
+        Cmd::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn pull(source: &str, name: Option<String>, sha256: Option<String>) -> Result<()> {
+    let src = Path::new(source);
+    let name = match name {
+        Some(n) => n,
+        None => src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("cannot derive a name; pass --name")?
+            .to_lowercase(),
+    };
+    let m = store::import_file(src, &name, sha256.as_deref())?;
+    println!("imported {} ({} bytes, {})", m.name, m.size, m.blob);
+    Ok(())
+}
+
+fn list() -> Result<()> {
+    println!("{:<32} {:>12}  BLOB", "NAME", "SIZE");
+    for m in store::list()? {
+        println!(
+            "{:<32} {:>10.1}MB  {}",
+            m.name,
+            m.size as f64 / 1e6,
+            &m.blob[..19.min(m.blob.len())]
+        );
+    }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut resolved = Vec::new();
+    for m in &a.models {
+        resolved.push(store::resolve(m).with_context(|| {
+            format!("model {m:?} not found: import it with `ferry pull FILE.gguf --name {m}` (the setup script imports the default)")
+        })?);
+    }
+    let addr: SocketAddr = format!("{}:{}", a.host, a.port)
+        .parse()
+        .context("bad --host/--port")?;
+    if a.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            std::process::exit(0);
+        });
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let state = AppState::new(ServerConfig { max_body_bytes: a.max_body_bytes });
+        for (name, _) in &resolved {
+            state.add_loading(name);
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        if !local.ip().is_loopback() {
+            tracing::warn!("serving on a non-loopback address {local} without API keys: anyone who can reach it can use it");
+        }
+        eprintln!("ferry listening on http://{local}");
+        for (name, path) in resolved {
+            let st = state.clone();
+            let cfg = a.engine.config();
+            tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
+                match load(&path, cfg) {
+                    Ok(l) => {
+                        tracing::info!("model {name} loaded from {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
+                        st.set_state(&name, ModelState::Loaded(Arc::new(ferry_server::LoadedModel { engine: l.engine, template: l.template })));
+                    }
+                    Err(e) => {
+                        tracing::error!("model {name} failed to load: {e:#}");
+                        st.set_state(&name, ModelState::Failed(format!("{e:#}")));
+                    }
+                }
+            });
+        }
+        let app = ferry_server::router(state);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Engines hold threads; exit without waiting for in-flight work beyond axum's drain.
+    std::process::exit(0);
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+fn run(
+    model: &str,
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f32,
+    ea: &EngineArgs,
+) -> Result<()> {
+    let (_, path) = store::resolve(model)?;
+    let l = load(&path, ea.config())?;
+    let text = l.template.render(
+        &[ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        true,
+    )?;
+    let ids = l.engine.tokenizer().encode(&text, true, true);
+    let max_tokens = max_tokens.min(l.engine.context_length().saturating_sub(ids.len()));
+    let req = GenerateRequest {
+        prompt: ids,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            ..Default::default()
+        },
+        stop: vec![],
+        logprobs: None,
+        prompt_logprobs: None,
+    };
+    let mut rx = l.engine.submit(req).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = std::io::stdout();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            Event::Token { text, .. } => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            Event::Finished { .. } => break,
+            Event::Error(e) => anyhow::bail!(e),
+            Event::PromptLogprobs(_) => {}
+        }
+    }
+    writeln!(out)?;
+    Ok(())
+}

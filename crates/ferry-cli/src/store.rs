@@ -1,0 +1,225 @@
+//! Ferry's data directory: content-addressed blobs and one manifest per model.
+//!
+//! Layout under `$FERRY_HOME` (default `$XDG_DATA_HOME/ferry` or `~/.local/share/ferry`):
+//! `blobs/sha256-<hex>` and `models/<name>.json`. Blobs are written to a temporary file,
+//! fsynced, checked, renamed into place and the directory fsynced, so a killed import leaves
+//! no half-visible model.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub format: String,
+    pub blob: String,
+    pub size: u64,
+    pub source: String,
+}
+
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("FERRY_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("ferry");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/ferry")
+}
+
+/// Model names: letters, digits, `-`, `_`, `.`, `:`; no path separators, no `..`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        && !name.starts_with('.');
+    if !ok {
+        bail!("invalid model name {name:?}: use letters, digits, '-', '_', '.', ':' (no '..', no '/')");
+    }
+    Ok(())
+}
+
+pub fn manifest_path(name: &str) -> Result<PathBuf> {
+    check_name(name)?;
+    Ok(home().join("models").join(format!("{name}.json")))
+}
+
+pub fn read_manifest(name: &str) -> Result<Manifest> {
+    let p = manifest_path(name)?;
+    let s = std::fs::read_to_string(&p)
+        .with_context(|| format!("model {name:?} is not in {}", home().display()))?;
+    serde_json::from_str(&s).with_context(|| format!("bad manifest {}", p.display()))
+}
+
+pub fn blob_path(blob: &str) -> Result<PathBuf> {
+    let hex = blob.strip_prefix("sha256-").unwrap_or("");
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("bad blob id {blob:?}");
+    }
+    Ok(home().join("blobs").join(blob))
+}
+
+fn fsync_dir(d: &Path) -> Result<()> {
+    std::fs::File::open(d)?.sync_all()?;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("no parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    fsync_dir(dir)
+}
+
+/// Import a local file as model `name`, checking `sha256` if given.
+pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
+    check_name(name)?;
+    let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "bin" | "pt" | "pth" | "pkl" | "pickle") {
+        bail!("{} is a pickle-based format, which can run code when loaded; Ferry refuses it (use GGUF or safetensors)", src.display());
+    }
+    if ext != "gguf" {
+        bail!("{}: only .gguf files can be imported so far", src.display());
+    }
+    let blobs = home().join("blobs");
+    std::fs::create_dir_all(&blobs)?;
+    let tmp = blobs.join(format!(".partial-{}-{}", std::process::id(), name));
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let total = input.metadata()?.len();
+    let mut out = std::fs::File::create(&tmp)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+        if tty {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            let bar = "#".repeat((pct / 4) as usize);
+            eprint!(
+                "\rimporting {name} [{bar:<25}] {pct:>3}% {:.1}/{:.1} MB",
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    out.sync_all()?;
+    drop(out);
+    let hex = format!("{:x}", h.finalize());
+    if let Some(want) = sha256 {
+        if !want.eq_ignore_ascii_case(&hex) {
+            let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "sha256 mismatch for {}: expected {want}, got {hex}",
+                src.display()
+            );
+        }
+    }
+    // Parse before registering: a file that is not a valid model never becomes one.
+    if let Err(e) = ferry_models::gguf::GgufFile::open(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("{} is not a usable GGUF file: {e}", src.display());
+    }
+    let blob = format!("sha256-{hex}");
+    std::fs::rename(&tmp, blobs.join(&blob))?;
+    fsync_dir(&blobs)?;
+    let m = Manifest {
+        name: name.to_string(),
+        format: "gguf".into(),
+        blob,
+        size: done,
+        source: src.display().to_string(),
+    };
+    write_atomic(
+        &manifest_path(name)?,
+        serde_json::to_string_pretty(&m)?.as_bytes(),
+    )?;
+    Ok(m)
+}
+
+/// Resolve a model argument: a path to a `.gguf` file, or a registered name.
+pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {
+    let p = Path::new(arg);
+    if arg.ends_with(".gguf") && p.is_file() {
+        let name = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string();
+        return Ok((name, p.to_path_buf()));
+    }
+    let m = read_manifest(arg)?;
+    Ok((m.name.clone(), blob_path(&m.blob)?))
+}
+
+pub fn list() -> Result<Vec<Manifest>> {
+    let dir = home().join("models");
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let p = e?.path();
+        if p.extension().and_then(|e| e.to_str()) == Some("json") {
+            if let Ok(s) = std::fs::read_to_string(&p) {
+                if let Ok(m) = serde_json::from_str::<Manifest>(&s) {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_escape_are_refused() {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "/abs",
+            "a\0b",
+            ".hidden",
+            "a..b",
+            "x\\y",
+            &"a".repeat(200),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["smollm2-135m-instruct", "llama3:8b", "m_1.q4"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+}

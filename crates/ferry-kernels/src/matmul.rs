@@ -1,0 +1,272 @@
+//! Matrix products `out = x · Wᵀ` of activations `x` (`n_tokens` rows of `cols` f32) with a
+//! weight matrix `W` (`rows` rows of `cols` elements stored in a GGML block type).
+//!
+//! Activations are first converted to the weight type's `vec_dot_type` (as ggml does), then
+//! every output element is one `vec_dot` of a weight row with an activation row. The work is
+//! split over output rows, so each element's reduction order is fixed whatever `n_tokens` is.
+
+// Tile kernels take a weight tile, an activation tile and an output slice with strides.
+#![allow(clippy::too_many_arguments)]
+
+use crate::dot::{backend, Backend};
+use crate::pool::ThreadPool;
+use crate::quant::GgmlType;
+use crate::KernelError;
+
+/// A borrowed weight matrix: `rows` rows of `cols` elements of type `ty`, row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> Matrix<'a> {
+    /// Check that `data` holds exactly `rows × cols` elements of `ty`.
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, KernelError> {
+        if !ty.is_weight_type() {
+            return Err(KernelError::UnsupportedType(ty.name().to_string()));
+        }
+        let rb = ty.row_bytes(cols).ok_or(KernelError::RaggedRow {
+            ty: ty.name(),
+            cols,
+            block: ty.block_size(),
+        })?;
+        let want = rb.checked_mul(rows).ok_or(KernelError::SizeMismatch {
+            got: data.len(),
+            want: usize::MAX,
+        })?;
+        if data.len() != want {
+            return Err(KernelError::SizeMismatch {
+                got: data.len(),
+                want,
+            });
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows.max(1)
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Reusable buffers for `matmul`, so that a decode step allocates nothing once warm.
+#[derive(Default)]
+pub struct MatmulScratch {
+    act: Vec<u8>,
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements.
+unsafe impl Sync for OutPtr {}
+
+/// `out[t * w.rows + r] = Σ_k x[t * w.cols + k] · W[r][k]` for `t < n_tokens`.
+///
+/// Each output element is computed by the same sequence of operations whatever `n_tokens`
+/// is and whichever tile it falls in, so a token's result does not depend on its batch.
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &Matrix<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    matmul_with(backend(), pool, w, x, n_tokens, out, scratch)
+}
+
+pub(crate) fn matmul_with(
+    be: &Backend,
+    pool: &ThreadPool,
+    w: &Matrix<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    assert_eq!(x.len(), n_tokens * w.cols, "activation shape");
+    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
+    if n_tokens == 0 || w.rows == 0 {
+        return;
+    }
+    let at = w.ty.vec_dot_type();
+    let arb = at
+        .row_bytes(w.cols)
+        .expect("weight and activation block sizes agree");
+    scratch.act.resize(arb * n_tokens, 0);
+    for (xr, ar) in x
+        .chunks_exact(w.cols)
+        .zip(scratch.act.chunks_exact_mut(arb))
+    {
+        (be.quant)(at, xr, ar);
+    }
+    matmul_quantized(be, pool, w, &scratch.act[..arb * n_tokens], n_tokens, out);
+}
+
+/// Tokens per task (a multiple of every kernel's largest token tile).
+const TOK_CHUNK: usize = 64;
+/// Most weight rows per task, so that a task's rows stay in L1/L2 across its token tiles.
+const MAX_ROW_CHUNK: usize = 128;
+
+/// The product with activations already converted to `w.ty.vec_dot_type()`.
+fn matmul_quantized(
+    be: &Backend,
+    pool: &ThreadPool,
+    w: &Matrix<'_>,
+    act: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let k = (be.tile)(w.ty);
+    let rows = w.rows;
+    let wrb = w.row_bytes();
+    let arb = act.len() / n_tokens;
+    let tc = n_tokens.min(TOK_CHUNK);
+    let n_tc = n_tokens.div_ceil(tc);
+    // Aim at 8+ tasks per thread so that dynamic scheduling evens out the threads.
+    let want_tasks = 8 * pool.n_threads();
+    let per = (rows * n_tc).div_ceil(want_tasks).clamp(1, MAX_ROW_CHUNK);
+    let rc = per.div_ceil(k.max_r) * k.max_r;
+    let n_rc = rows.div_ceil(rc);
+    let outp = OutPtr(out.as_mut_ptr());
+    let outp = &outp;
+    pool.run(n_rc * n_tc, &|task| {
+        let (ri, ti) = (task % n_rc, task / n_rc);
+        let (r0, r1) = (ri * rc, ((ri + 1) * rc).min(rows));
+        let (t0, t1) = (ti * tc, ((ti + 1) * tc).min(n_tokens));
+        let mut tile = [0f32; 64];
+        let mut t = t0;
+        while t < t1 {
+            let nt = k.max_t.min(t1 - t);
+            let a = &act[t * arb..(t + nt) * arb];
+            let mut r = r0;
+            while r < r1 {
+                let nr = k.max_r.min(r1 - r);
+                let wt = &w.data[r * wrb..(r + nr) * wrb];
+                (k.f)(w.cols, nr, nt, wt, wrb, a, arb, &mut tile[..nr * nt]);
+                for i in 0..nr {
+                    for j in 0..nt {
+                        // SAFETY: (t + j, r + i) is in bounds and written by this task only.
+                        unsafe { *outp.0.add((t + j) * rows + r + i) = tile[i * nt + j] };
+                    }
+                }
+                r += nr;
+            }
+            t += nt;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize_row, quantize_row_act};
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+
+    fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let rb = ty.row_bytes(cols).unwrap();
+        let mut data = vec![0u8; rb * rows];
+        // Build weights by quantizing random floats with the activation quantizer where the
+        // layout allows, otherwise by random bytes with sane scales.
+        for r in 0..rows {
+            let row = &mut data[r * rb..(r + 1) * rb];
+            for b in row.iter_mut() {
+                *b = (lcg(seed) * 255.0) as i32 as u8;
+            }
+            let bs = ty.type_size();
+            if ty != GgmlType::F32 && ty != GgmlType::F16 && ty != GgmlType::BF16 {
+                for blk in row.chunks_exact_mut(bs) {
+                    blk[0..2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+                    if ty == GgmlType::Q4_1 {
+                        blk[2..4]
+                            .copy_from_slice(&half::f16::from_f32(-0.05).to_bits().to_le_bytes());
+                    }
+                }
+            } else {
+                let vals: Vec<f32> = (0..cols).map(|_| lcg(seed)).collect();
+                quantize_row_act(ty, &vals, row);
+            }
+        }
+        data
+    }
+
+    #[test]
+    fn matmul_matches_dequantized_reference_and_is_batch_invariant() {
+        let pool = ThreadPool::new(2);
+        let mut seed = 7u64;
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ] {
+            let (rows, cols) = (37, 96);
+            let data = weights(ty, rows, cols, &mut seed);
+            let w = Matrix::new(ty, rows, cols, &data).unwrap();
+            let n = 5;
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+            let mut out = vec![0f32; n * rows];
+            let mut s = MatmulScratch::default();
+            matmul(&pool, &w, &x, n, &mut out, &mut s);
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                dequantize_row(ty, w.row(r), &mut row);
+                for t in 0..n {
+                    let want: f32 = row
+                        .iter()
+                        .zip(&x[t * cols..(t + 1) * cols])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let got = out[t * rows + r];
+                    assert!(
+                        (want - got).abs() < 0.02 * (1.0 + want.abs()),
+                        "{ty:?} {r} {t}: {want} vs {got}"
+                    );
+                }
+            }
+            // Each token alone gives bit-identical results.
+            for t in 0..n {
+                let mut one = vec![0f32; rows];
+                matmul(&pool, &w, &x[t * cols..(t + 1) * cols], 1, &mut one, &mut s);
+                assert_eq!(
+                    one,
+                    out[t * rows..(t + 1) * rows].to_vec(),
+                    "{ty:?} token {t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matrix_rejects_bad_shapes() {
+        assert!(Matrix::new(GgmlType::Q4_0, 2, 33, &[0u8; 36]).is_err());
+        assert!(Matrix::new(GgmlType::Q4_0, 2, 32, &[0u8; 35]).is_err());
+        assert!(Matrix::new(GgmlType::Q4_0, 2, 32, &[0u8; 36]).is_ok());
+    }
+}

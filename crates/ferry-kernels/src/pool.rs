@@ -1,0 +1,239 @@
+//! A persistent thread pool for data-parallel kernels.
+//!
+//! `run(n_tasks, f)` calls `f(i)` for every `i < n_tasks` across the pool's threads (the calling
+//! thread takes part) and returns when all calls have finished. Workers are spawned once.
+//!
+//! Dispatch is lock-free on the hot path: a job is published by bumping a generation number
+//! packed with the next task index in one atomic word; threads claim tasks by compare-and-swap
+//! on that word, so a thread holding a stale generation can never claim (or run) a task of a
+//! newer job. Idle workers spin for a short while (`SPIN`) before sleeping on a condvar, so
+//! back-to-back matmuls of a decode step do not pay a futex wake-up each.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+type Job = *const (dyn Fn(usize) + Sync);
+
+/// How long an idle worker polls for new work before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
+
+struct Shared {
+    /// `generation << 32 | next task index`.
+    state: AtomicU64,
+    /// The current job's fat pointer (data, vtable) and its size.
+    job: [AtomicUsize; 2],
+    n_tasks: AtomicUsize,
+    /// Tasks of the current job that have finished.
+    done: AtomicUsize,
+    shutdown: AtomicBool,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// A fixed set of worker threads.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    n_threads: usize,
+    run_lock: Mutex<()>,
+}
+
+fn job_bits(j: Job) -> [usize; 2] {
+    // SAFETY: a `*const dyn Trait` is two pointer-sized words.
+    unsafe { std::mem::transmute::<Job, [usize; 2]>(j) }
+}
+
+impl ThreadPool {
+    /// A pool with `n_threads` threads in all, the caller's included (so `n_threads - 1`
+    /// workers). `0` means one per available core.
+    pub fn new(n_threads: usize) -> Self {
+        let n_threads = if n_threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            n_threads
+        };
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(0),
+            job: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            n_tasks: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..n_threads)
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("ferry-compute-{i}"))
+                    .spawn(move || worker(&s))
+                    .expect("spawn compute thread")
+            })
+            .collect();
+        Self {
+            shared,
+            workers,
+            n_threads,
+            run_lock: Mutex::new(()),
+        }
+    }
+
+    /// Threads in the pool, the caller's included.
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Run `f(0..n_tasks)` in parallel and wait for all of it.
+    pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n_tasks == 0 {
+            return;
+        }
+        if self.n_threads == 1 || n_tasks == 1 {
+            (0..n_tasks).for_each(f);
+            return;
+        }
+        assert!(n_tasks < u32::MAX as usize, "too many tasks");
+        let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        // SAFETY: erase the closure's lifetime. Tasks are claimed only under this job's
+        // generation, and we do not return before every claimed task has finished.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+        let [j0, j1] = job_bits(job);
+        s.job[0].store(j0, Ordering::Relaxed);
+        s.job[1].store(j1, Ordering::Relaxed);
+        s.n_tasks.store(n_tasks, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
+        let gen = (s.state.load(Ordering::Relaxed) >> 32) + 1;
+        s.state.store(gen << 32, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        work(s, gen, job, n_tasks);
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) < n_tasks {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Claim and run tasks of generation `gen` until none are left.
+fn work(s: &Shared, gen: u64, job: Job, n_tasks: usize) {
+    loop {
+        let cur = s.state.load(Ordering::Acquire);
+        if cur >> 32 != gen || (cur & 0xffff_ffff) as usize >= n_tasks {
+            return;
+        }
+        if s.state
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // SAFETY: the claim succeeded under `gen`, so `run` for this job has not returned
+            // and keeps the closure alive until `done` reaches `n_tasks`.
+            unsafe { (*job)((cur & 0xffff_ffff) as usize) };
+            s.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn worker(s: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        // Wait for a new generation: spin first, then sleep.
+        let t0 = Instant::now();
+        let mut spins = 0u32;
+        let gen = loop {
+            let g = s.state.load(Ordering::Acquire) >> 32;
+            if g != seen || s.shutdown.load(Ordering::Acquire) {
+                break g;
+            }
+            spins += 1;
+            if !spins.is_multiple_of(64) || t0.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            let mut guard = guard;
+            while s.state.load(Ordering::SeqCst) >> 32 == seen && !s.shutdown.load(Ordering::SeqCst)
+            {
+                guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+            spins = 0;
+        };
+        if s.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        seen = gen;
+        // The job words are written before the generation that published them. A read torn by
+        // a newer `run` is never called: claims re-check the generation.
+        let bits = [
+            s.job[0].load(Ordering::Acquire),
+            s.job[1].load(Ordering::Acquire),
+        ];
+        // SAFETY: the words came from `job_bits` of a `Job`.
+        let job = unsafe { std::mem::transmute::<[usize; 2], Job>(bits) };
+        let n_tasks = s.n_tasks.load(Ordering::Acquire);
+        work(s, gen, job, n_tasks);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        let pool = ThreadPool::new(3);
+        for n in [0, 1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn many_back_to_back_jobs_and_sleeping_workers() {
+        let pool = ThreadPool::new(2);
+        let total = AtomicUsize::new(0);
+        for round in 0..20_000 {
+            pool.run(1 + round % 5, &|i| {
+                total.fetch_add(i + 1, Ordering::Relaxed);
+            });
+            if round % 5000 == 0 {
+                // Let the worker fall asleep, then wake it.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        let want: usize = (0..20_000).map(|r| (1..=1 + r % 5).sum::<usize>()).sum();
+        assert_eq!(total.load(Ordering::Relaxed), want);
+    }
+}

@@ -1,0 +1,332 @@
+//! GGML block formats: sizes, dequantization, activation quantization and the scalar
+//! reference dot products. Layouts follow ggml's `ggml-common.h` exactly (little-endian).
+
+use half::{bf16, f16};
+
+/// Tensor element types as numbered in the GGUF format (ggml's `enum ggml_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q8_1,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    BF16,
+}
+
+impl GgmlType {
+    /// Map a GGUF type id. Unknown or unsupported ids give `None`.
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            15 => Self::Q8K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    /// The GGUF id of this type.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::Q8_1 => 9,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+            Self::Q8K => 15,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// The name ggml and llama.cpp print for this type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q8_1 => "Q8_1",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+            Self::Q8K => "Q8_K",
+            Self::BF16 => "BF16",
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 | Self::Q8_1 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q8K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+            Self::Q8_1 => 36,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+            Self::Q8K => 292,
+        }
+    }
+
+    /// Bytes taken by a row of `cols` elements, or `None` if `cols` is not a whole number of
+    /// blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        if !cols.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (cols / self.block_size()).checked_mul(self.type_size())
+    }
+
+    /// The type activations are converted to before a dot product with weights of this type
+    /// (ggml's `vec_dot_type`).
+    pub fn vec_dot_type(self) -> GgmlType {
+        match self {
+            Self::F32 => Self::F32,
+            Self::F16 => Self::F16,
+            Self::BF16 => Self::BF16,
+            Self::Q4_0 | Self::Q8_0 => Self::Q8_0,
+            Self::Q4_1 | Self::Q8_1 => Self::Q8_1,
+            Self::Q4K | Self::Q5K | Self::Q6K | Self::Q8K => Self::Q8K,
+        }
+    }
+
+    /// Whether weights of this type can be multiplied by this crate.
+    pub fn is_weight_type(self) -> bool {
+        !matches!(self, Self::Q8_1 | Self::Q8K)
+    }
+}
+
+#[inline]
+pub(crate) fn rd_f16(b: &[u8], off: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[off], b[off + 1]])).to_f32()
+}
+
+#[inline]
+fn wr_f16(b: &mut [u8], off: usize, v: f32) {
+    b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+}
+
+/// Dequantize one row. `src` holds exactly `dst.len()` elements of type `ty`.
+///
+/// Panics if the lengths disagree (a programming error: callers check shapes first).
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    assert_eq!(dst.len() % bs, 0);
+    assert_eq!(src.len(), dst.len() / bs * ts);
+    match ty {
+        GgmlType::F32 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = bf16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32();
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
+                let d = rd_f16(b, 0);
+                for j in 0..16 {
+                    let q = b[2 + j];
+                    y[j] = ((q & 0x0f) as i32 - 8) as f32 * d;
+                    y[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
+                let d = rd_f16(b, 0);
+                let m = rd_f16(b, 2);
+                for j in 0..16 {
+                    let q = b[4 + j];
+                    y[j] = (q & 0x0f) as f32 * d + m;
+                    y[j + 16] = (q >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
+                let d = rd_f16(b, 0);
+                for j in 0..32 {
+                    y[j] = (b[2 + j] as i8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q8_1 => {
+            for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
+                let d = rd_f16(b, 0);
+                for j in 0..32 {
+                    y[j] = (b[4 + j] as i8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q8K => {
+            crate::quant_k::dequantize_row_k(ty, src, dst)
+        }
+    }
+}
+
+/// Convert a row of activations to `ty` (a `vec_dot_type`). `dst` must be `row_bytes` long.
+pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    assert_eq!(src.len() % bs, 0);
+    assert_eq!(dst.len(), src.len() / bs * ts);
+    match ty {
+        GgmlType::F32 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f16::from_f32(*s).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&bf16::from_f32(*s).to_bits().to_le_bytes());
+            }
+        }
+        GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            let qoff = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+            for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(ts)) {
+                let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut sum = 0i32;
+                for j in 0..32 {
+                    let q = (x[j] * id).round() as i32;
+                    sum += q;
+                    b[qoff + j] = q as i8 as u8;
+                }
+                wr_f16(b, 0, d);
+                if ty == GgmlType::Q8_1 {
+                    wr_f16(b, 2, sum as f32 * d);
+                }
+            }
+        }
+        GgmlType::Q8K => crate::quant_k::quantize_row_q8k(src, dst),
+        other => panic!("{} is not an activation type", other.name()),
+    }
+}
+
+/// Scalar reference dot product of one weight row `w` (type `ty`) with one activation row `a`
+/// already converted to `ty.vec_dot_type()`. `n` is the number of elements.
+pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            let mut x = vec![0f32; n];
+            let mut y = vec![0f32; n];
+            dequantize_row(ty, w, &mut x);
+            dequantize_row(ty, a, &mut y);
+            x.iter().zip(&y).map(|(p, q)| p * q).sum()
+        }
+        GgmlType::Q4_0 => {
+            let mut sumf = 0f32;
+            for (bw, ba) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let q = bw[2 + j];
+                    sumi += ((q & 0x0f) as i32 - 8) * (ba[2 + j] as i8) as i32;
+                    sumi += ((q >> 4) as i32 - 8) * (ba[2 + j + 16] as i8) as i32;
+                }
+                sumf += sumi as f32 * (rd_f16(bw, 0) * rd_f16(ba, 0));
+            }
+            sumf
+        }
+        GgmlType::Q4_1 => {
+            let mut sumf = 0f32;
+            for (bw, ba) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let q = bw[4 + j];
+                    sumi += (q & 0x0f) as i32 * (ba[4 + j] as i8) as i32;
+                    sumi += (q >> 4) as i32 * (ba[4 + j + 16] as i8) as i32;
+                }
+                sumf +=
+                    (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32 + rd_f16(bw, 2) * rd_f16(ba, 2);
+            }
+            sumf
+        }
+        GgmlType::Q8_0 => {
+            let mut sumf = 0f32;
+            for (bw, ba) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
+                let mut sumi = 0i32;
+                for j in 0..32 {
+                    sumi += (bw[2 + j] as i8) as i32 * (ba[2 + j] as i8) as i32;
+                }
+                sumf += sumi as f32 * (rd_f16(bw, 0) * rd_f16(ba, 0));
+            }
+            sumf
+        }
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => crate::quant_k::vec_dot_k_ref(ty, n, w, a),
+        GgmlType::Q8_1 | GgmlType::Q8K => panic!("{} is not a weight type", ty.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_roundtrip_is_close() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.13)
+            .collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1] {
+            let mut b = vec![0u8; ty.row_bytes(64).unwrap()];
+            quantize_row_act(ty, &x, &mut b);
+            let mut y = vec![0f32; 64];
+            dequantize_row(ty, &b, &mut y);
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 0.01, "{p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_roundtrip() {
+        for id in 0..40 {
+            if let Some(t) = GgmlType::from_id(id) {
+                assert_eq!(t.id(), id);
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Cross-checks of every backend this CPU runs against the scalar reference: fast dot
+//! products, activation quantizers, and batch invariance of `matmul`.
+
+// Index loops mirror ggml's reference code and the lane layout of the kernels.
+#![allow(clippy::needless_range_loop)]
+#![allow(clippy::too_many_arguments)]
+
+use crate::dot::{available_backends, Backend};
+use crate::matmul::{matmul_with, MatmulScratch, Matrix};
+use crate::pool::ThreadPool;
+use crate::quant::{dequantize_row, quantize_row_act, vec_dot_ref, GgmlType};
+use half::f16;
+
+const WEIGHT_TYPES: [GgmlType; 9] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        self.next() as f32 / (1u64 << 30) as f32 - 1.0
+    }
+}
+
+fn put_f16(b: &mut [u8], off: usize, v: f32) {
+    b[off..off + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+}
+
+/// Random weights of type `ty`. With `exact`, scales are powers of two and float weights are
+/// small integers, so every partial sum is exactly representable.
+fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng, exact: bool) -> Vec<u8> {
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut data = vec![0u8; rb * rows];
+    for row in data.chunks_exact_mut(rb) {
+        match ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let vals: Vec<f32> = (0..cols)
+                    .map(|_| {
+                        if exact {
+                            (rng.next() % 15) as f32 - 7.0
+                        } else {
+                            rng.f()
+                        }
+                    })
+                    .collect();
+                quantize_row_act(ty, &vals, row);
+            }
+            _ => {
+                row.iter_mut().for_each(|b| *b = rng.next() as u8);
+                for blk in row.chunks_exact_mut(ty.type_size()) {
+                    let (d, m) = if exact {
+                        (0.5, -0.25)
+                    } else {
+                        (0.01 + 0.01 * rng.f(), -0.05 + 0.01 * rng.f())
+                    };
+                    match ty {
+                        GgmlType::Q6K => put_f16(blk, 208, d),
+                        GgmlType::Q4_1 | GgmlType::Q4K | GgmlType::Q5K => {
+                            put_f16(blk, 0, d);
+                            put_f16(blk, 2, -m);
+                        }
+                        _ => put_f16(blk, 0, d),
+                    }
+                }
+            }
+        }
+    }
+    data
+}
+
+/// Random activations. With `exact`, integers in [-127, 127] with a -127 in every block, so
+/// that every quantized scale is exactly 1.
+fn activations(n: usize, cols: usize, rng: &mut Rng, exact: bool) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..n * cols)
+        .map(|_| {
+            if exact {
+                (rng.next() % 255) as f32 - 127.0
+            } else {
+                rng.f() * 2.0
+            }
+        })
+        .collect();
+    if exact {
+        for c in x.chunks_mut(32) {
+            c[0] = -127.0;
+        }
+    }
+    x
+}
+
+fn col_counts(ty: GgmlType) -> &'static [usize] {
+    match ty.block_size() {
+        1 => &[1, 7, 8, 33, 96, 100, 576],
+        32 => &[32, 64, 96, 160, 576],
+        _ => &[256, 512, 768],
+    }
+}
+
+/// Σ |w_i · a_i| of the dequantized operands, to scale tolerances.
+fn abs_dot(ty: GgmlType, cols: usize, w: &[u8], a: &[u8]) -> f64 {
+    let mut wf = vec![0f32; cols];
+    let mut af = vec![0f32; cols];
+    dequantize_row(ty, w, &mut wf);
+    dequantize_row(ty.vec_dot_type(), a, &mut af);
+    wf.iter()
+        .zip(&af)
+        .map(|(p, q)| (*p as f64 * *q as f64).abs())
+        .sum()
+}
+
+fn check_backend_dots(be: &Backend, exact: bool) {
+    let mut rng = Rng(1234);
+    for ty in WEIGHT_TYPES {
+        let k = (be.tile)(ty);
+        for &cols in col_counts(ty) {
+            let rows = 2 * k.max_r + 1;
+            let nt = 2 * k.max_t + 1;
+            let w = weights(ty, rows, cols, &mut rng, exact);
+            let x = activations(nt, cols, &mut rng, exact);
+            let at = ty.vec_dot_type();
+            let arb = at.row_bytes(cols).unwrap();
+            let wrb = ty.row_bytes(cols).unwrap();
+            let mut a = vec![0u8; arb * nt];
+            for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
+                quantize_row_act(at, xr, ar);
+            }
+            // Every tile shape at every offset gives the same bits as the 1x1 tile, and the 1x1
+            // tile agrees with the reference.
+            let mut single = vec![0f32; rows * nt];
+            for r in 0..rows {
+                for t in 0..nt {
+                    let mut o = [0f32; 1];
+                    (k.f)(cols, 1, 1, &w[r * wrb..], wrb, &a[t * arb..], arb, &mut o);
+                    single[r * nt + t] = o[0];
+                    let wr = &w[r * wrb..(r + 1) * wrb];
+                    let ar = &a[t * arb..(t + 1) * arb];
+                    let want = vec_dot_ref(ty, cols, wr, ar);
+                    if exact {
+                        assert_eq!(o[0], want, "{} {ty:?} cols {cols} ({r},{t})", be.name);
+                    } else {
+                        let tol = 2e-4 * abs_dot(ty, cols, wr, ar) + 1e-5;
+                        assert!(
+                            ((o[0] - want) as f64).abs() <= tol,
+                            "{} {ty:?} cols {cols} ({r},{t}): {} vs ref {want}",
+                            be.name,
+                            o[0]
+                        );
+                    }
+                }
+            }
+            for nr in 1..=k.max_r {
+                for ntt in 1..=k.max_t {
+                    for r0 in 0..=rows - nr {
+                        for t0 in 0..=nt - ntt {
+                            let mut o = vec![0f32; nr * ntt];
+                            (k.f)(
+                                cols,
+                                nr,
+                                ntt,
+                                &w[r0 * wrb..],
+                                wrb,
+                                &a[t0 * arb..],
+                                arb,
+                                &mut o,
+                            );
+                            for i in 0..nr {
+                                for j in 0..ntt {
+                                    assert_eq!(
+                                        o[i * ntt + j].to_bits(),
+                                        single[(r0 + i) * nt + t0 + j].to_bits(),
+                                        "{} {ty:?} cols {cols} tile {nr}x{ntt} at ({r0},{t0})",
+                                        be.name
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_dots_match_reference_within_tolerance() {
+    for be in available_backends() {
+        check_backend_dots(be, false);
+    }
+}
+
+#[test]
+fn fast_dots_are_exact_when_arithmetic_is_exact() {
+    for be in available_backends() {
+        check_backend_dots(be, true);
+    }
+}
+
+#[test]
+fn fast_quantizers_are_bit_identical() {
+    let mut rng = Rng(77);
+    for be in available_backends() {
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q8_1,
+            GgmlType::Q8K,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::F32,
+        ] {
+            for case in 0..6 {
+                let n = 512;
+                let x: Vec<f32> = match case {
+                    // Halfway cases: amax 127 makes the scale 1, so x.5 values round.
+                    0 => (0..n)
+                        .map(|i| {
+                            if i % 32 == 0 {
+                                127.0
+                            } else {
+                                ((i % 50) as f32 - 25.0) + 0.5
+                            }
+                        })
+                        .collect(),
+                    1 => vec![0.0; n],
+                    2 => (0..n)
+                        .map(|i| if i % 3 == 0 { -0.0 } else { 1e-30 * rng.f() })
+                        .collect(),
+                    3 => (0..n).map(|_| rng.f() * 1000.0).collect(),
+                    // Ties in magnitude with both signs (Q8_K keeps the first).
+                    4 => (0..n)
+                        .map(|i| {
+                            if i % 7 == 0 {
+                                3.0
+                            } else if i % 5 == 0 {
+                                -3.0
+                            } else {
+                                rng.f()
+                            }
+                        })
+                        .collect(),
+                    _ => (0..n).map(|_| rng.f()).collect(),
+                };
+                let mut want = vec![0u8; ty.row_bytes(n).unwrap()];
+                let mut got = want.clone();
+                quantize_row_act(ty, &x, &mut want);
+                (be.quant)(ty, &x, &mut got);
+                assert_eq!(want, got, "{} {ty:?} case {case}", be.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant_for_every_backend_and_type() {
+    let pool = ThreadPool::new(2);
+    let mut rng = Rng(4321);
+    for be in available_backends() {
+        for ty in WEIGHT_TYPES {
+            for &cols in col_counts(ty) {
+                for rows in [1, 5, 13, 67] {
+                    let data = weights(ty, rows, cols, &mut rng, false);
+                    let w = Matrix::new(ty, rows, cols, &data).unwrap();
+                    for n in [2, 7, 70] {
+                        let x = activations(n, cols, &mut rng, false);
+                        let mut out = vec![0f32; n * rows];
+                        let mut s = MatmulScratch::default();
+                        matmul_with(be, &pool, &w, &x, n, &mut out, &mut s);
+                        for t in 0..n {
+                            let mut one = vec![0f32; rows];
+                            matmul_with(
+                                be,
+                                &pool,
+                                &w,
+                                &x[t * cols..(t + 1) * cols],
+                                1,
+                                &mut one,
+                                &mut s,
+                            );
+                            let got: Vec<u32> = out[t * rows..(t + 1) * rows]
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect();
+                            let want: Vec<u32> = one.iter().map(|v| v.to_bits()).collect();
+                            assert_eq!(
+                                got, want,
+                                "{} {ty:?} {rows}x{cols} n {n} token {t}",
+                                be.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_backends_are_detected_where_available() {
+    let names: Vec<&str> = available_backends().iter().map(|b| b.name).collect();
+    eprintln!(
+        "backends: {names:?}, in use: {}",
+        crate::dot::backend_name()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        assert!(names.contains(&"avx2"));
+    }
+}

@@ -1,0 +1,53 @@
+//! x86-64 SIMD kernels. `avx2` needs AVX2, FMA and F16C; `avx512` additionally needs
+//! AVX-512 F/BW/VL/VNNI/VBMI and reuses the AVX2 kernels for the types it does not cover.
+//! Nothing here is compiled with `-C target-cpu`: every kernel is a `#[target_feature]`
+//! function reachable only through a backend that `best()`/`all()` hand out after runtime
+//! detection.
+
+use crate::dot::Backend;
+
+pub(crate) mod avx2;
+pub(crate) mod avx512;
+
+/// Every SIMD backend this CPU supports, fastest last.
+pub(crate) fn all() -> Vec<&'static Backend> {
+    let mut v = Vec::new();
+    if avx2::detected() {
+        v.push(&avx2::BACKEND);
+        if avx512::detected() {
+            v.push(&avx512::BACKEND);
+        }
+    }
+    v
+}
+
+/// The fastest SIMD backend this CPU supports.
+pub(crate) fn best() -> Option<&'static Backend> {
+    all().pop()
+}
+
+/// Match a runtime tile shape to a monomorphized kernel `$f::<$k, R, T>`, for R, T in 1..=4.
+macro_rules! rt_match {
+    ($f:ident, $k:ty, $nr:expr, $nt:expr, ($($arg:expr),*)) => {
+        match ($nr, $nt) {
+            (1, 1) => $f::<$k, 1, 1>($($arg),*),
+            (1, 2) => $f::<$k, 1, 2>($($arg),*),
+            (1, 3) => $f::<$k, 1, 3>($($arg),*),
+            (1, 4) => $f::<$k, 1, 4>($($arg),*),
+            (2, 1) => $f::<$k, 2, 1>($($arg),*),
+            (2, 2) => $f::<$k, 2, 2>($($arg),*),
+            (2, 3) => $f::<$k, 2, 3>($($arg),*),
+            (2, 4) => $f::<$k, 2, 4>($($arg),*),
+            (3, 1) => $f::<$k, 3, 1>($($arg),*),
+            (3, 2) => $f::<$k, 3, 2>($($arg),*),
+            (3, 3) => $f::<$k, 3, 3>($($arg),*),
+            (3, 4) => $f::<$k, 3, 4>($($arg),*),
+            (4, 1) => $f::<$k, 4, 1>($($arg),*),
+            (4, 2) => $f::<$k, 4, 2>($($arg),*),
+            (4, 3) => $f::<$k, 4, 3>($($arg),*),
+            (4, 4) => $f::<$k, 4, 4>($($arg),*),
+            _ => panic!("tile {}x{} is larger than 4x4", $nr, $nt),
+        }
+    };
+}
+pub(crate) use rt_match;

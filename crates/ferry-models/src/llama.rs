@@ -1,0 +1,551 @@
+//! The llama-family decoder (Llama, SmolLM, Mistral-style GQA models) over GGUF weights.
+//!
+//! `LlamaConfig::from_gguf` -> `Llama::load` -> `Llama::forward`. One forward call runs a
+//! *flattened batch*: any mix of prompt chunks and single decode tokens from many sequences.
+//! Every token's arithmetic is the same whatever else is in the batch (matmuls reduce per
+//! (row, token) in a fixed order; attention walks a token's own sequence in position order),
+//! so greedy decoding is batch-invariant.
+
+use std::sync::Arc;
+
+use ferry_kernels::ops::{rms_norm, rope_freqs, rope_inplace, swiglu_inplace};
+use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
+
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::kv::KvCache;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("missing metadata key {0}")]
+    MissingKey(String),
+    #[error("bad metadata value for {key}: {why}")]
+    BadValue { key: String, why: String },
+    #[error("missing tensor {0}")]
+    MissingTensor(String),
+    #[error("tensor {name} has shape {got:?}, expected {want:?}")]
+    BadShape {
+        name: String,
+        got: Vec<u64>,
+        want: Vec<u64>,
+    },
+    #[error("tensor {name}: {why}")]
+    BadTensor { name: String, why: String },
+    #[error("unsupported architecture {0:?}")]
+    Architecture(String),
+}
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+}
+
+const MAX_HEAD_DIM: usize = 256;
+
+impl LlamaConfig {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ModelError::MissingKey("general.architecture".into()))?
+            .to_string();
+        if !matches!(arch.as_str(), "llama" | "mistral") {
+            return Err(ModelError::Architecture(arch));
+        }
+        let u = |k: &str| -> Result<usize, ModelError> {
+            let key = format!("{arch}.{k}");
+            let v = g
+                .get(&key)
+                .ok_or_else(|| ModelError::MissingKey(key.clone()))?;
+            let n = v.as_u64().ok_or_else(|| ModelError::BadValue {
+                key: key.clone(),
+                why: "not an integer".into(),
+            })?;
+            if n == 0 || n > 1 << 24 {
+                return Err(ModelError::BadValue {
+                    key,
+                    why: format!("{n} is out of range"),
+                });
+            }
+            Ok(n as usize)
+        };
+        let f = |k: &str, default: f32| -> Result<f32, ModelError> {
+            let key = format!("{arch}.{k}");
+            match g.get(&key) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_f64()
+                    .map(|x| x as f32)
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or(ModelError::BadValue {
+                        key,
+                        why: "not a positive number".into(),
+                    }),
+            }
+        };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = match g.get(&format!("{arch}.attention.head_count_kv")) {
+            None => n_head,
+            Some(_) => u("attention.head_count_kv")?,
+        };
+        if n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+            return Err(ModelError::BadValue {
+                key: format!("{arch}.attention.head_count"),
+                why: format!("{n_embd} dims, {n_head} heads, {n_head_kv} kv heads do not divide"),
+            });
+        }
+        let head_dim = n_embd / n_head;
+        if head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
+            return Err(ModelError::BadValue {
+                key: format!("{arch}.embedding_length"),
+                why: format!("head dim {head_dim}"),
+            });
+        }
+        let vocab_size = match g.get(&format!("{arch}.vocab_size")) {
+            Some(_) => u("vocab_size")?,
+            None => g
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+                .ok_or_else(|| ModelError::MissingKey(format!("{arch}.vocab_size")))?,
+        };
+        Ok(Self {
+            n_layer: u("block_count")?,
+            n_ff: u("feed_forward_length")?,
+            context_length: u("context_length")?,
+            rope_theta: f("rope.freq_base", 10000.0)?,
+            rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5)?,
+            arch,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            vocab_size,
+        })
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+#[derive(Clone)]
+struct W {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    offset: usize,
+    len: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: W,
+    wk: W,
+    wv: W,
+    wo: W,
+    ffn_norm: Vec<f32>,
+    w_gate: W,
+    w_up: W,
+    w_down: W,
+}
+
+/// A loaded llama-family model. Weights stay in the mapped file.
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    file: Arc<GgufFile>,
+    tok_embd: W,
+    output: W,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    freqs: Vec<f32>,
+}
+
+/// One token of a flattened batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchToken {
+    pub token: u32,
+    /// Position in its sequence.
+    pub pos: usize,
+    /// Index of its sequence's block table in the `tables` argument of `forward`.
+    pub seq: usize,
+    /// Whether logits are wanted for this token.
+    pub logits: bool,
+}
+
+/// Buffers for `forward`, sized once for a maximum number of tokens per step.
+pub struct Workspace {
+    max_tokens: usize,
+    x: Vec<f32>,
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    hidden: Vec<f32>,
+    /// Logits of the tokens that asked for them, in batch order, `vocab_size` each.
+    pub logits: Vec<f32>,
+    mm: MatmulScratch,
+}
+
+impl Workspace {
+    pub fn new(cfg: &LlamaConfig, max_tokens: usize) -> Self {
+        let t = max_tokens;
+        Self {
+            max_tokens,
+            x: vec![0.0; t * cfg.n_embd],
+            xb: vec![0.0; t * cfg.n_embd],
+            q: vec![0.0; t * cfg.n_embd],
+            k: vec![0.0; t * cfg.kv_dim()],
+            v: vec![0.0; t * cfg.kv_dim()],
+            att: vec![0.0; t * cfg.n_embd],
+            gate: vec![0.0; t * cfg.n_ff],
+            up: vec![0.0; t * cfg.n_ff],
+            hidden: Vec::with_capacity(t * cfg.n_embd),
+            logits: Vec::new(),
+            mm: MatmulScratch::default(),
+        }
+    }
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: tasks write disjoint regions.
+unsafe impl Sync for SyncPtr {}
+
+impl Llama {
+    /// Resolve and check every tensor the architecture needs.
+    pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let cfg = LlamaConfig::from_gguf(&file)?;
+        let get = |name: &str| {
+            file.tensor(name)
+                .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        };
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<W, ModelError> {
+            let t = get(name)?;
+            check_shape(t, &[cols as u64, rows as u64])?;
+            Matrix::new(t.ty, rows, cols, file.tensor_data(t)).map_err(|e| {
+                ModelError::BadTensor {
+                    name: name.into(),
+                    why: e.to_string(),
+                }
+            })?;
+            Ok(W {
+                ty: t.ty,
+                rows,
+                cols,
+                offset: t.offset,
+                len: t.n_bytes,
+            })
+        };
+        let vec = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
+            let t = get(name)?;
+            check_shape(t, &[n as u64])?;
+            let mut out = vec![0.0; n];
+            if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                return Err(ModelError::BadTensor {
+                    name: name.into(),
+                    why: format!("norm weights of type {}", t.ty.name()),
+                });
+            }
+            ferry_kernels::quant::dequantize_row(t.ty, file.tensor_data(t), &mut out);
+            Ok(out)
+        };
+        let (d, kv, ff) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff);
+        let tok_embd = mat("token_embd.weight", cfg.vocab_size, d)?;
+        let output = if file.tensor("output.weight").is_some() {
+            mat("output.weight", cfg.vocab_size, d)?
+        } else {
+            tok_embd.clone()
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vec(&n("attn_norm"), d)?,
+                wq: mat(&n("attn_q"), d, d)?,
+                wk: mat(&n("attn_k"), kv, d)?,
+                wv: mat(&n("attn_v"), kv, d)?,
+                wo: mat(&n("attn_output"), d, d)?,
+                ffn_norm: vec(&n("ffn_norm"), d)?,
+                w_gate: mat(&n("ffn_gate"), ff, d)?,
+                w_up: mat(&n("ffn_up"), ff, d)?,
+                w_down: mat(&n("ffn_down"), d, ff)?,
+            });
+        }
+        let output_norm = vec("output_norm.weight", d)?;
+        let freqs = rope_freqs(cfg.head_dim, cfg.rope_theta);
+        Ok(Self {
+            cfg,
+            file,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            freqs,
+        })
+    }
+
+    fn m(&self, w: &W) -> Matrix<'_> {
+        let bytes = &self.file.bytes()[w.offset..w.offset + w.len];
+        Matrix {
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data: bytes,
+        }
+    }
+
+    /// Bytes of weights read per decoded token (every matrix once, the output matrix included).
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.len + l.wk.len + l.wv.len + l.wo.len + l.w_gate.len + l.w_up.len + l.w_down.len
+            })
+            .sum();
+        l + self.output.len
+    }
+
+    /// A KV cache sized for `n_tokens` token slots.
+    pub fn new_kv_cache(&self, n_tokens: usize, block_size: usize) -> KvCache {
+        KvCache::new(self.cfg.n_layer, self.cfg.kv_dim(), block_size, n_tokens)
+    }
+
+    /// Run one step over `batch`. Writes K/V for every token into the cache at its position
+    /// (the block tables must cover those positions), and leaves the logits of the tokens with
+    /// `logits: true` in `ws.logits`, in batch order.
+    ///
+    /// Tokens of one sequence must appear in increasing position order; a token attends to
+    /// positions `0..=pos` of its sequence, including those written earlier in this batch.
+    pub fn forward(
+        &self,
+        pool: &ThreadPool,
+        ws: &mut Workspace,
+        kv: &mut KvCache,
+        batch: &[BatchToken],
+        tables: &[&[u32]],
+    ) {
+        let cfg = &self.cfg;
+        let n = batch.len();
+        assert!(
+            n <= ws.max_tokens,
+            "batch of {n} exceeds workspace of {}",
+            ws.max_tokens
+        );
+        let (d, kvd, ff, hd) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
+        // Embeddings.
+        let emb = self.m(&self.tok_embd);
+        for (i, t) in batch.iter().enumerate() {
+            assert!(
+                (t.token as usize) < cfg.vocab_size,
+                "token id {} out of range",
+                t.token
+            );
+            ferry_kernels::quant::dequantize_row(
+                emb.ty,
+                emb.row(t.token as usize),
+                &mut ws.x[i * d..(i + 1) * d],
+            );
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            for i in 0..n {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.attn_norm,
+                    cfg.rms_eps,
+                    &mut ws.xb[i * d..(i + 1) * d],
+                );
+            }
+            matmul(
+                pool,
+                &self.m(&layer.wq),
+                &ws.xb[..n * d],
+                n,
+                &mut ws.q[..n * d],
+                &mut ws.mm,
+            );
+            matmul(
+                pool,
+                &self.m(&layer.wk),
+                &ws.xb[..n * d],
+                n,
+                &mut ws.k[..n * kvd],
+                &mut ws.mm,
+            );
+            matmul(
+                pool,
+                &self.m(&layer.wv),
+                &ws.xb[..n * d],
+                n,
+                &mut ws.v[..n * kvd],
+                &mut ws.mm,
+            );
+            for (i, t) in batch.iter().enumerate() {
+                for h in 0..cfg.n_head {
+                    rope_inplace(
+                        &mut ws.q[i * d + h * hd..i * d + (h + 1) * hd],
+                        t.pos,
+                        &self.freqs,
+                    );
+                }
+                for h in 0..cfg.n_head_kv {
+                    rope_inplace(
+                        &mut ws.k[i * kvd + h * hd..i * kvd + (h + 1) * hd],
+                        t.pos,
+                        &self.freqs,
+                    );
+                }
+                let off = kv.offset(li, tables[t.seq], t.pos);
+                kv.k[off..off + kvd].copy_from_slice(&ws.k[i * kvd..(i + 1) * kvd]);
+                kv.v[off..off + kvd].copy_from_slice(&ws.v[i * kvd..(i + 1) * kvd]);
+            }
+            // Attention: one task per (token, head), online softmax over the sequence's cache.
+            {
+                let kvr = &*kv;
+                let q = &ws.q;
+                let out = SyncPtr(ws.att.as_mut_ptr());
+                let out = &out;
+                let group = cfg.n_head / cfg.n_head_kv;
+                pool.run(n * cfg.n_head, &|task| {
+                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
+                    let t = &batch[i];
+                    let qh = &q[i * d + h * hd..i * d + (h + 1) * hd];
+                    let kvh = (h / group) * hd;
+                    let table = tables[t.seq];
+                    let mut acc = [0f32; MAX_HEAD_DIM];
+                    let acc = &mut acc[..hd];
+                    let mut m = f32::NEG_INFINITY;
+                    let mut l = 0f32;
+                    for p in 0..=t.pos {
+                        let o = kvr.offset(li, table, p) + kvh;
+                        let kp = &kvr.k[o..o + hd];
+                        let s = ferry_kernels::ops::dot(qh, kp) * scale;
+                        let vp = &kvr.v[o..o + hd];
+                        if s > m {
+                            let c = (m - s).exp();
+                            l = l * c + 1.0;
+                            for (a, v) in acc.iter_mut().zip(vp) {
+                                *a = *a * c + v;
+                            }
+                            m = s;
+                        } else {
+                            let e = (s - m).exp();
+                            l += e;
+                            for (a, v) in acc.iter_mut().zip(vp) {
+                                *a += e * v;
+                            }
+                        }
+                    }
+                    let inv = 1.0 / l;
+                    for (j, a) in acc.iter().enumerate() {
+                        // SAFETY: (i, h) owns elements i*d + h*hd .. + hd of `att`.
+                        unsafe { *out.0.add(i * d + h * hd + j) = a * inv };
+                    }
+                });
+            }
+            matmul(
+                pool,
+                &self.m(&layer.wo),
+                &ws.att[..n * d],
+                n,
+                &mut ws.xb[..n * d],
+                &mut ws.mm,
+            );
+            for (x, o) in ws.x[..n * d].iter_mut().zip(&ws.xb[..n * d]) {
+                *x += o;
+            }
+            for i in 0..n {
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &layer.ffn_norm,
+                    cfg.rms_eps,
+                    &mut ws.xb[i * d..(i + 1) * d],
+                );
+            }
+            matmul(
+                pool,
+                &self.m(&layer.w_gate),
+                &ws.xb[..n * d],
+                n,
+                &mut ws.gate[..n * ff],
+                &mut ws.mm,
+            );
+            matmul(
+                pool,
+                &self.m(&layer.w_up),
+                &ws.xb[..n * d],
+                n,
+                &mut ws.up[..n * ff],
+                &mut ws.mm,
+            );
+            swiglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);
+            matmul(
+                pool,
+                &self.m(&layer.w_down),
+                &ws.gate[..n * ff],
+                n,
+                &mut ws.xb[..n * d],
+                &mut ws.mm,
+            );
+            for (x, o) in ws.x[..n * d].iter_mut().zip(&ws.xb[..n * d]) {
+                *x += o;
+            }
+        }
+        // Final norm and logits for the tokens that want them.
+        ws.hidden.clear();
+        for (i, t) in batch.iter().enumerate() {
+            if t.logits {
+                let start = ws.hidden.len();
+                ws.hidden.resize(start + d, 0.0);
+                rms_norm(
+                    &ws.x[i * d..(i + 1) * d],
+                    &self.output_norm,
+                    cfg.rms_eps,
+                    &mut ws.hidden[start..],
+                );
+            }
+        }
+        let nl = ws.hidden.len() / d;
+        ws.logits.resize(nl * cfg.vocab_size, 0.0);
+        if nl > 0 {
+            matmul(
+                pool,
+                &self.m(&self.output),
+                &ws.hidden,
+                nl,
+                &mut ws.logits,
+                &mut ws.mm,
+            );
+        }
+    }
+}
+
+fn check_shape(t: &TensorInfo, want: &[u64]) -> Result<(), ModelError> {
+    if t.dims != want {
+        return Err(ModelError::BadShape {
+            name: t.name.clone(),
+            got: t.dims.clone(),
+            want: want.to_vec(),
+        });
+    }
+    Ok(())
+}

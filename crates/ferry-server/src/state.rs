@@ -1,0 +1,121 @@
+//! Shared server state: the served models and their load state, and limits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use ferry_engine::Engine;
+use ferry_models::template::ChatTemplate;
+use ferry_types::{ApiError, ErrorCode};
+
+/// Server-wide limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where a model is in its life.
+#[derive(Clone)]
+pub enum ModelState {
+    Loading,
+    Loaded(Arc<LoadedModel>),
+    Failed(String),
+}
+
+/// A model ready to serve.
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub template: ChatTemplate,
+}
+
+/// One served model.
+#[derive(Clone)]
+pub struct ModelSlot {
+    pub id: String,
+    pub created: u64,
+    pub state: ModelState,
+}
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub models: RwLock<BTreeMap<String, ModelSlot>>,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            models: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// Register a model as loading.
+    pub fn add_loading(&self, id: &str) {
+        let slot = ModelSlot {
+            id: id.to_string(),
+            created: crate::now(),
+            state: ModelState::Loading,
+        };
+        self.models
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), slot);
+    }
+
+    pub fn set_state(&self, id: &str, state: ModelState) {
+        if let Some(s) = self
+            .models
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            s.state = state;
+        }
+    }
+
+    /// True when every registered model is loaded.
+    pub fn ready(&self) -> bool {
+        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
+        !m.is_empty() && m.values().all(|s| matches!(s.state, ModelState::Loaded(_)))
+    }
+
+    /// The loaded model called `id`: 404 if unknown, 503 if not loaded.
+    pub fn model(&self, id: &str) -> Result<Arc<LoadedModel>, ApiError> {
+        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
+        match m.get(id).map(|s| &s.state) {
+            None => Err(ApiError::model_not_found(id)),
+            Some(ModelState::Loaded(l)) => Ok(l.clone()),
+            Some(ModelState::Loading) => Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("The model `{id}` is loading."),
+            )
+            .with_retry_after(2)),
+            Some(ModelState::Failed(why)) => Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                format!("The model `{id}` failed to load: {why}"),
+            )),
+        }
+    }
+
+    /// The only model, for routes where `model` is optional.
+    pub fn default_model(&self) -> Option<String> {
+        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
+        m.keys().next().cloned()
+    }
+
+    pub fn slots(&self) -> Vec<ModelSlot> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
