@@ -168,6 +168,9 @@ fn teacher_forced_top1_matches_llama_cpp() {
     let cases = goldens();
     let vocab = e.model.cfg.vocab_size;
     let (mut total, mut agree) = (0usize, 0usize);
+    // For context: agreement with llama.cpp's own teacher-forced top-1, and how often that
+    // differs from llama.cpp's greedy (one-token-at-a-time) continuation.
+    let (mut agree_tf, mut llama_self) = (0usize, 0usize);
     let mut failures = Vec::new();
     // Logit differences against llama.cpp over its top-10 entries.
     let (mut sum_abs, mut max_abs, mut n_abs) = (0f64, 0f32, 0usize);
@@ -177,16 +180,20 @@ fn teacher_forced_top1_matches_llama_cpp() {
         tokens.extend_from_slice(&c.cont[..n - 1]);
         let logits = teacher_forced(&e, &tokens, c.prompt.len() - 1);
         let mut case_agree = 0;
+        let mut case_abs = 0f64;
         for k in 0..n {
             let row = &logits[k * vocab..(k + 1) * vocab];
             for &(id, l) in &c.top[k] {
                 let d = (row[id as usize] - l).abs();
                 sum_abs += d as f64;
+                case_abs += d as f64;
                 max_abs = max_abs.max(d);
                 n_abs += 1;
             }
             let ours = argmax(row);
             total += 1;
+            agree_tf += usize::from(ours == c.top[k][0].0);
+            llama_self += usize::from(c.top[k][0].0 == c.cont[k]);
             if ours == c.cont[k] {
                 agree += 1;
                 case_agree += 1;
@@ -231,12 +238,19 @@ fn teacher_forced_top1_matches_llama_cpp() {
             }
         }
         println!(
-            "case {:<16} prompt {:>3} tokens, top-1 agreement {case_agree}/{n}",
+            "case {:<16} prompt {:>3} tokens, top-1 agreement {case_agree}/{n}, \
+             mean |ferry - llama.cpp| over its top-10 {:.4}",
             c.name,
-            c.prompt.len()
+            c.prompt.len(),
+            case_abs / (n * c.top[0].len()) as f64
         );
     }
     let rate = agree as f64 / total as f64;
+    println!(
+        "kernels {}; for context: ferry vs llama.cpp's teacher-forced top-1 {agree_tf}/{total}; \
+         llama.cpp's teacher-forced top-1 vs its own greedy tokens {llama_self}/{total}",
+        ferry_kernels::backend_name()
+    );
     println!(
         "top-1 agreement {agree}/{total} = {:.2}%; |ferry - llama.cpp| over llama.cpp's top-10 logits: mean {:.4}, max {:.4}; \
          {:.1}s",
