@@ -41,8 +41,14 @@ Extra buffer types (weight repacking: the AMX / REPACK CPU buffers) are turned o
 `llama_model_default_params`). Two reasons: on CPUs that advertise AMX where the OS does not
 enable the tile state (seen in Firecracker VMs) ggml's AMX matmul dies with a general
 protection fault at `ldtilecfg`; and the plain CPU path (`ggml_vec_dot_q4_1_q8_1`,
-`ggml_vec_dot_q8_0_q8_0` over activations quantized to Q8_1 / Q8_0) is the reference
-arithmetic that Ferry's kernels follow.
+`ggml_vec_dot_q8_0_q8_0` over activations quantized to Q8_1 / Q8_0) is the arithmetic that
+Ferry's kernels follow. (One known difference remains: ggml's x86 SIMD activation quantizer
+uses `id = 127/amax` and rounds half to even, where ggml's reference quantizer, and Ferry's,
+use `id = 1/(amax/127)` and round half away from zero.)
+
+Runs in about 6 minutes on 2 cores. It prints, per case, how often llama.cpp's teacher-forced
+top-1 equals its own greedy token (the batched and one-token-at-a-time paths of llama.cpp do
+not agree everywhere: 759/768 positions for the committed goldens).
 
 It writes `crates/ferry-models/tests/data/llama_goldens.json`:
 

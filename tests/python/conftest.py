@@ -13,6 +13,10 @@ MODEL_PATH = pathlib.Path(
     os.environ.get("FERRY_TEST_GGUF", ROOT / ".ferry-cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 )
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
+EMBED_DIR = pathlib.Path(
+    os.environ.get("FERRY_TEST_EMBED_DIR", ROOT / ".ferry-cache/models/all-MiniLM-L6-v2")
+)
+EMBED_MODEL = EMBED_DIR.name
 
 
 def _free_port():
@@ -26,10 +30,11 @@ def base_url(tmp_path_factory):
     binary = os.environ.get("FERRY_BIN", str(ROOT / "target/debug/ferry"))
     assert pathlib.Path(binary).exists(), f"{binary} missing: build with `cargo build -p ferry-cli`"
     assert MODEL_PATH.exists(), f"{MODEL_PATH} missing: run scripts/fetch-model.sh"
+    assert (EMBED_DIR / "model.safetensors").exists(), f"{EMBED_DIR} missing: run scripts/fetch-model.sh"
     port = _free_port()
     env = dict(os.environ, FERRY_HOME=str(tmp_path_factory.mktemp("ferry-home")))
     proc = subprocess.Popen(
-        [binary, "serve", "--model", str(MODEL_PATH), "--port", str(port), "--kv-cache-tokens", "8192",
+        [binary, "serve", "--model", str(MODEL_PATH), "--model", str(EMBED_DIR), "--port", str(port), "--kv-cache-tokens", "8192",
          "--exit-on-stdin-eof"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )

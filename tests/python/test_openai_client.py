@@ -99,3 +99,44 @@ def test_errors(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=MSG, tools=[{"type": "function", "function": {"name": "f"}}])
     assert e.value.body["param"] == "tools"
+
+
+def test_embeddings_float_and_base64_agree(client):
+    import array
+    import base64
+
+    from conftest import EMBED_MODEL
+
+    texts = ["The quick brown fox.", "Un café, s'il vous plaît.", "我爱自然语言处理"]
+    f = client.embeddings.create(model=EMBED_MODEL, input=texts, encoding_format="float")
+    assert f.object == "list" and f.model == EMBED_MODEL
+    assert [d.index for d in f.data] == [0, 1, 2]
+    assert all(len(d.embedding) == 384 for d in f.data)
+    assert f.usage.prompt_tokens == f.usage.total_tokens > 3
+    b = client.embeddings.create(model=EMBED_MODEL, input=texts, encoding_format="base64")
+    for x, y in zip(f.data, b.data):
+        if isinstance(y.embedding, str):  # older clients hand back the raw string
+            y_vec = array.array("f", base64.b64decode(y.embedding)).tolist()
+        else:
+            y_vec = y.embedding
+        assert len(y_vec) == 384
+        assert max(abs(p - q) for p, q in zip(x.embedding, y_vec)) < 1e-6
+    # The client's default (base64 on the wire, decoded by the client) gives the same vectors.
+    d = client.embeddings.create(model=EMBED_MODEL, input=texts[0])
+    assert max(abs(p - q) for p, q in zip(f.data[0].embedding, d.data[0].embedding)) < 1e-6
+    norm = sum(v * v for v in d.data[0].embedding)
+    assert abs(norm - 1.0) < 1e-4
+
+
+def test_embedding_errors(client):
+    from conftest import EMBED_MODEL
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=EMBED_MODEL, input="x", dimensions=64)
+    assert e.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=EMBED_MODEL, input="word " * 600)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=MODEL, input="x")
+    assert e.value.body["param"] == "model"

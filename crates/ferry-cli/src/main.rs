@@ -4,6 +4,7 @@
 //! errors into messages (`anyhow`). Logic lives in the library crates.
 
 mod bench;
+mod keys;
 mod store;
 
 use std::io::Write;
@@ -58,6 +59,9 @@ enum Cmd {
     },
     /// Measure prefill and decode speed of a model in this process.
     Bench(bench::BenchArgs),
+    /// Manage API keys: create, list, revoke, usage.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
 }
 
 #[derive(Args, Clone)]
@@ -108,6 +112,14 @@ struct ServeArgs {
     /// pipe to the server: the server cannot outlive them).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+    /// Require API keys even while none exist (create them with `ferry keys create`). With
+    /// keys in the database, keys are required anyway.
+    #[arg(long)]
+    require_auth: bool,
+    /// On SIGTERM or Ctrl-C, seconds to let in-flight requests and streams finish (new
+    /// requests get 503) before exiting.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -128,6 +140,21 @@ pub fn load(path: &Path, cfg: EngineConfig) -> Result<Loaded> {
     Ok(Loaded {
         engine: Engine::start(model, tokenizer, cfg),
         template,
+    })
+}
+
+/// Load a Hugging Face-style BERT directory (config.json, model.safetensors, tokenizer.json)
+/// as an embedding model.
+pub fn load_embedding(dir: &Path, cfg: &EngineConfig) -> Result<ferry_server::EmbeddingModel> {
+    let model = ferry_models::bert::Bert::load(dir)
+        .with_context(|| format!("loading the embedding model {}", dir.display()))?;
+    let ecfg = ferry_engine::embed::EmbedConfig {
+        threads: cfg.threads,
+        max_waiting: cfg.max_waiting,
+        ..Default::default()
+    };
+    Ok(ferry_server::EmbeddingModel {
+        engine: ferry_engine::embed::EmbedEngine::start(Arc::new(model), ecfg),
     })
 }
 
@@ -153,6 +180,7 @@ fn main() {
             engine,
         } => run(&model, &prompt, max_tokens, temperature, &engine),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Keys(k) => keys::run(k),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -170,7 +198,11 @@ fn pull(source: &str, name: Option<String>, sha256: Option<String>) -> Result<()
             .context("cannot derive a name; pass --name")?
             .to_lowercase(),
     };
-    let m = store::import_file(src, &name, sha256.as_deref())?;
+    let m = if src.is_dir() {
+        store::import_dir(src, &name, sha256.as_deref())?
+    } else {
+        store::import_file(src, &name, sha256.as_deref())?
+    };
     println!("imported {} ({} bytes, {})", m.name, m.size, m.blob);
     Ok(())
 }
@@ -195,6 +227,11 @@ fn serve(a: ServeArgs) -> Result<()> {
             format!("model {m:?} not found: import it with `ferry pull FILE.gguf --name {m}` (the setup script imports the default)")
         })?);
     }
+    let home = store::home();
+    let db = Arc::new(
+        ferry_store::Store::open_in(&home)
+            .with_context(|| format!("opening the metadata database in {}", home.display()))?,
+    );
     let addr: SocketAddr = format!("{}:{}", a.host, a.port)
         .parse()
         .context("bad --host/--port")?;
@@ -210,13 +247,17 @@ fn serve(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let state = AppState::new(ServerConfig { max_body_bytes: a.max_body_bytes });
+        let state = AppState::new(ServerConfig {
+            max_body_bytes: a.max_body_bytes,
+            store: Some(db),
+            require_auth: a.require_auth,
+        });
         for (name, _) in &resolved {
             state.add_loading(name);
         }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        if !local.ip().is_loopback() {
+        if !local.ip().is_loopback() && !state.auth.enabled() {
             tracing::warn!("serving on a non-loopback address {local} without API keys: anyone who can reach it can use it");
         }
         eprintln!("ferry listening on http://{local}");
@@ -225,6 +266,20 @@ fn serve(a: ServeArgs) -> Result<()> {
             let cfg = a.engine.config();
             tokio::task::spawn_blocking(move || {
                 let t = std::time::Instant::now();
+                if path.is_dir() {
+                    let state = match load_embedding(&path, &cfg) {
+                        Ok(m) => {
+                            tracing::info!("embedding model {name} loaded from {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
+                            ModelState::LoadedEmbedding(Arc::new(m))
+                        }
+                        Err(e) => {
+                            tracing::error!("model {name} failed to load: {e:#}");
+                            ModelState::Failed(format!("{e:#}"))
+                        }
+                    };
+                    st.set_state(&name, state);
+                    return;
+                }
                 match load(&path, cfg) {
                     Ok(l) => {
                         tracing::info!("model {name} loaded from {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
@@ -237,12 +292,54 @@ fn serve(a: ServeArgs) -> Result<()> {
                 }
             });
         }
-        let app = ferry_server::router(state);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        let app = ferry_server::router(state.clone());
+        let drain_timeout = std::time::Duration::from_secs(a.drain_timeout);
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            drain(&st, drain_timeout).await;
+            let _ = drained_tx.send(());
+        };
+        let server = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(shutdown),
+        );
+        // After the drain, connections still open a moment later (a stream past the
+        // timeout, an idle client) are cut.
+        let cut = async {
+            match drained_rx.await {
+                Ok(()) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = server => r?,
+            _ = cut => {}
+        }
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || st.auth.flush_blocking()).await;
         Ok::<_, anyhow::Error>(())
     })?;
     // Engines hold threads; exit without waiting for in-flight work beyond axum's drain.
     std::process::exit(0);
+}
+
+/// Refuse new requests (503) and wait for the ones in flight, up to `timeout`.
+async fn drain(st: &AppState, timeout: std::time::Duration) {
+    st.drain.begin();
+    tracing::info!(
+        "draining: new requests get 503; waiting up to {}s for {} in flight",
+        timeout.as_secs(),
+        st.drain.in_flight()
+    );
+    if st.drain.wait_idle(timeout).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!(
+            "drain timed out with {} requests in flight; closing them",
+            st.drain.in_flight()
+        );
+    }
 }
 
 async fn shutdown_signal() {

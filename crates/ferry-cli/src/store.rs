@@ -4,6 +4,11 @@
 //! `blobs/sha256-<hex>` and `models/<name>.json`. Blobs are written to a temporary file,
 //! fsynced, checked, renamed into place and the directory fsynced, so a killed import leaves
 //! no half-visible model.
+//!
+//! A Hugging Face-style directory (config.json + model.safetensors + tokenizer.json, for
+//! embedding models) is imported file by file as blobs; `trees/<name>/` then holds the
+//! directory's layout as hard links to those blobs (copies where links fail), built in a temporary
+//! directory and renamed into place. Its manifest has format `hf-dir` and the safetensors blob.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -163,9 +168,121 @@ pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manif
     Ok(m)
 }
 
-/// Resolve a model argument: a path to a `.gguf` file, or a registered name.
+/// Copy one file into the blob store; returns (blob id, size).
+fn store_blob(src: &Path) -> Result<(String, u64)> {
+    let blobs = home().join("blobs");
+    std::fs::create_dir_all(&blobs)?;
+    let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let mut out = std::fs::File::create(&tmp)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    out.sync_all()?;
+    drop(out);
+    let blob = format!("sha256-{:x}", h.finalize());
+    std::fs::rename(&tmp, blobs.join(&blob))?;
+    Ok((blob, size))
+}
+
+/// Import a Hugging Face-style model directory as model `name` (validated by loading it),
+/// checking `sha256` of model.safetensors if given.
+pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
+    check_name(name)?;
+    if !ferry_models::bert::Bert::is_model_dir(src) {
+        bail!("{} has no config.json and model.safetensors", src.display());
+    }
+    // Refuse what Ferry cannot serve before copying anything.
+    ferry_models::bert::Bert::load(src)
+        .with_context(|| format!("{} is not a usable embedding model", src.display()))?;
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(src.join(&rel))? {
+            let e = e?;
+            let fname = e.file_name();
+            let r = rel.join(&fname);
+            let ft = e.file_type()?;
+            if fname.to_string_lossy().starts_with('.') || ft.is_symlink() {
+                continue;
+            }
+            if ft.is_dir() {
+                stack.push(r);
+            } else if ft.is_file() {
+                let ext = r.extension().and_then(|x| x.to_str()).unwrap_or("");
+                if matches!(ext, "bin" | "pt" | "pth" | "pkl" | "pickle") {
+                    continue; // pickle-based weights are never imported
+                }
+                files.push(r);
+            }
+        }
+    }
+    let trees = home().join("trees");
+    std::fs::create_dir_all(&trees)?;
+    let tmp = trees.join(format!(".partial-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut size = 0;
+    let mut st_blob = String::new();
+    for rel in &files {
+        let (blob, n) = store_blob(&src.join(rel))?;
+        if rel == Path::new("model.safetensors") {
+            if let Some(want) = sha256 {
+                let got = blob.trim_start_matches("sha256-");
+                if !want.eq_ignore_ascii_case(got) {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    bail!("sha256 mismatch for model.safetensors: expected {want}, got {got}");
+                }
+            }
+            st_blob = blob.clone();
+        }
+        size += n;
+        let dst = tmp.join(rel);
+        std::fs::create_dir_all(dst.parent().context("no parent")?)?;
+        if std::fs::hard_link(blob_path(&blob)?, &dst).is_err() {
+            std::fs::copy(blob_path(&blob)?, &dst)?;
+        }
+    }
+    fsync_dir(&home().join("blobs"))?;
+    let dest = trees.join(name);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest)?;
+    fsync_dir(&trees)?;
+    let m = Manifest {
+        name: name.to_string(),
+        format: "hf-dir".into(),
+        blob: st_blob,
+        size,
+        source: src.display().to_string(),
+    };
+    write_atomic(
+        &manifest_path(name)?,
+        serde_json::to_string_pretty(&m)?.as_bytes(),
+    )?;
+    Ok(m)
+}
+
+/// Resolve a model argument: a path to a `.gguf` file, a Hugging Face-style model directory
+/// (served under the directory's name), or a registered name.
 pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {
     let p = Path::new(arg);
+    if p.is_dir() && ferry_models::bert::Bert::is_model_dir(p) {
+        let name = p
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_string();
+        return Ok((name, p.to_path_buf()));
+    }
     if arg.ends_with(".gguf") && p.is_file() {
         let name = p
             .file_stem()
@@ -175,6 +292,10 @@ pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {
         return Ok((name, p.to_path_buf()));
     }
     let m = read_manifest(arg)?;
+    if m.format == "hf-dir" {
+        check_name(&m.name)?;
+        return Ok((m.name.clone(), home().join("trees").join(&m.name)));
+    }
     Ok((m.name.clone(), blob_path(&m.blob)?))
 }
 

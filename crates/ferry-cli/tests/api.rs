@@ -400,3 +400,218 @@ fn full_queue_answers_429_with_retry_after() {
     assert!(!limited.is_empty(), "{statuses:?}");
     assert!(limited.iter().all(|(_, ra)| ra.is_some()));
 }
+
+/// The embedding model directory: `FERRY_TEST_EMBED_DIR`, or where `scripts/fetch-model.sh`
+/// puts it.
+fn embed_dir() -> String {
+    let p = std::env::var_os("FERRY_TEST_EMBED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.ferry-cache/models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        p.join("model.safetensors").exists(),
+        "embedding model not found at {}: run scripts/fetch-model.sh (or set FERRY_TEST_EMBED_DIR)",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    d / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn embeddings_shapes_formats_and_errors() {
+    let dir = embed_dir();
+    let s = start(&["--model", &dir]);
+    let em = "all-MiniLM-L6-v2";
+    let m = s.get("/v1/models").json();
+    let ids: Vec<&str> = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&em) && ids.contains(&MODEL), "{ids:?}");
+
+    let r = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": ["A cat sits on the mat.", "A kitten is on the rug.", "Stock prices fell sharply."]}),
+    );
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], em);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        assert_eq!(d["embedding"].as_array().unwrap().len(), 384);
+    }
+    let e: Vec<Vec<f64>> = data.iter().map(|d| floats(&d["embedding"])).collect();
+    assert!((cosine(&e[0], &e[0]) - 1.0).abs() < 1e-6);
+    assert!(
+        cosine(&e[0], &e[1]) > cosine(&e[0], &e[2]),
+        "similar sentences are closer"
+    );
+    let u = &v["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 6);
+    assert_eq!(u["prompt_tokens"], u["total_tokens"]);
+
+    // A single string, token ids (with the specials), and base64 agree with the list answer.
+    let one = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": "A cat sits on the mat."}),
+    );
+    assert_eq!(floats(&one.json()["data"][0]["embedding"]), e[0]);
+    let tok = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": [101, 1037, 4937, 7719, 2006, 1996, 13523, 1012, 102]}),
+    );
+    assert_eq!(tok.status, 200);
+    assert_eq!(floats(&tok.json()["data"][0]["embedding"]), e[0]);
+    let toks = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": [[101, 1037, 102], [101, 102]]}),
+    );
+    assert_eq!(toks.json()["data"].as_array().unwrap().len(), 2);
+    let b64 = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": "A cat sits on the mat.", "encoding_format": "base64"}),
+    );
+    assert!(b64.json()["data"][0]["embedding"].is_string());
+
+    // Errors.
+    let err = |body: Value, status: u16, code: &str, param: &str| {
+        let r = s.post("/v1/embeddings", &body);
+        assert_eq!(r.status, status, "{body}");
+        let e = r.error();
+        assert_eq!(e["code"], code, "{body}");
+        assert_eq!(e["param"], param, "{body}");
+    };
+    let long = "word ".repeat(600);
+    err(
+        json!({"model": em, "input": long}),
+        400,
+        "context_length_exceeded",
+        "input",
+    );
+    err(
+        json!({"model": em, "input": []}),
+        400,
+        "invalid_request",
+        "input",
+    );
+    err(
+        json!({"model": em, "input": ""}),
+        400,
+        "invalid_request",
+        "input",
+    );
+    err(
+        json!({"model": em, "input": "x", "dimensions": 128}),
+        400,
+        "unsupported_parameter",
+        "dimensions",
+    );
+    err(
+        json!({"model": em, "input": "x", "encoding_format": "int8"}),
+        400,
+        "invalid_request",
+        "encoding_format",
+    );
+    err(
+        json!({"model": em, "input": "x", "frobnicate": true}),
+        400,
+        "unsupported_parameter",
+        "frobnicate",
+    );
+    err(
+        json!({"model": em, "input": [[101, 999999]]}),
+        400,
+        "invalid_request",
+        "input",
+    );
+    err(
+        json!({"model": "nope", "input": "x"}),
+        404,
+        "model_not_found",
+        "model",
+    );
+    err(
+        json!({"model": MODEL, "input": "x"}),
+        400,
+        "invalid_request",
+        "model",
+    );
+    let r = s.post("/v1/chat/completions", &chat("hi", json!({"model": em})));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error()["param"], "model");
+    let ok = s.post(
+        "/v1/embeddings",
+        &json!({"model": em, "input": long, "truncate": true}),
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["usage"]["prompt_tokens"], 512);
+
+    // Concurrent clients are batched together and get their own answers.
+    let texts: Vec<String> = (0..12)
+        .map(|i| format!("Sentence number {i} about topic {}.", i % 3))
+        .collect();
+    let solo: Vec<Vec<f64>> = texts
+        .iter()
+        .map(|t| {
+            floats(
+                &s.post("/v1/embeddings", &json!({"model": em, "input": t}))
+                    .json()["data"][0]["embedding"],
+            )
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let s = &s;
+                sc.spawn(move || {
+                    floats(
+                        &s.post("/v1/embeddings", &json!({"model": em, "input": t}))
+                            .json()["data"][0]["embedding"],
+                    )
+                })
+            })
+            .collect();
+        for (h, want) in hs.into_iter().zip(&solo) {
+            assert_eq!(&h.join().unwrap(), want, "batch invariance over HTTP");
+        }
+    });
+}
+
+#[test]
+fn pull_imports_a_model_directory() {
+    let home = common::temp_home("pull-dir");
+    let out = common::ferry(&home, &["pull", &embed_dir(), "--name", "minilm"]);
+    assert!(out.contains("imported minilm"), "{out}");
+    assert!(common::ferry(&home, &["list"]).contains("minilm"));
+    let s = common::start_in(&home, &["--model", "minilm"]);
+    let r = s.post(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": "hello"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["data"][0]["embedding"].as_array().unwrap().len(),
+        384
+    );
+}

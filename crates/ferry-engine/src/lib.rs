@@ -9,6 +9,7 @@
 //!
 //! The HTTP layer sees only `Engine`, `GenerateRequest` and `Event`: no tensor types.
 
+pub mod embed;
 pub mod sampler;
 pub mod text;
 
@@ -98,6 +99,8 @@ pub enum Event {
         reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Time from `submit` to first admission (the queue time; `/metrics`).
+        queued: std::time::Duration,
     },
     Error(String),
 }
@@ -137,6 +140,7 @@ pub struct EngineStats {
 struct Submission {
     req: GenerateRequest,
     tx: UnboundedSender<Event>,
+    at: std::time::Instant,
 }
 
 /// A handle to a running engine. Cheap to share (`Arc`).
@@ -233,7 +237,8 @@ impl Engine {
             return Err(SubmitError::QueueFull(waiting));
         }
         let (tx, rx) = unbounded_channel();
-        if self.tx.send(Submission { req, tx }).is_err() {
+        let at = std::time::Instant::now();
+        if self.tx.send(Submission { req, tx, at }).is_err() {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::Stopped);
         }
@@ -268,6 +273,9 @@ struct Seq {
     prompt_lp: Vec<TokenLogprob>,
     tx: UnboundedSender<Event>,
     admitted: u64,
+    submitted: std::time::Instant,
+    /// Set at the first admission (a preempted sequence keeps it).
+    queued: Option<std::time::Duration>,
 }
 
 impl Seq {
@@ -354,6 +362,8 @@ impl Scheduler {
             prompt_lp: Vec::new(),
             tx: s.tx,
             admitted: 0,
+            submitted: s.at,
+            queued: None,
         });
     }
 
@@ -436,6 +446,7 @@ impl Scheduler {
             s.blocks = blocks;
             self.admissions += 1;
             s.admitted = self.admissions;
+            s.queued.get_or_insert_with(|| s.submitted.elapsed());
             self.running.push(s);
         }
     }
@@ -567,6 +578,7 @@ impl Scheduler {
                         reason: FinishReason::Length,
                         prompt_tokens: s.n_prompt,
                         completion_tokens: 0,
+                        queued: s.queued.unwrap_or_default(),
                     });
                     continue;
                 }
@@ -613,6 +625,7 @@ impl Scheduler {
                     reason,
                     prompt_tokens: s.n_prompt,
                     completion_tokens: s.generated(),
+                    queued: s.queued.unwrap_or_default(),
                 });
                 finished.push(i);
             }

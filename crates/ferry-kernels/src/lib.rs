@@ -9,6 +9,7 @@
 //! activations are multiplied at once; this is what makes batched decoding batch-invariant.
 
 pub mod dot;
+pub mod gemm;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
@@ -18,7 +19,7 @@ mod quant_k;
 mod x86;
 
 pub use dot::{backend_name, quantize_row_act_fast, vec_dot};
-pub use matmul::{matmul, MatmulScratch, Matrix};
+pub use matmul::{matmul, matmul_multi, MatmulScratch, Matrix};
 pub use pool::ThreadPool;
 pub use quant::GgmlType;
 

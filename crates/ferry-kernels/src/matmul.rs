@@ -74,9 +74,15 @@ pub struct MatmulScratch {
     act: Vec<u8>,
 }
 
-struct OutPtr(*mut f32);
+struct OutPtrs<'a>(&'a [*mut f32]);
 // SAFETY: tasks write disjoint elements.
-unsafe impl Sync for OutPtr {}
+unsafe impl Sync for OutPtrs<'_> {}
+impl OutPtrs<'_> {
+    // A method, so that closures capture the whole (Sync) wrapper rather than its field.
+    fn get(&self, i: usize) -> *mut f32 {
+        self.0[i]
+    }
+}
 
 /// `out[t * w.rows + r] = Σ_k x[t * w.cols + k] · W[r][k]` for `t < n_tokens`.
 ///
@@ -93,6 +99,86 @@ pub fn matmul(
     matmul_with(backend(), pool, w, x, n_tokens, out, scratch)
 }
 
+/// Several products of the same activations, `outs[i] = x · ws[i]ᵀ`, with the activations
+/// converted once and one pool dispatch for all of them (Q/K/V, gate/up). Each output element
+/// is bit-identical to what `matmul` computes for it alone. Matrices of different types or
+/// widths fall back to one `matmul` each.
+pub fn matmul_multi(
+    pool: &ThreadPool,
+    ws: &[Matrix<'_>],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) {
+    matmul_multi_with(backend(), pool, ws, x, n_tokens, outs, scratch)
+}
+
+pub(crate) fn matmul_multi_with(
+    be: &Backend,
+    pool: &ThreadPool,
+    ws: &[Matrix<'_>],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    if ws.is_empty() {
+        return;
+    }
+    let (ty, cols) = (ws[0].ty, ws[0].cols);
+    if ws.len() > MAX_MULTI || ws.iter().any(|w| w.ty != ty || w.cols != cols) {
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            matmul_with(be, pool, w, x, n_tokens, o, scratch);
+        }
+        return;
+    }
+    assert_eq!(x.len(), n_tokens * cols, "activation shape");
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(o.len(), n_tokens * w.rows, "output shape");
+    }
+    if n_tokens == 0 {
+        return;
+    }
+    let arb = quantize_acts(be, ty, cols, x, n_tokens, scratch);
+    let mut ptrs = [std::ptr::null_mut::<f32>(); MAX_MULTI];
+    for (p, o) in ptrs.iter_mut().zip(outs.iter_mut()) {
+        *p = o.as_mut_ptr();
+    }
+    matmul_quantized(
+        be,
+        pool,
+        ws,
+        &ptrs[..ws.len()],
+        &scratch.act[..arb * n_tokens],
+        n_tokens,
+    );
+}
+
+/// Most matrices one `matmul_multi` call fuses.
+const MAX_MULTI: usize = 4;
+
+/// Convert `n_tokens` rows of activations into `scratch.act`; returns the bytes per row.
+fn quantize_acts(
+    be: &Backend,
+    ty: GgmlType,
+    cols: usize,
+    x: &[f32],
+    n_tokens: usize,
+    scratch: &mut MatmulScratch,
+) -> usize {
+    let at = ty.vec_dot_type();
+    let arb = at
+        .row_bytes(cols)
+        .expect("weight and activation block sizes agree");
+    scratch.act.resize(arb * n_tokens, 0);
+    for (xr, ar) in x.chunks_exact(cols).zip(scratch.act.chunks_exact_mut(arb)) {
+        (be.quant)(at, xr, ar);
+    }
+    arb
+}
+
 pub(crate) fn matmul_with(
     be: &Backend,
     pool: &ThreadPool,
@@ -107,18 +193,15 @@ pub(crate) fn matmul_with(
     if n_tokens == 0 || w.rows == 0 {
         return;
     }
-    let at = w.ty.vec_dot_type();
-    let arb = at
-        .row_bytes(w.cols)
-        .expect("weight and activation block sizes agree");
-    scratch.act.resize(arb * n_tokens, 0);
-    for (xr, ar) in x
-        .chunks_exact(w.cols)
-        .zip(scratch.act.chunks_exact_mut(arb))
-    {
-        (be.quant)(at, xr, ar);
-    }
-    matmul_quantized(be, pool, w, &scratch.act[..arb * n_tokens], n_tokens, out);
+    let arb = quantize_acts(be, w.ty, w.cols, x, n_tokens, scratch);
+    matmul_quantized(
+        be,
+        pool,
+        std::slice::from_ref(w),
+        &[out.as_mut_ptr()],
+        &scratch.act[..arb * n_tokens],
+        n_tokens,
+    );
 }
 
 /// Tokens per task (a multiple of every kernel's largest token tile).
@@ -126,32 +209,49 @@ const TOK_CHUNK: usize = 64;
 /// Most weight rows per task, so that a task's rows stay in L1/L2 across its token tiles.
 const MAX_ROW_CHUNK: usize = 128;
 
-/// The product with activations already converted to `w.ty.vec_dot_type()`.
+/// The products with activations already converted to the matrices' `vec_dot_type`; `outs[i]`
+/// points at `n_tokens × ws[i].rows` writable floats. All matrices share type and width.
 fn matmul_quantized(
     be: &Backend,
     pool: &ThreadPool,
-    w: &Matrix<'_>,
+    ws: &[Matrix<'_>],
+    outs: &[*mut f32],
     act: &[u8],
     n_tokens: usize,
-    out: &mut [f32],
 ) {
-    let k = (be.tile)(w.ty);
-    let rows = w.rows;
-    let wrb = w.row_bytes();
+    let k = (be.tile)(ws[0].ty);
     let arb = act.len() / n_tokens;
     let tc = n_tokens.min(TOK_CHUNK);
     let n_tc = n_tokens.div_ceil(tc);
+    let total_rows: usize = ws.iter().map(|w| w.rows).sum();
+    if total_rows == 0 {
+        return;
+    }
     // Aim at 8+ tasks per thread so that dynamic scheduling evens out the threads.
     let want_tasks = 8 * pool.n_threads();
-    let per = (rows * n_tc).div_ceil(want_tasks).clamp(1, MAX_ROW_CHUNK);
+    let per = (total_rows * n_tc)
+        .div_ceil(want_tasks)
+        .clamp(1, MAX_ROW_CHUNK);
     let rc = per.div_ceil(k.max_r) * k.max_r;
-    let n_rc = rows.div_ceil(rc);
-    let outp = OutPtr(out.as_mut_ptr());
+    // Task ranges per matrix: matrix i owns tasks first[i]..first[i + 1].
+    let mut first = [0usize; MAX_MULTI + 1];
+    let mut n_rcs = [0usize; MAX_MULTI];
+    for (i, w) in ws.iter().enumerate() {
+        n_rcs[i] = w.rows.div_ceil(rc);
+        first[i + 1] = first[i] + n_rcs[i] * n_tc;
+    }
+    let n_tasks = first[ws.len()];
+    let outp = OutPtrs(outs);
     let outp = &outp;
-    pool.run(n_rc * n_tc, &|task| {
-        let (ri, ti) = (task % n_rc, task / n_rc);
+    pool.run(n_tasks, &|task| {
+        let mi = first[1..=ws.len()].partition_point(|&f| f <= task);
+        let w = &ws[mi];
+        let (rows, wrb, n_rc) = (w.rows, w.row_bytes(), n_rcs[mi]);
+        let local = task - first[mi];
+        let (ri, ti) = (local % n_rc, local / n_rc);
         let (r0, r1) = (ri * rc, ((ri + 1) * rc).min(rows));
         let (t0, t1) = (ti * tc, ((ti + 1) * tc).min(n_tokens));
+        let out = outp.get(mi);
         let mut tile = [0f32; 64];
         let mut t = t0;
         while t < t1 {
@@ -164,8 +264,9 @@ fn matmul_quantized(
                 (k.f)(w.cols, nr, nt, wt, wrb, a, arb, &mut tile[..nr * nt]);
                 for i in 0..nr {
                     for j in 0..nt {
-                        // SAFETY: (t + j, r + i) is in bounds and written by this task only.
-                        unsafe { *outp.0.add((t + j) * rows + r + i) = tile[i * nt + j] };
+                        // SAFETY: (t + j, r + i) is in bounds of output `mi` and written by
+                        // this task only.
+                        unsafe { *out.add((t + j) * rows + r + i) = tile[i * nt + j] };
                     }
                 }
                 r += nr;
@@ -259,6 +360,54 @@ mod tests {
                     out[t * rows..(t + 1) * rows].to_vec(),
                     "{ty:?} token {t}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_multi_is_bit_identical_to_separate_matmuls() {
+        let pool = ThreadPool::new(2);
+        let mut seed = 19u64;
+        for be in crate::dot::available_backends() {
+            for ty in [
+                GgmlType::Q4_0,
+                GgmlType::Q4_1,
+                GgmlType::Q8_0,
+                GgmlType::F16,
+            ] {
+                let cols = 64;
+                let shapes = [37usize, 5, 5, 130];
+                let data: Vec<Vec<u8>> = shapes
+                    .iter()
+                    .map(|&r| weights(ty, r, cols, &mut seed))
+                    .collect();
+                let ms: Vec<Matrix> = shapes
+                    .iter()
+                    .zip(&data)
+                    .map(|(&r, d)| Matrix::new(ty, r, cols, d).unwrap())
+                    .collect();
+                for n in [1, 3, 70] {
+                    let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+                    let mut s = MatmulScratch::default();
+                    let mut fused: Vec<Vec<f32>> =
+                        shapes.iter().map(|&r| vec![f32::NAN; n * r]).collect();
+                    {
+                        let mut outs: Vec<&mut [f32]> =
+                            fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                        matmul_multi_with(be, &pool, &ms, &x, n, &mut outs, &mut s);
+                    }
+                    for (m, f) in ms.iter().zip(&fused) {
+                        let mut one = vec![0f32; n * m.rows];
+                        matmul_with(be, &pool, m, &x, n, &mut one, &mut s);
+                        assert_eq!(
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{} {ty:?} rows {} n {n}",
+                            be.name,
+                            m.rows
+                        );
+                    }
+                }
             }
         }
     }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 type Job = *const (dyn Fn(usize) + Sync);
 
+/// Task-index value of a generation whose job words are being written: nothing can be claimed.
+const CLOSED: u64 = 0xffff_ffff;
+
 /// How long an idle worker polls for new work before it sleeps.
 const SPIN: Duration = Duration::from_micros(200);
 
@@ -105,11 +108,16 @@ impl ThreadPool {
         // generation, and we do not return before every claimed task has finished.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
         let [j0, j1] = job_bits(job);
+        let gen = (s.state.load(Ordering::Relaxed) >> 32) + 1;
+        // Close the previous generation before touching the job words: while they change, no
+        // claim can succeed (a worker still holding the old generation would otherwise see the
+        // new `n_tasks` with the old, still-open generation and claim a task twice).
+        s.state.store((gen << 32) | CLOSED, Ordering::SeqCst);
         s.job[0].store(j0, Ordering::Relaxed);
         s.job[1].store(j1, Ordering::Relaxed);
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
-        let gen = (s.state.load(Ordering::Relaxed) >> 32) + 1;
+        // Open it: the stores above happen-before any claim that sees this value.
         s.state.store(gen << 32, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,8 +162,9 @@ fn worker(s: &Shared) {
         let t0 = Instant::now();
         let mut spins = 0u32;
         let gen = loop {
-            let g = s.state.load(Ordering::Acquire) >> 32;
-            if g != seen || s.shutdown.load(Ordering::Acquire) {
+            let st = s.state.load(Ordering::Acquire);
+            let g = st >> 32;
+            if (g != seen && st & 0xffff_ffff != CLOSED) || s.shutdown.load(Ordering::Acquire) {
                 break g;
             }
             spins += 1;
@@ -235,5 +244,26 @@ mod tests {
         }
         let want: usize = (0..20_000).map(|r| (1..=1 + r % 5).sum::<usize>()).sum();
         assert_eq!(total.load(Ordering::Relaxed), want);
+    }
+
+    #[test]
+    fn growing_and_shrinking_jobs_run_each_task_exactly_once() {
+        // Regression: a worker holding the previous generation could claim a task of the next
+        // job while its words were being written (seen as a wrong total under load).
+        let pool = ThreadPool::new(3);
+        let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        for round in 0..20_000usize {
+            let n = [1, 64, 2, 33, 5][round % 5];
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            for (i, h) in hits.iter().enumerate() {
+                assert_eq!(
+                    h.swap(0, Ordering::Relaxed),
+                    usize::from(i < n),
+                    "round {round} task {i}"
+                );
+            }
+        }
     }
 }

@@ -8,8 +8,10 @@
 
 use std::sync::Arc;
 
-use ferry_kernels::ops::{rms_norm, rope_freqs, rope_inplace, swiglu_inplace};
-use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
+use ferry_kernels::ops::{
+    attend_rows, rms_norm, rope_freqs, rope_inplace, swiglu_inplace, SoftmaxState, ATTEND_MAX_ROWS,
+};
+use ferry_kernels::{matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, ThreadPool};
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::KvCache;
@@ -52,6 +54,8 @@ pub struct LlamaConfig {
 }
 
 const MAX_HEAD_DIM: usize = 256;
+/// Most query heads per KV head processed in one attention task.
+const MAX_GROUP: usize = 8;
 
 impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
@@ -375,28 +379,16 @@ impl Llama {
                     &mut ws.xb[i * d..(i + 1) * d],
                 );
             }
-            matmul(
+            matmul_multi(
                 pool,
-                &self.m(&layer.wq),
+                &[self.m(&layer.wq), self.m(&layer.wk), self.m(&layer.wv)],
                 &ws.xb[..n * d],
                 n,
-                &mut ws.q[..n * d],
-                &mut ws.mm,
-            );
-            matmul(
-                pool,
-                &self.m(&layer.wk),
-                &ws.xb[..n * d],
-                n,
-                &mut ws.k[..n * kvd],
-                &mut ws.mm,
-            );
-            matmul(
-                pool,
-                &self.m(&layer.wv),
-                &ws.xb[..n * d],
-                n,
-                &mut ws.v[..n * kvd],
+                &mut [
+                    &mut ws.q[..n * d],
+                    &mut ws.k[..n * kvd],
+                    &mut ws.v[..n * kvd],
+                ],
                 &mut ws.mm,
             );
             for (i, t) in batch.iter().enumerate() {
@@ -418,47 +410,59 @@ impl Llama {
                 kv.k[off..off + kvd].copy_from_slice(&ws.k[i * kvd..(i + 1) * kvd]);
                 kv.v[off..off + kvd].copy_from_slice(&ws.v[i * kvd..(i + 1) * kvd]);
             }
-            // Attention: one task per (token, head), online softmax over the sequence's cache.
+            // Attention: one task per (token, KV head), or per (token, head) when that would
+            // leave threads idle. Either way each head's arithmetic is the same: an online
+            // softmax over the sequence's cache, updated once per cache block. Grouping the
+            // query heads that share a KV head reads each K/V block once for all of them.
             {
                 let kvr = &*kv;
                 let q = &ws.q;
                 let out = SyncPtr(ws.att.as_mut_ptr());
                 let out = &out;
                 let group = cfg.n_head / cfg.n_head_kv;
-                pool.run(n * cfg.n_head, &|task| {
-                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
+                let grouped = group <= MAX_GROUP && n * cfg.n_head_kv >= 4 * pool.n_threads();
+                let (n_units, per_unit) = if grouped {
+                    (cfg.n_head_kv, group)
+                } else {
+                    (cfg.n_head, 1)
+                };
+                pool.run(n * n_units, &|task| {
+                    let (i, u) = (task / n_units, task % n_units);
+                    let h0 = u * per_unit;
                     let t = &batch[i];
-                    let qh = &q[i * d + h * hd..i * d + (h + 1) * hd];
-                    let kvh = (h / group) * hd;
+                    let kvh = (h0 / group) * hd;
                     let table = tables[t.seq];
-                    let mut acc = [0f32; MAX_HEAD_DIM];
-                    let acc = &mut acc[..hd];
-                    let mut m = f32::NEG_INFINITY;
-                    let mut l = 0f32;
-                    for p in 0..=t.pos {
+                    let mut accs = [[0f32; MAX_HEAD_DIM]; MAX_GROUP];
+                    let mut sts = [SoftmaxState::default(); MAX_GROUP];
+                    let bs = kvr.block_size();
+                    let mut p = 0;
+                    while p <= t.pos {
+                        let nrows = (bs - p % bs).min(t.pos + 1 - p).min(ATTEND_MAX_ROWS);
                         let o = kvr.offset(li, table, p) + kvh;
-                        let kp = &kvr.k[o..o + hd];
-                        let s = ferry_kernels::ops::dot(qh, kp) * scale;
-                        let vp = &kvr.v[o..o + hd];
-                        if s > m {
-                            let c = (m - s).exp();
-                            l = l * c + 1.0;
-                            for (a, v) in acc.iter_mut().zip(vp) {
-                                *a = *a * c + v;
-                            }
-                            m = s;
-                        } else {
-                            let e = (s - m).exp();
-                            l += e;
-                            for (a, v) in acc.iter_mut().zip(vp) {
-                                *a += e * v;
-                            }
+                        for (g, (acc, st)) in
+                            accs.iter_mut().zip(&mut sts).take(per_unit).enumerate()
+                        {
+                            let h = h0 + g;
+                            attend_rows(
+                                &q[i * d + h * hd..i * d + (h + 1) * hd],
+                                &kvr.k[o..],
+                                &kvr.v[o..],
+                                kvd,
+                                nrows,
+                                scale,
+                                st,
+                                &mut acc[..hd],
+                            );
                         }
+                        p += nrows;
                     }
-                    let inv = 1.0 / l;
-                    for (j, a) in acc.iter().enumerate() {
-                        // SAFETY: (i, h) owns elements i*d + h*hd .. + hd of `att`.
-                        unsafe { *out.0.add(i * d + h * hd + j) = a * inv };
+                    for (g, (acc, st)) in accs.iter().zip(&sts).take(per_unit).enumerate() {
+                        let h = h0 + g;
+                        let inv = 1.0 / st.l;
+                        for (j, a) in acc[..hd].iter().enumerate() {
+                            // SAFETY: (i, h) owns elements i*d + h*hd .. + hd of `att`.
+                            unsafe { *out.0.add(i * d + h * hd + j) = a * inv };
+                        }
                     }
                 });
             }
@@ -481,20 +485,12 @@ impl Llama {
                     &mut ws.xb[i * d..(i + 1) * d],
                 );
             }
-            matmul(
+            matmul_multi(
                 pool,
-                &self.m(&layer.w_gate),
+                &[self.m(&layer.w_gate), self.m(&layer.w_up)],
                 &ws.xb[..n * d],
                 n,
-                &mut ws.gate[..n * ff],
-                &mut ws.mm,
-            );
-            matmul(
-                pool,
-                &self.m(&layer.w_up),
-                &ws.xb[..n * d],
-                n,
-                &mut ws.up[..n * ff],
+                &mut [&mut ws.gate[..n * ff], &mut ws.up[..n * ff]],
                 &mut ws.mm,
             );
             swiglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);

@@ -97,6 +97,10 @@ pub fn token_str(tok: &Tokenizer, id: u32) -> String {
 pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response> {
     let req: ChatCompletionRequest =
         parse(body, &["model", "messages"], &[("logprobs", Kind::Bool)])?;
+    // `user` identifies the end user for abuse monitoring: it goes to the request's log line.
+    if let Some(user) = &req.sampling.user {
+        tracing::info!(user = %user, model = %req.model, "request for end user");
+    }
     let model = st.model(&req.model)?;
     let engine = &model.engine;
     let spec = req.validate(engine.vocab_size())?;
@@ -129,7 +133,7 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
     let reqs = (0..spec.n)
         .map(|i| request_for(&spec, prompt.clone(), max_tokens, i, None))
         .collect();
-    let rxs = submit_all(engine, reqs)?;
+    let rxs = submit_all(&st, &req.model, engine, reqs, spec.n)?;
     let id = crate::new_id("chatcmpl");
     let created = crate::now();
     let model_id = req.model.clone();

@@ -79,6 +79,10 @@ fn legacy(
 
 pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Response> {
     let req: CompletionRequest = parse(body, &["model", "prompt"], &[("logprobs", Kind::Int)])?;
+    // `user` identifies the end user for abuse monitoring: it goes to the request's log line.
+    if let Some(user) = &req.sampling.user {
+        tracing::info!(user = %user, model = %req.model, "request for end user");
+    }
     let model = st.model(&req.model)?;
     let engine = &model.engine;
     let spec = req.validate(engine.vocab_size())?;
@@ -114,7 +118,7 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
             reqs.push(request_for(&spec, p.clone(), max_tokens, i, prompt_lp));
         }
     }
-    let rxs = submit_all(engine, reqs)?;
+    let rxs = submit_all(&st, &req.model, engine, reqs, spec.n)?;
     let id = crate::new_id("cmpl");
     let created = crate::now();
     let model_id = req.model.clone();

@@ -2,26 +2,38 @@
 //! `/v1/completions`, `/v1/models`), health and readiness, and the `/tokenize` and
 //! `/detokenize` extensions.
 //!
+//! Service parts: API keys with scopes, rate limits and usage (`auth.rs`, admin routes in
+//! `admin.rs`), `GET /metrics` (`metrics.rs`), request ids and access logs (`trace.rs`), and
+//! graceful drain (`drain.rs`), as middleware around every route.
+//!
 //! One module per resource. Handlers validate, translate to `ferry_engine::GenerateRequest`,
 //! and turn engine events into JSON or SSE. Every error leaves through `ApiError` (see
 //! `error.rs`), which gives OpenAI's shape and the right status.
 
+mod admin;
+mod auth;
 mod body;
 mod chat;
 mod completions;
+mod drain;
+mod embeddings;
 mod error;
 mod health;
+mod metrics;
 mod models;
 mod sse;
 mod state;
 mod tokenize;
+mod trace;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use state::{AppState, LoadedModel, ModelSlot, ModelState, ServerConfig};
+pub use state::{AppState, EmbeddingModel, LoadedModel, ModelSlot, ModelState, ServerConfig};
+pub use {auth::Auth, drain::Drain, metrics::Metrics};
 
 /// Build the router over a shared state.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -32,10 +44,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(models::get_one))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/admin/keys", get(admin::list).post(admin::create))
+        .route("/v1/admin/keys/{id}", delete(admin::revoke))
+        .route("/v1/admin/keys/{id}/usage", get(admin::usage))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Outermost last: request id, span and HTTP metrics; then drain; then keys.
+        .layer(from_fn_with_state(state.clone(), auth::layer))
+        .layer(from_fn_with_state(state.clone(), drain::layer))
+        .layer(from_fn_with_state(state.clone(), trace::layer))
         .with_state(state)
 }
 

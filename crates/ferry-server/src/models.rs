@@ -14,6 +14,7 @@ fn card(s: &ModelSlot) -> ModelCard {
     let (state, max_model_len) = match &s.state {
         ModelState::Loading => ("loading", None),
         ModelState::Loaded(m) => ("loaded", Some(m.engine.context_length())),
+        ModelState::LoadedEmbedding(m) => ("loaded", Some(m.engine.context_length())),
         ModelState::Failed(_) => ("failed", None),
     };
     ModelCard {

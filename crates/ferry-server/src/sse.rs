@@ -12,7 +12,10 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::auth::Caller;
 use crate::error::from_submit;
+use crate::metrics::Timing;
+use crate::state::AppState;
 
 /// The engine request for choice `index` of a request.
 pub fn request_for(
@@ -44,15 +47,78 @@ pub fn request_for(
 }
 
 /// Submit all, or none: on a refusal the already-queued ones are dropped (cancelled).
+/// `reqs` are `n` choices per prompt, in order; the result's receivers feed `/metrics` and the
+/// caller's key usage (a prompt's tokens count once, with its first choice).
 pub fn submit_all(
+    st: &AppState,
+    model: &str,
     engine: &Engine,
     reqs: Vec<GenerateRequest>,
-) -> Result<Vec<UnboundedReceiver<Event>>, ApiError> {
+    n: usize,
+) -> Result<Vec<Tracked>, ApiError> {
+    let caller = Caller::current();
     let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        out.push(engine.submit(r).map_err(from_submit)?);
+    for (i, r) in reqs.into_iter().enumerate() {
+        let prompt_len = r.prompt.len();
+        let rx = engine.submit(r).map_err(from_submit)?;
+        out.push(Tracked {
+            rx,
+            timing: Timing::new(st.metrics.clone(), model),
+            caller: caller.clone(),
+            model: model.to_string(),
+            prompt_len: if i % n.max(1) == 0 { prompt_len } else { 0 },
+            generated: 0,
+            finished: false,
+        });
+    }
+    if let Some(c) = &caller {
+        c.record_request(model);
     }
     Ok(out)
+}
+
+/// One choice's event channel, observed on the way: latency metrics, and token usage of the
+/// caller's key when the choice finishes (or, if the client left, what was generated so far).
+pub struct Tracked {
+    rx: UnboundedReceiver<Event>,
+    timing: Timing,
+    caller: Option<Caller>,
+    model: String,
+    /// Prompt tokens to bill with this choice (0 for a prompt's later choices).
+    prompt_len: usize,
+    generated: usize,
+    finished: bool,
+}
+
+impl Tracked {
+    pub async fn recv(&mut self) -> Option<Event> {
+        let ev = self.rx.recv().await?;
+        self.timing.see(&ev);
+        match &ev {
+            Event::Token { .. } => self.generated += 1,
+            Event::Finished {
+                completion_tokens, ..
+            } => {
+                self.finished = true;
+                if let Some(c) = &self.caller {
+                    c.record_tokens(&self.model, self.prompt_len, *completion_tokens);
+                }
+            }
+            Event::Error(_) => self.finished = true,
+            Event::PromptLogprobs(_) => {}
+        }
+        Some(ev)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.finished && self.generated > 0 {
+            if let Some(c) = &self.caller {
+                c.record_tokens(&self.model, self.prompt_len, self.generated);
+            }
+        }
+    }
 }
 
 /// Everything one choice produced.
@@ -68,7 +134,7 @@ pub struct Collected {
 }
 
 /// Wait for one choice to finish.
-pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiError> {
+pub async fn collect(mut rx: Tracked) -> Result<Collected, ApiError> {
     let mut c = Collected::default();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -84,6 +150,7 @@ pub async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<Collected, ApiE
                 reason,
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => {
                 c.finish = Some(reason);
                 c.prompt_tokens = prompt_tokens;
@@ -108,9 +175,7 @@ pub fn usage(prompt: usize, completion: usize) -> Usage {
 }
 
 /// Events of several choices merged, tagged with the choice index.
-pub fn merged(
-    rxs: Vec<UnboundedReceiver<Event>>,
-) -> impl Stream<Item = (usize, Event)> + Send + Unpin {
+pub fn merged(rxs: Vec<Tracked>) -> impl Stream<Item = (usize, Event)> + Send + Unpin {
     stream::select_all(rxs.into_iter().enumerate().map(|(i, rx)| {
         Box::pin(stream::unfold(rx, move |mut rx| async move {
             rx.recv().await.map(|e| ((i, e), rx))
@@ -149,7 +214,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = unbounded_channel::<SseEvent>();
-    tokio::spawn(produce(SseWriter(tx)));
+    tokio::spawn(tracing::Instrument::in_current_span(produce(SseWriter(tx))));
     let s = stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });

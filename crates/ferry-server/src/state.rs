@@ -11,12 +11,18 @@ use ferry_types::{ApiError, ErrorCode};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_body_bytes: usize,
+    /// The metadata database (API keys, usage); without it there are no keys.
+    pub store: Option<Arc<ferry_store::Store>>,
+    /// Require API keys even while the store holds none.
+    pub require_auth: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 << 20,
+            store: None,
+            require_auth: false,
         }
     }
 }
@@ -26,10 +32,17 @@ impl Default for ServerConfig {
 pub enum ModelState {
     Loading,
     Loaded(Arc<LoadedModel>),
+    /// An embedding model (served by `POST /v1/embeddings` only).
+    LoadedEmbedding(Arc<EmbeddingModel>),
     Failed(String),
 }
 
-/// A model ready to serve.
+/// An embedding model ready to serve.
+pub struct EmbeddingModel {
+    pub engine: ferry_engine::embed::EmbedEngine,
+}
+
+/// A (chat) model ready to serve.
 pub struct LoadedModel {
     pub engine: Engine,
     pub template: ChatTemplate,
@@ -46,13 +59,19 @@ pub struct ModelSlot {
 pub struct AppState {
     pub config: ServerConfig,
     pub models: RwLock<BTreeMap<String, ModelSlot>>,
+    pub auth: crate::auth::Auth,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub drain: crate::drain::Drain,
 }
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<Self> {
         Arc::new(Self {
+            auth: crate::auth::Auth::new(&config),
             config,
             models: RwLock::new(BTreeMap::new()),
+            metrics: Default::default(),
+            drain: Default::default(),
         })
     }
 
@@ -83,7 +102,13 @@ impl AppState {
     /// True when every registered model is loaded.
     pub fn ready(&self) -> bool {
         let m = self.models.read().unwrap_or_else(|e| e.into_inner());
-        !m.is_empty() && m.values().all(|s| matches!(s.state, ModelState::Loaded(_)))
+        !m.is_empty()
+            && m.values().all(|s| {
+                matches!(
+                    s.state,
+                    ModelState::Loaded(_) | ModelState::LoadedEmbedding(_)
+                )
+            })
     }
 
     /// The loaded model called `id`: 404 if unknown, 503 if not loaded.
@@ -92,6 +117,10 @@ impl AppState {
         match m.get(id).map(|s| &s.state) {
             None => Err(ApiError::model_not_found(id)),
             Some(ModelState::Loaded(l)) => Ok(l.clone()),
+            Some(ModelState::LoadedEmbedding(_)) => Err(ApiError::invalid(
+                "model",
+                format!("The model `{id}` is an embedding model: use it with /v1/embeddings."),
+            )),
             Some(ModelState::Loading) => Err(ApiError::new(
                 ErrorCode::ServiceUnavailable,
                 format!("The model `{id}` is loading."),
@@ -101,6 +130,31 @@ impl AppState {
                 ErrorCode::ServiceUnavailable,
                 format!("The model `{id}` failed to load: {why}"),
             )),
+        }
+    }
+
+    /// The loaded embedding model called `id`: 404 if unknown, 400 for a chat model, 503 if
+    /// not loaded.
+    pub fn embedding_model(&self, id: &str) -> Result<Arc<EmbeddingModel>, ApiError> {
+        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
+        match m.get(id).map(|s| &s.state) {
+            Some(ModelState::LoadedEmbedding(e)) => Ok(e.clone()),
+            Some(ModelState::Loaded(_)) => Err(ApiError::invalid(
+                "model",
+                format!("The model `{id}` is not an embedding model: use /v1/chat/completions or /v1/completions."),
+            )),
+            _ => {
+                drop(m);
+                // Unknown, loading or failed: the same answers as for chat models.
+                match self.model(id) {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ApiError::new(
+                        ErrorCode::ServiceUnavailable,
+                        format!("The model `{id}` is changing state; retry."),
+                    )
+                    .with_retry_after(1)),
+                }
+            }
         }
     }
 

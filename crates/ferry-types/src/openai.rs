@@ -557,3 +557,308 @@ mod tests {
         assert_eq!(s.n, 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings (`POST /v1/embeddings`).
+
+/// Most inputs in one embeddings request (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// `POST /v1/embeddings` body. `input` is kept raw and checked by `validate`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: Value,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<u64>,
+    pub user: Option<String>,
+    /// Extension: cut inputs longer than the model's context instead of refusing them.
+    pub truncate: Option<bool>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// The inputs of an embeddings request: texts, or already-tokenized sequences.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingInput {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl EmbeddingInput {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Tokens(t) => t.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How vectors are written in the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    /// Little-endian f32 bytes, base64.
+    Base64,
+}
+
+/// A validated embeddings request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingSpec {
+    pub input: EmbeddingInput,
+    pub format: EncodingFormat,
+    pub truncate: bool,
+}
+
+fn token_id(v: &Value, param: &str) -> Result<u32, ApiError> {
+    v.as_u64()
+        .and_then(|t| u32::try_from(t).ok())
+        .ok_or_else(|| ApiError::invalid(param, format!("`{param}` must be a token id: {v}")))
+}
+
+impl EmbeddingRequest {
+    /// Check the request against a model that makes `dim`-long vectors.
+    pub fn validate(&self, dim: usize) -> Result<EmbeddingSpec, ApiError> {
+        reject_unknown(&self.extra)?;
+        let format = match self.encoding_format.as_deref() {
+            None | Some("float") => EncodingFormat::Float,
+            Some("base64") => EncodingFormat::Base64,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "encoding_format",
+                    format!("`encoding_format` must be `float` or `base64`, not `{other}`."),
+                ))
+            }
+        };
+        if let Some(d) = self.dimensions {
+            if d != dim as u64 {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedParameter,
+                    format!("This model makes {dim}-dimensional embeddings; `dimensions` {d} is not supported."),
+                )
+                .with_param("dimensions"));
+            }
+        }
+        let empty = || ApiError::invalid("input", "`input` must not be empty.");
+        let input = match &self.input {
+            Value::String(s) => EmbeddingInput::Texts(vec![s.clone()]),
+            Value::Array(items) if items.is_empty() => return Err(empty()),
+            Value::Array(items) if items.len() > MAX_EMBEDDING_INPUTS => {
+                return Err(ApiError::invalid(
+                    "input",
+                    format!("`input` has {} items; at most {MAX_EMBEDDING_INPUTS} are allowed.", items.len()),
+                ))
+            }
+            Value::Array(items) => match &items[0] {
+                Value::String(_) => EmbeddingInput::Texts(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            v.as_str().map(str::to_string).ok_or_else(|| {
+                                ApiError::invalid(
+                                    &format!("input[{i}]"),
+                                    "Every item of `input` must be a string when the first is.",
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                Value::Number(_) => EmbeddingInput::Tokens(vec![items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| token_id(v, &format!("input[{i}]")))
+                    .collect::<Result<_, _>>()?]),
+                Value::Array(_) => EmbeddingInput::Tokens(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            let a = v.as_array().ok_or_else(|| {
+                                ApiError::invalid(
+                                    &format!("input[{i}]"),
+                                    "Every item of `input` must be a list of token ids when the first is.",
+                                )
+                            })?;
+                            a.iter()
+                                .enumerate()
+                                .map(|(j, t)| token_id(t, &format!("input[{i}][{j}]")))
+                                .collect::<Result<Vec<u32>, _>>()
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "input",
+                        "`input` must be a string, a list of strings, a list of token ids, or a list of lists of token ids.",
+                    ))
+                }
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    "input",
+                    "`input` must be a string, a list of strings, a list of token ids, or a list of lists of token ids.",
+                ))
+            }
+        };
+        let any_empty = match &input {
+            EmbeddingInput::Texts(t) => t.iter().any(|s| s.is_empty()),
+            EmbeddingInput::Tokens(t) => t.iter().any(|s| s.is_empty()),
+        };
+        if any_empty {
+            return Err(empty());
+        }
+        Ok(EmbeddingSpec {
+            input,
+            format,
+            truncate: self.truncate.unwrap_or(false),
+        })
+    }
+}
+
+/// One vector: floats, or a base64 string of little-endian f32 bytes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingData {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddingResponse {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A vector as OpenAI's base64 encoding: little-endian f32 bytes.
+pub fn f32_base64(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64_encode(&bytes)
+}
+
+#[cfg(test)]
+mod embedding_tests {
+    use super::*;
+
+    fn req(v: Value) -> EmbeddingRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(i.as_bytes()), o);
+        }
+        assert_eq!(f32_base64(&[1.0]), "AACAPw==");
+    }
+
+    #[test]
+    fn input_shapes() {
+        let s = |v| req(serde_json::json!({"model": "m", "input": v})).validate(4);
+        assert_eq!(
+            s(serde_json::json!("hi")).unwrap().input,
+            EmbeddingInput::Texts(vec!["hi".into()])
+        );
+        assert_eq!(s(serde_json::json!(["a", "b"])).unwrap().input.len(), 2);
+        assert_eq!(
+            s(serde_json::json!([1, 2])).unwrap().input,
+            EmbeddingInput::Tokens(vec![vec![1, 2]])
+        );
+        assert_eq!(s(serde_json::json!([[1], [2, 3]])).unwrap().input.len(), 2);
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!(""),
+            serde_json::json!(["a", ""]),
+            serde_json::json!([[]]),
+            serde_json::json!(["a", 1]),
+            serde_json::json!([1, -1]),
+            serde_json::json!([[1], "a"]),
+            serde_json::json!(7),
+            serde_json::json!([{"a": 1}]),
+        ] {
+            let e = s(bad.clone()).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+            assert!(e.param.unwrap().starts_with("input"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn format_dimensions_and_unknown_parameters() {
+        let v = |extra: Value| {
+            let mut b = serde_json::json!({"model": "m", "input": "x"});
+            for (k, x) in extra.as_object().unwrap() {
+                b[k] = x.clone();
+            }
+            req(b).validate(4)
+        };
+        assert_eq!(
+            v(serde_json::json!({"encoding_format": "base64"}))
+                .unwrap()
+                .format,
+            EncodingFormat::Base64
+        );
+        assert_eq!(
+            v(serde_json::json!({"dimensions": 4})).unwrap().format,
+            EncodingFormat::Float
+        );
+        assert_eq!(
+            v(serde_json::json!({"encoding_format": "int8"}))
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("encoding_format")
+        );
+        let e = v(serde_json::json!({"dimensions": 3})).unwrap_err();
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            (ErrorCode::UnsupportedParameter, Some("dimensions"))
+        );
+        let e = v(serde_json::json!({"frobnicate": 1})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("frobnicate"));
+        assert!(v(serde_json::json!({"truncate": true})).unwrap().truncate);
+    }
+}

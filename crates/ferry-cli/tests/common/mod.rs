@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -49,7 +49,19 @@ fn free_port() -> u16 {
 
 /// Start a server with extra flags and wait until `/ready` says 200.
 pub fn start(extra: &[&str]) -> Server {
+    start_with(None, extra)
+}
+
+/// `start` with a given data directory (`FERRY_HOME`), e.g. one where keys were created.
+pub fn start_in(home: &Path, extra: &[&str]) -> Server {
+    start_with(Some(home), extra)
+}
+
+fn start_with(home: Option<&Path>, extra: &[&str]) -> Server {
     let port = free_port();
+    let home = home
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-test-{port}")));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(["serve", "--model"])
         .arg(model_path())
@@ -61,10 +73,7 @@ pub fn start(extra: &[&str]) -> Server {
             "--exit-on-stdin-eof",
         ])
         .args(extra)
-        .env(
-            "FERRY_HOME",
-            std::env::temp_dir().join(format!("ferry-test-{port}")),
-        )
+        .env("FERRY_HOME", &home)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -134,7 +143,137 @@ impl Response {
     }
 }
 
+/// Run the `ferry` CLI with `FERRY_HOME=home`; panics unless it succeeds; returns stdout.
+pub fn ferry(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_HOME", home)
+        .output()
+        .expect("run ferry");
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh, empty data directory.
+pub fn temp_home(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let d = std::env::temp_dir().join(format!("ferry-test-{tag}-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A response being received: status, headers, then SSE `data:` payloads one at a time.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl Streaming {
+    /// The next `data:` payload, or None at the end of the body. (Chunk-size lines of a
+    /// chunked body are not `data:` lines, so they are skipped.)
+    pub fn next_data(&mut self) -> Option<String> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let l = line.trim_end();
+            if let Some(d) = l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")) {
+                return Some(d.to_string());
+            }
+        }
+    }
+}
+
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the server process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Any method, with extra headers (`("Authorization", "Bearer …")`) and an optional JSON body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Response {
+        self.raw(&request_bytes(method, path, headers, body))
+            .expect("request")
+    }
+    pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", path, headers, None)
+    }
+    pub fn post_with_headers(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        self.request("POST", path, headers, Some(body))
+    }
+
+    /// Send a request and return once the response head has arrived.
+    pub fn open_stream(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Streaming {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        s.write_all(&request_bytes(method, path, headers, body))
+            .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        Streaming {
+            status,
+            headers,
+            reader,
+        }
+    }
+
     pub fn try_get(&self, path: &str) -> std::io::Result<Response> {
         self.raw(
             &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -193,6 +332,31 @@ impl Server {
             body,
         })
     }
+}
+
+fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Vec<u8> {
+    let body = body.map(|b| serde_json::to_vec(b).unwrap());
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = &body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut req = req.into_bytes();
+    if let Some(b) = body {
+        req.extend_from_slice(&b);
+    }
+    req
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

@@ -1,0 +1,241 @@
+//! The embedding engine: one thread that batches embedding requests across clients.
+//!
+//! `EmbedEngine::submit` queues a request (a list of token-id sequences) and returns a oneshot
+//! receiver; it refuses with `SubmitError::QueueFull` (429) when `max_waiting` requests are
+//! already queued. The engine thread takes everything waiting up to a token budget
+//! (`max_batch_tokens`; a larger request is run alone, in slices of that budget), runs the
+//! encoder over all of it, and replies to each request. Requests whose receiver was dropped
+//! (client gone) are skipped. A sequence's vector does not depend on what else is in the batch
+//! (`Bert::forward` attends per sequence, without padding).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use ferry_kernels::ThreadPool;
+use ferry_models::bert::{Bert, BertWorkspace};
+use tokio::sync::oneshot;
+
+use crate::SubmitError;
+
+/// Embedding engine sizing.
+#[derive(Debug, Clone)]
+pub struct EmbedConfig {
+    /// Compute threads (0 = one per core).
+    pub threads: usize,
+    /// Most tokens in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Most requests waiting; beyond it `submit` refuses (429).
+    pub max_waiting: usize,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            max_batch_tokens: 8192,
+            max_waiting: 128,
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct EmbedStats {
+    pub waiting: AtomicUsize,
+    pub requests: AtomicU64,
+    pub tokens: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// The vectors of a request, in input order, or why it failed.
+pub type EmbedResult = Result<Vec<Vec<f32>>, String>;
+
+struct Job {
+    seqs: Vec<Vec<u32>>,
+    tx: oneshot::Sender<EmbedResult>,
+}
+
+/// A handle to a running embedding engine.
+pub struct EmbedEngine {
+    tx: Option<mpsc::Sender<Job>>,
+    model: Arc<Bert>,
+    stats: Arc<EmbedStats>,
+    cfg: EmbedConfig,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbedEngine {
+    /// Start the engine thread for a loaded encoder.
+    pub fn start(model: Arc<Bert>, mut cfg: EmbedConfig) -> Self {
+        cfg.max_batch_tokens = cfg.max_batch_tokens.max(model.max_tokens());
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(EmbedStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (model, stats, cfg, stop) =
+                (model.clone(), stats.clone(), cfg.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("ferry-embed".into())
+                .spawn(move || run(model, stats, cfg, stop, rx))
+                .expect("spawn embedding thread")
+        };
+        Self {
+            tx: Some(tx),
+            model,
+            stats,
+            cfg,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn model(&self) -> &Bert {
+        &self.model
+    }
+    /// Most tokens per input (specials included).
+    pub fn context_length(&self) -> usize {
+        self.model.max_tokens()
+    }
+    pub fn dim(&self) -> usize {
+        self.model.dim()
+    }
+    pub fn stats(&self) -> &EmbedStats {
+        &self.stats
+    }
+    pub fn config(&self) -> &EmbedConfig {
+        &self.cfg
+    }
+
+    /// Queue sequences (each already tokenized with its specials). The vectors arrive on the
+    /// returned receiver; dropping it cancels the request if it has not run yet.
+    pub fn submit(
+        &self,
+        seqs: Vec<Vec<u32>>,
+    ) -> Result<oneshot::Receiver<EmbedResult>, SubmitError> {
+        for s in &seqs {
+            if s.is_empty() {
+                return Err(SubmitError::EmptyPrompt);
+            }
+            if s.len() > self.context_length() {
+                return Err(SubmitError::ContextLength {
+                    prompt: s.len(),
+                    max_tokens: 0,
+                    context: self.context_length(),
+                });
+            }
+            if let Some(&t) = s.iter().find(|&&t| t as usize >= self.model.cfg.vocab_size) {
+                return Err(SubmitError::BadToken(t));
+            }
+        }
+        let waiting = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.cfg.max_waiting {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|q| q.send(Job { seqs, tx }).is_ok());
+        if !sent {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Stopped);
+        }
+        Ok(rx)
+    }
+}
+
+impl Drop for EmbedEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Closing the channel wakes the thread.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tokens(j: &Job) -> usize {
+    j.seqs.iter().map(|s| s.len()).sum()
+}
+
+fn run(
+    model: Arc<Bert>,
+    stats: Arc<EmbedStats>,
+    cfg: EmbedConfig,
+    stop: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Job>,
+) {
+    let pool = ThreadPool::new(cfg.threads);
+    let mut ws = BertWorkspace::default();
+    let mut held: Option<Job> = None;
+    while !stop.load(Ordering::SeqCst) {
+        // Block for the first job, then take whatever else is waiting, up to the budget.
+        let first = match held.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        let mut budget = tokens(&first);
+        let mut batch = vec![first];
+        while budget < cfg.max_batch_tokens {
+            match rx.try_recv() {
+                Ok(j) => {
+                    let t = tokens(&j);
+                    if budget + t > cfg.max_batch_tokens {
+                        held = Some(j);
+                        break;
+                    }
+                    budget += t;
+                    batch.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+        // Clients that went away are not worth computing for.
+        batch.retain(|j| !j.tx.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let all: Vec<&[u32]> = batch
+            .iter()
+            .flat_map(|j| j.seqs.iter().map(|s| s.as_slice()))
+            .collect();
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(all.len());
+        let mut failure = None;
+        // Slices of at most `max_batch_tokens` tokens (a sequence is never split).
+        let mut i = 0;
+        while i < all.len() {
+            let mut j = i;
+            let mut t = 0;
+            while j < all.len() && (j == i || t + all[j].len() <= cfg.max_batch_tokens) {
+                t += all[j].len();
+                j += 1;
+            }
+            match model.forward(&pool, &all[i..j], &mut ws) {
+                Ok(v) => vectors.extend(v),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.tokens.fetch_add(t as u64, Ordering::Relaxed);
+            i = j;
+        }
+        let mut it = vectors.into_iter();
+        for job in batch {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            let reply = match &failure {
+                Some(e) => Err(e.clone()),
+                None => Ok(it.by_ref().take(job.seqs.len()).collect()),
+            };
+            let _ = job.tx.send(reply);
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! `GET /metrics`: Prometheus text exposition, written by hand. Engine metrics use vLLM's
+//! names and a `model_name` label, so vLLM dashboards work: latency histograms observed by
+//! `Tracked` (see `sse.rs`), gauges and token counters read from `Engine::stats()`. HTTP
+//! metrics (`ferry_http_*`) are labelled with the matched route template.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use ferry_engine::Event;
+
+use crate::state::{AppState, ModelState};
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+    50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+];
+const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative; the last one is +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+    fn observe(&mut self, v: f64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut acc = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c;
+            let le = self
+                .bounds
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {acc}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {acc}");
+    }
+}
+
+struct ModelHistograms {
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    queue: Histogram,
+}
+
+impl Default for ModelHistograms {
+    fn default() -> Self {
+        Self {
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(REQUEST_BUCKETS),
+            queue: Histogram::new(REQUEST_BUCKETS),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    models: BTreeMap<String, ModelHistograms>,
+    /// (route, method, status) -> count.
+    http: BTreeMap<(String, String, u16), u64>,
+    http_duration: BTreeMap<String, Histogram>,
+}
+
+/// The server's metrics registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// What to observe about one engine request.
+pub(crate) enum Observation {
+    FirstToken(Duration),
+    InterToken(Duration),
+    Finished { e2e: Duration, queued: Duration },
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn observe(&self, model: &str, o: Observation) {
+        let mut g = self.lock();
+        let m = match g.models.get_mut(model) {
+            Some(m) => m,
+            None => g.models.entry(model.to_string()).or_default(),
+        };
+        match o {
+            Observation::FirstToken(d) => m.ttft.observe(d.as_secs_f64()),
+            Observation::InterToken(d) => m.itl.observe(d.as_secs_f64()),
+            Observation::Finished { e2e, queued } => {
+                m.e2e.observe(e2e.as_secs_f64());
+                m.queue.observe(queued.as_secs_f64());
+            }
+        }
+    }
+
+    pub(crate) fn observe_http(&self, route: &str, method: &str, status: u16, d: Duration) {
+        let mut g = self.lock();
+        *g.http
+            .entry((route.to_string(), method.to_string(), status))
+            .or_default() += 1;
+        g.http_duration
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(HTTP_BUCKETS))
+            .observe(d.as_secs_f64());
+    }
+
+    /// The exposition text. `engines` gives (model name, gauges and counters) per loaded model.
+    fn render(&self, engines: &[(String, EngineSample)]) -> String {
+        let mut out = String::new();
+        let g = self.lock();
+        let label = |m: &str| format!("model_name=\"{}\"", escape(m));
+        let head = |out: &mut String, name: &str, ty: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+        };
+
+        type Gauge = fn(&EngineSample) -> f64;
+        let gauges: [(&str, &str, &str, Gauge); 5] = [
+            (
+                "vllm:num_requests_running",
+                "gauge",
+                "Number of requests in model execution batches.",
+                |s| s.running as f64,
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "gauge",
+                "Number of requests waiting to be processed.",
+                |s| s.waiting as f64,
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "gauge",
+                "KV-cache usage. 1 means 100 percent usage.",
+                |s| s.kv_usage,
+            ),
+            (
+                "vllm:prompt_tokens_total",
+                "counter",
+                "Number of prefill tokens processed.",
+                |s| s.prompt_tokens as f64,
+            ),
+            (
+                "vllm:generation_tokens_total",
+                "counter",
+                "Number of generation tokens processed.",
+                |s| s.generation_tokens as f64,
+            ),
+        ];
+        for (name, ty, help, f) in gauges {
+            head(&mut out, name, ty, help);
+            for (m, s) in engines {
+                let _ = writeln!(out, "{name}{{{}}} {}", label(m), f(s));
+            }
+        }
+
+        type Pick = fn(&ModelHistograms) -> &Histogram;
+        let hists: [(&str, &str, Pick); 4] = [
+            (
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                |m| &m.ttft,
+            ),
+            (
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+                |m| &m.itl,
+            ),
+            (
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of end to end request latency in seconds.",
+                |m| &m.e2e,
+            ),
+            (
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in the waiting queue in seconds.",
+                |m| &m.queue,
+            ),
+        ];
+        // Every served model has its series, observed or not.
+        let empty = ModelHistograms::default();
+        let mut names: Vec<&str> = engines.iter().map(|(m, _)| m.as_str()).collect();
+        names.extend(g.models.keys().map(|k| k.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        for (name, help, pick) in hists {
+            head(&mut out, name, "histogram", help);
+            for m in &names {
+                pick(g.models.get(*m).unwrap_or(&empty)).write(&mut out, name, &label(m));
+            }
+        }
+
+        head(
+            &mut out,
+            "ferry_http_requests_total",
+            "counter",
+            "HTTP requests by matched route, method and status.",
+        );
+        for ((route, method, status), n) in &g.http {
+            let _ = writeln!(
+                out,
+                "ferry_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                escape(route),
+                escape(method)
+            );
+        }
+        head(
+            &mut out,
+            "ferry_http_request_duration_seconds",
+            "histogram",
+            "Time to the response head, by matched route.",
+        );
+        for (route, h) in &g.http_duration {
+            h.write(
+                &mut out,
+                "ferry_http_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+            );
+        }
+        out
+    }
+}
+
+/// Gauges and counters of one engine.
+pub(crate) struct EngineSample {
+    running: usize,
+    waiting: usize,
+    kv_usage: f64,
+    prompt_tokens: u64,
+    generation_tokens: u64,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let engines: Vec<(String, EngineSample)> = st
+        .slots()
+        .into_iter()
+        .filter_map(|s| match &s.state {
+            ModelState::Loaded(m) => {
+                let x = m.engine.stats();
+                let total = x.kv_blocks_total.load(Ordering::Relaxed);
+                let used = x.kv_blocks_used.load(Ordering::Relaxed);
+                Some((
+                    s.id.clone(),
+                    EngineSample {
+                        running: x.running.load(Ordering::Relaxed),
+                        waiting: x.waiting.load(Ordering::Relaxed),
+                        kv_usage: if total == 0 {
+                            0.0
+                        } else {
+                            used as f64 / total as f64
+                        },
+                        prompt_tokens: x.prompt_tokens.load(Ordering::Relaxed),
+                        generation_tokens: x.generated_tokens.load(Ordering::Relaxed),
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(&engines),
+    )
+        .into_response()
+}
+
+/// Watches one engine request's events: time to first token, inter-token latency, end to
+/// end latency and queue time, measured from `submit`.
+pub(crate) struct Timing {
+    metrics: Arc<Metrics>,
+    model: String,
+    submitted: Instant,
+    last: Option<Instant>,
+}
+
+impl Timing {
+    pub(crate) fn new(metrics: Arc<Metrics>, model: &str) -> Self {
+        Self {
+            metrics,
+            model: model.to_string(),
+            submitted: Instant::now(),
+            last: None,
+        }
+    }
+
+    pub(crate) fn see(&mut self, ev: &Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Token { .. } => {
+                let o = match self.last {
+                    None => Observation::FirstToken(now - self.submitted),
+                    Some(t) => Observation::InterToken(now - t),
+                };
+                self.last = Some(now);
+                self.metrics.observe(&self.model, o);
+            }
+            Event::Finished { queued, .. } => self.metrics.observe(
+                &self.model,
+                Observation::Finished {
+                    e2e: now - self.submitted,
+                    queued: *queued,
+                },
+            ),
+            Event::PromptLogprobs(_) | Event::Error(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.write(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.1\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 4\n"), "{out}");
+        assert!(out.contains("x_sum{a=\"b\"} 3.65\n"), "{out}");
+    }
+
+    #[test]
+    fn render_has_every_family_and_escapes_labels() {
+        let m = Metrics::default();
+        m.observe("m\"1", Observation::FirstToken(Duration::from_millis(30)));
+        m.observe_http("/v1/models", "GET", 200, Duration::from_millis(2));
+        let s = EngineSample {
+            running: 1,
+            waiting: 2,
+            kv_usage: 0.25,
+            prompt_tokens: 10,
+            generation_tokens: 5,
+        };
+        let out = m.render(&[("m\"1".into(), s)]);
+        for l in [
+            "vllm:num_requests_running{model_name=\"m\\\"1\"} 1",
+            "vllm:num_requests_waiting{model_name=\"m\\\"1\"} 2",
+            "vllm:kv_cache_usage_perc{model_name=\"m\\\"1\"} 0.25",
+            "vllm:prompt_tokens_total{model_name=\"m\\\"1\"} 10",
+            "vllm:generation_tokens_total{model_name=\"m\\\"1\"} 5",
+            "vllm:time_to_first_token_seconds_count{model_name=\"m\\\"1\"} 1",
+            "vllm:e2e_request_latency_seconds_count{model_name=\"m\\\"1\"} 0",
+            "# TYPE vllm:request_queue_time_seconds histogram",
+            "ferry_http_requests_total{route=\"/v1/models\",method=\"GET\",status=\"200\"} 1",
+            "ferry_http_request_duration_seconds_count{route=\"/v1/models\"} 1",
+        ] {
+            assert!(out.lines().any(|x| x == l), "missing {l}:\n{out}");
+        }
+    }
+}

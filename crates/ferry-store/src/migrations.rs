@@ -1,0 +1,94 @@
+//! Versioned schema migrations. Append to `MIGRATIONS`; never edit an applied one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::{Error, Result};
+
+struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "api_keys and key_usage",
+    sql: "
+        CREATE TABLE api_keys (
+            id      TEXT PRIMARY KEY,
+            name    TEXT NOT NULL,
+            hash    TEXT NOT NULL UNIQUE,          -- sha256 of the key, lowercase hex
+            scope   TEXT NOT NULL CHECK (scope IN ('inference', 'admin')),
+            rpm     INTEGER CHECK (rpm IS NULL OR rpm > 0),  -- requests per minute; NULL: no limit
+            tpm     INTEGER CHECK (tpm IS NULL OR tpm > 0),  -- tokens per minute; NULL: no limit
+            created INTEGER NOT NULL,              -- unix seconds
+            revoked INTEGER                        -- unix seconds; NULL while active
+        );
+        CREATE TABLE key_usage (
+            key_id            TEXT NOT NULL REFERENCES api_keys(id),
+            model             TEXT NOT NULL,
+            minute            INTEGER NOT NULL,    -- unix seconds at the start of the minute
+            requests          INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, model, minute)
+        ) WITHOUT ROWID;
+    ",
+}];
+
+/// The schema version this program writes.
+pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL,
+    applied INTEGER NOT NULL
+)";
+
+pub fn version(conn: &Connection) -> Result<u32> {
+    conn.execute(CREATE_TABLE, [])?;
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn migrate(conn: &mut Connection) -> Result<u32> {
+    conn.execute(CREATE_TABLE, [])?;
+    loop {
+        // IMMEDIATE takes the write lock before reading the version, so two processes
+        // migrating at once apply each step once.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = version(&tx)?;
+        if current > LATEST_VERSION {
+            return Err(Error::TooNew {
+                found: current,
+                known: LATEST_VERSION,
+            });
+        }
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version > current) else {
+            tx.commit()?;
+            return Ok(current);
+        };
+        tx.execute_batch(m.sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied) VALUES (?1, ?2, ?3)",
+            rusqlite::params![m.version, m.name, crate::now() as i64],
+        )?;
+        tx.commit()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase() {
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].version < w[1].version);
+        }
+        assert_eq!(MIGRATIONS[0].version, 1);
+    }
+}

@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Ferry against llama.cpp on the same machine, in one run, same thread count.
+
+Builds nothing. Measures, alternating Ferry and llama.cpp on every repeat, and prints medians:
+
+* prefill pp512 and decode tg128: `ferry bench --json` against `llama-bench -o json`
+  (or, without llama-bench, llama-cpp-python with `use_extra_bufts=False`);
+* the HTTP servers at 1, 4 and 16 concurrent streams (64 generated tokens each, EOS banned by
+  `logit_bias {"2": -100}` on both): aggregate generated tokens/s and median TTFT, for
+  `ferry serve` and `llama-server -np 16 -c 16384 --cont-batching`;
+* each server's VmRSS after load and warm-up, and VmHWM at the end;
+* decode as a percentage of the memory-bandwidth bound (weight bytes per token from
+  `ferry bench --json`, read bandwidth from a multi-threaded numpy sum over 1 GB).
+
+    python3 scripts/bench.py --ferry-bin target/release/ferry \\
+        --llama-bench /path/llama-bench --llama-server /path/llama-server \\
+        --gguf .ferry-cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+Run it with a Python that has numpy (and llama_cpp for --llama-python). Standard library
+otherwise. Any peer that is not given is skipped (its column reads "-").
+"""
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EOS = 2
+
+LLAMA_PY = r"""
+import sys, time, json
+import llama_cpp.llama_cpp as C
+_d = C.llama_model_default_params
+def _p():
+    x = _d(); x.use_extra_bufts = False; return x
+C.llama_model_default_params = _p
+from llama_cpp import Llama
+path, t, npp, ntg = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+m = Llama(path, n_threads=t, n_threads_batch=t, n_ctx=npp + ntg + 16, n_batch=npp, verbose=False)
+v = m.n_vocab()
+prompt = [1000 + (i * 7919) % (v - 2000) for i in range(npp)]
+m.reset(); m.eval(prompt[:16])
+m.reset(); t0 = time.time(); m.eval(prompt); pp = npp / (time.time() - t0)
+m.reset(); m.eval(prompt[:8]); t0 = time.time()
+for i in range(ntg):
+    m.eval([1000 + i])
+print(json.dumps({"prefill_tps": pp, "decode_tps": ntg / (time.time() - t0)}))
+"""
+
+
+def med(v):
+    return statistics.median(v) if v else float("nan")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def rss_kb(pid, key="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def ferry_bench(a):
+    env = dict(os.environ)
+    out = subprocess.run(
+        [a.ferry_bin, "bench", a.ferry_model, "--threads", str(a.threads), "--json",
+         "--repeats", "1", "--prompt-tokens", "512", "--decode-tokens", "128"],
+        capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def llama_bench(a):
+    if a.llama_bench:
+        cmd = [a.llama_bench, "-m", a.gguf, "-p", "512", "-n", "128", "-t", str(a.threads),
+               "-r", "1", "-o", "json"] + a.llama_extra.split()
+        recs = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        pp = [r["avg_ts"] for r in recs if r.get("n_prompt") == 512 and r.get("n_gen") == 0]
+        tg = [r["avg_ts"] for r in recs if r.get("n_gen") == 128 and r.get("n_prompt") == 0]
+        return {"prefill_tps": pp[0], "decode_tps": tg[0]}
+    if a.llama_python:
+        out = subprocess.run([a.llama_python, "-c", LLAMA_PY, a.gguf, str(a.threads), "512",
+                              "128"], capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    return None
+
+
+def read_bandwidth(threads, gb=1.0):
+    try:
+        import numpy as np
+    except ImportError:
+        return float("nan")
+    n = int(gb * 2**30) // 8
+    arr = np.ones(n, dtype=np.uint64)
+    parts = np.array_split(arr, threads)
+
+    def run():
+        ts = [threading.Thread(target=lambda p=p: np.add.reduce(p, dtype=np.uint64))
+              for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return arr.nbytes / (time.perf_counter() - t0)
+
+    run()
+    return max(run() for _ in range(3))
+
+
+def wait_up(port, proc, path, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not come up")
+
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a steam engine works, step by step.",
+    "Describe the history of the city of Rome from its founding to the modern day.",
+    "List many interesting facts about the ocean and the animals that live in it.",
+]
+
+
+def one_stream(port, model, i, n_tokens, res):
+    body = json.dumps({
+        "model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": n_tokens,
+        "temperature": 0, "stream": True, "logit_bias": {str(EOS): -100},
+    }).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    ttft, chunks, finish = None, 0, None
+    try:
+        r = urllib.request.urlopen(req, timeout=600)
+    except Exception as e:
+        print(f"request failed: {e}", file=sys.stderr)
+        res.append((float("nan"), 0))
+        return
+    with r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            d = json.loads(line[5:])
+            for c in d.get("choices", []):
+                if c.get("text"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                if c.get("finish_reason"):
+                    finish = c["finish_reason"]
+    res.append((ttft if ttft is not None else float("nan"),
+                n_tokens if finish == "length" else chunks))
+
+
+def load_test(port, model, streams, n_tokens):
+    res = []
+    ts = [threading.Thread(target=one_stream, args=(port, model, i, n_tokens, res))
+          for i in range(streams)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    return sum(n for _, n in res) / wall, med([t for t, _ in res])
+
+
+def start_servers(a):
+    servers = {}
+    if a.ferry_bin:
+        port = free_port()
+        p = subprocess.Popen(
+            [a.ferry_bin, "serve", "--model", a.ferry_model, "--port", str(port),
+             "--threads", str(a.threads), "--kv-cache-tokens", str(a.ctx)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers["ferry"] = (p, port, a.ferry_model, "/ready")
+    if a.llama_server:
+        port = free_port()
+        p = subprocess.Popen(
+            [a.llama_server, "-m", a.gguf, "--port", str(port), "-t", str(a.threads),
+             "-tb", str(a.threads), "-np", "16", "-c", str(a.ctx), "--cont-batching"]
+            + a.llama_extra.split(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers["llama"] = (p, port, "model", "/health")
+    for name, (p, port, model, ready) in servers.items():
+        wait_up(port, p, ready)
+        load_test(port, model, 1, 8)  # warm-up
+    return {k: v[:3] for k, v in servers.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ferry-bin", default=str(ROOT / "target/release/ferry"))
+    ap.add_argument("--ferry-model", default="smollm2-135m-instruct")
+    ap.add_argument("--gguf", default=str(ROOT / ".ferry-cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--llama-bench")
+    ap.add_argument("--llama-server")
+    ap.add_argument("--llama-python", help="python with llama_cpp, used when no --llama-bench")
+    ap.add_argument("--llama-extra", default="", help="extra args for llama-bench/llama-server")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ctx", type=int, default=16384)
+    ap.add_argument("--streams", default="1,4,16")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--no-servers", action="store_true")
+    ap.add_argument("--no-bench", action="store_true", help="skip pp512/tg128")
+    a = ap.parse_args()
+
+    rows = []  # (metric, ferry, llama, higher_is_better, target ratio)
+    fb = {"prefill_tps": [], "decode_tps": []}
+    lb = {"prefill_tps": [], "decode_tps": []}
+    wbytes = None
+    for r in range(0 if a.no_bench else a.repeats):
+        d = ferry_bench(a)
+        wbytes = d["weight_bytes"]
+        for k in fb:
+            fb[k].append(d[k])
+        d = llama_bench(a)
+        if d:
+            for k in lb:
+                lb[k].append(d[k])
+        print(f"repeat {r + 1}: ferry {fb['prefill_tps'][-1]:.1f}/{fb['decode_tps'][-1]:.1f}"
+              f"  llama.cpp {lb['prefill_tps'][-1] if d else float('nan'):.1f}/"
+              f"{lb['decode_tps'][-1] if d else float('nan'):.1f}  (pp512/tg128 tok/s)",
+              file=sys.stderr)
+    if not a.no_bench:
+        rows.append(("prefill pp512 tok/s", med(fb["prefill_tps"]), med(lb["prefill_tps"]), True,
+                     2.0))
+        rows.append(("decode tg128 tok/s", med(fb["decode_tps"]), med(lb["decode_tps"]), True,
+                     2.0))
+
+    if not a.no_servers:
+        servers = start_servers(a)
+        rss = {k: rss_kb(p.pid) / 1024 for k, (p, _, _) in servers.items()}
+        res = {}
+        try:
+            for s in [int(x) for x in a.streams.split(",")]:
+                for r in range(a.repeats):
+                    for name, (p, port, model) in servers.items():
+                        tps, ttft = load_test(port, model, s, a.tokens)
+                        res.setdefault((name, s), []).append((tps, ttft))
+                        print(f"{name} streams {s}: {tps:.1f} tok/s, TTFT {ttft * 1e3:.0f} ms",
+                              file=sys.stderr)
+            hwm = {k: rss_kb(p.pid, "VmHWM") / 1024 for k, (p, _, _) in servers.items()}
+        finally:
+            for p, _, _ in servers.values():
+                p.terminate()
+                p.wait()
+
+        def g(name, s, i):
+            v = res.get((name, s))
+            return med([x[i] for x in v]) if v else float("nan")
+
+        for s in [int(x) for x in a.streams.split(",")]:
+            rows.append((f"HTTP {s} streams, aggregate tok/s", g("ferry", s, 0), g("llama", s, 0),
+                         True, 2.0 if s == 16 else None))
+            rows.append((f"HTTP {s} streams, median TTFT ms", g("ferry", s, 1) * 1e3,
+                         g("llama", s, 1) * 1e3, False, 1.0 if s == 16 else None))
+        rows.append(("server VmRSS after load, MiB", rss.get("ferry", float("nan")),
+                     rss.get("llama", float("nan")), False, 1.2))
+        rows.append(("server VmHWM at end, MiB", hwm.get("ferry", float("nan")),
+                     hwm.get("llama", float("nan")), False, 1.2))
+
+    bw = read_bandwidth(a.threads)
+    print(f"\n{'metric':<36} {'ferry':>10} {'llama.cpp':>10} {'ratio':>7} {'target':>8}")
+    for name, f, l, higher, target in rows:
+        ratio = f / l if l == l and l else float("nan")
+        tgt = "" if target is None else (f">={target:g}x" if higher else f"<={target:g}x")
+        print(f"{name:<36} {f:>10.1f} {l:>10.1f} {ratio:>6.2f}x {tgt:>8}")
+    if wbytes:
+        dec = med(fb["decode_tps"])
+        print(f"\nweights read per token {wbytes / 1e6:.1f} MB; read bandwidth "
+              f"({a.threads} threads, numpy) {bw / 1e9:.1f} GB/s; bound {bw / wbytes:.0f} tok/s; "
+              f"ferry decode {dec * wbytes / 1e9:.2f} GB/s = {100 * dec * wbytes / bw:.1f}% of it; "
+              f"llama.cpp {100 * med(lb['decode_tps']) * wbytes / bw:.1f}%")
+
+
+if __name__ == "__main__":
+    main()
