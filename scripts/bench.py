@@ -87,7 +87,7 @@ def ferry_bench(a):
 def llama_bench(a):
     if a.llama_bench:
         cmd = [a.llama_bench, "-m", a.gguf, "-p", "512", "-n", "128", "-t", str(a.threads),
-               "-r", "1", "-o", "json"] + a.llama_extra.split()
+               "-r", "1", "-o", "json"] + a.llama_bench_extra.split()
         recs = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         pp = [r["avg_ts"] for r in recs if r.get("n_prompt") == 512 and r.get("n_gen") == 0]
         tg = [r["avg_ts"] for r in recs if r.get("n_gen") == 128 and r.get("n_prompt") == 0]
@@ -147,7 +147,9 @@ PROMPTS = [
 
 def one_stream(port, model, i, n_tokens, res):
     body = json.dumps({
-        "model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": n_tokens,
+        # A unique prefix, so that neither server can reuse a cached prompt across requests.
+        "model": model, "prompt": f"Request {time.time_ns() % 10**9} {i}. "
+        + PROMPTS[i % len(PROMPTS)], "max_tokens": n_tokens,
         "temperature": 0, "stream": True, "logit_bias": {str(EOS): -100},
     }).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
@@ -204,7 +206,7 @@ def start_servers(a):
         p = subprocess.Popen(
             [a.llama_server, "-m", a.gguf, "--port", str(port), "-t", str(a.threads),
              "-tb", str(a.threads), "-np", "16", "-c", str(a.ctx), "--cont-batching"]
-            + a.llama_extra.split(),
+            + a.llama_server_extra.split(),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         servers["llama"] = (p, port, "model", "/health")
     for name, (p, port, model, ready) in servers.items():
@@ -221,13 +223,18 @@ def main():
     ap.add_argument("--llama-bench")
     ap.add_argument("--llama-server")
     ap.add_argument("--llama-python", help="python with llama_cpp, used when no --llama-bench")
-    ap.add_argument("--llama-extra", default="", help="extra args for llama-bench/llama-server")
+    # Repacking off on both: it selects ggml's AMX path, which crashes in VMs without AMX state
+    # (and it is what llama-cpp-python's use_extra_bufts=False does).
+    ap.add_argument("--llama-bench-extra", default="--repack 0", help="extra llama-bench args")
+    ap.add_argument("--llama-server-extra", default="--no-repack",
+                    help="extra llama-server args")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ctx", type=int, default=16384)
     ap.add_argument("--streams", default="1,4,16")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--no-servers", action="store_true")
+    ap.add_argument("--server-repeats", type=int, help="repeats of each HTTP load (default --repeats)")
     ap.add_argument("--no-bench", action="store_true", help="skip pp512/tg128")
     a = ap.parse_args()
 
@@ -260,7 +267,7 @@ def main():
         res = {}
         try:
             for s in [int(x) for x in a.streams.split(",")]:
-                for r in range(a.repeats):
+                for r in range(a.server_repeats or a.repeats):
                     for name, (p, port, model) in servers.items():
                         tps, ttft = load_test(port, model, s, a.tokens)
                         res.setdefault((name, s), []).append((tps, ttft))
