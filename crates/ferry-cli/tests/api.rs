@@ -401,23 +401,6 @@ fn full_queue_answers_429_with_retry_after() {
     assert!(limited.iter().all(|(_, ra)| ra.is_some()));
 }
 
-/// The embedding model directory: `FERRY_TEST_EMBED_DIR`, or where `scripts/fetch-model.sh`
-/// puts it.
-fn embed_dir() -> String {
-    let p = std::env::var_os("FERRY_TEST_EMBED_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.ferry-cache/models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        p.join("model.safetensors").exists(),
-        "embedding model not found at {}: run scripts/fetch-model.sh (or set FERRY_TEST_EMBED_DIR)",
-        p.display()
-    );
-    p.display().to_string()
-}
-
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     d / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
@@ -433,7 +416,7 @@ fn floats(v: &Value) -> Vec<f64> {
 
 #[test]
 fn embeddings_shapes_formats_and_errors() {
-    let dir = embed_dir();
+    let dir = common::embed_dir();
     let s = start(&["--model", &dir]);
     let em = "all-MiniLM-L6-v2";
     let m = s.get("/v1/models").json();
@@ -601,7 +584,7 @@ fn embeddings_shapes_formats_and_errors() {
 #[test]
 fn pull_imports_a_model_directory() {
     let home = common::temp_home("pull-dir");
-    let out = common::ferry(&home, &["pull", &embed_dir(), "--name", "minilm"]);
+    let out = common::ferry(&home, &["pull", &common::embed_dir(), "--name", "minilm"]);
     assert!(out.contains("imported minilm"), "{out}");
     assert!(common::ferry(&home, &["list"]).contains("minilm"));
     let s = common::start_in(&home, &["--model", "minilm"]);

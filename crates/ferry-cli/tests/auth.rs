@@ -575,3 +575,31 @@ fn require_auth_then_sigterm_drains_streams_and_exits_zero() {
         .expect("server did not exit after the drain");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn embeddings_count_against_the_key() {
+    let home = temp_home("embed-usage");
+    let admin = create_key(&home, "ops", "admin");
+    let user = create_key(&home, "emb", "inference");
+    let s = start_in(&home, &["--model", &common::embed_dir()]);
+    let h = bearer(user["key"].as_str().unwrap());
+    let r = s.post_with_headers(
+        "/v1/embeddings",
+        &json!({"model": "all-MiniLM-L6-v2", "input": ["hello world", "good morning"]}),
+        &[("Authorization", h.as_str())],
+    );
+    assert_eq!(r.status, 200, "{}", body_of(&r));
+    let tokens = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens > 0);
+    let ha = bearer(admin["key"].as_str().unwrap());
+    let id = user["id"].as_str().unwrap();
+    let u = s
+        .get_with_headers(
+            &format!("/v1/admin/keys/{id}/usage"),
+            &[("Authorization", ha.as_str())],
+        )
+        .json();
+    assert_eq!(u["total"]["requests"], 1, "{u}");
+    assert_eq!(u["total"]["prompt_tokens"], tokens, "{u}");
+    assert_eq!(u["total"]["completion_tokens"], 0, "{u}");
+}

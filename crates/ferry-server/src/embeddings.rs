@@ -75,6 +75,11 @@ pub async fn create(
         .await
         .map_err(|_| ApiError::new(ErrorCode::ServiceUnavailable, "The model stopped."))?
         .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("Embedding failed: {e}")))?;
+    // Count the request and its tokens against the caller's key (rpm/tpm and usage).
+    if let Some(c) = crate::auth::Caller::current() {
+        c.record_request(&req.model);
+        c.record_tokens(&req.model, prompt_tokens, 0);
+    }
     let data = vectors
         .into_iter()
         .enumerate()

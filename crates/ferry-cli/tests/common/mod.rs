@@ -383,3 +383,20 @@ pub fn chat(content: &str, extra: Value) -> Value {
     }
     v
 }
+
+/// The embedding model directory: `FERRY_TEST_EMBED_DIR`, or where `scripts/fetch-model.sh`
+/// puts it.
+pub fn embed_dir() -> String {
+    let p = std::env::var_os("FERRY_TEST_EMBED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.ferry-cache/models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        p.join("model.safetensors").exists(),
+        "embedding model not found at {}: run scripts/fetch-model.sh (or set FERRY_TEST_EMBED_DIR)",
+        p.display()
+    );
+    p.display().to_string()
+}
