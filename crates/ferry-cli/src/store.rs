@@ -105,38 +105,7 @@ pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manif
     let blobs = home().join("blobs");
     std::fs::create_dir_all(&blobs)?;
     let tmp = blobs.join(format!(".partial-{}-{}", std::process::id(), name));
-    let mut input =
-        std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-    let total = input.metadata()?.len();
-    let mut out = std::fs::File::create(&tmp)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        done += n as u64;
-        if tty {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            let bar = "#".repeat((pct / 4) as usize);
-            eprint!(
-                "\rimporting {name} [{bar:<25}] {pct:>3}% {:.1}/{:.1} MB",
-                done as f64 / 1e6,
-                total as f64 / 1e6
-            );
-        }
-    }
-    if tty {
-        eprintln!();
-    }
-    out.sync_all()?;
-    drop(out);
-    let hex = format!("{:x}", h.finalize());
+    let (hex, done) = copy_hashed(src, &tmp, Some(name))?;
     if let Some(want) = sha256 {
         if !want.eq_ignore_ascii_case(&hex) {
             let _ = std::fs::remove_file(&tmp);
@@ -168,17 +137,17 @@ pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manif
     Ok(m)
 }
 
-/// Copy one file into the blob store; returns (blob id, size).
-fn store_blob(src: &Path) -> Result<(String, u64)> {
-    let blobs = home().join("blobs");
-    std::fs::create_dir_all(&blobs)?;
-    let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
+/// Copy `src` to `dst` (fsynced), hashing on the way; returns (sha256 hex, bytes). With a
+/// `progress` label and a terminal, draws a progress bar on stderr.
+fn copy_hashed(src: &Path, dst: &Path, progress: Option<&str>) -> Result<(String, u64)> {
     let mut input =
         std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-    let mut out = std::fs::File::create(&tmp)?;
+    let total = input.metadata()?.len();
+    let mut out = std::fs::File::create(dst)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
+    let mut done = 0u64;
+    let bar = progress.filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr()));
     loop {
         let n = input.read(&mut buf)?;
         if n == 0 {
@@ -186,11 +155,31 @@ fn store_blob(src: &Path) -> Result<(String, u64)> {
         }
         h.update(&buf[..n]);
         out.write_all(&buf[..n])?;
-        size += n as u64;
+        done += n as u64;
+        if let Some(label) = bar {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            let hashes = "#".repeat((pct / 4) as usize);
+            eprint!(
+                "\rimporting {label} [{hashes:<25}] {pct:>3}% {:.1}/{:.1} MB",
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    }
+    if bar.is_some() {
+        eprintln!();
     }
     out.sync_all()?;
-    drop(out);
-    let blob = format!("sha256-{:x}", h.finalize());
+    Ok((format!("{:x}", h.finalize()), done))
+}
+
+/// Copy one file into the blob store; returns (blob id, size).
+fn store_blob(src: &Path) -> Result<(String, u64)> {
+    let blobs = home().join("blobs");
+    std::fs::create_dir_all(&blobs)?;
+    let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
+    let (hex, size) = copy_hashed(src, &tmp, None)?;
+    let blob = format!("sha256-{hex}");
     std::fs::rename(&tmp, blobs.join(&blob))?;
     Ok((blob, size))
 }
