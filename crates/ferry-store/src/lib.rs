@@ -4,12 +4,13 @@
 //! `Store::open` opens (creating the file and its directory) and applies pending migrations;
 //! each migration runs in its own transaction together with its row in `schema_migrations`,
 //! so a crash leaves the schema at a known version. One module per table adds its methods to
-//! `Store`: `api_keys` (keys, stored as sha256 hashes) and `key_usage` (per-minute counters).
+//! `Store`: `api_keys` (keys, stored as sha256 hashes) and `key_usage` (per-minute counters), `models` (the model registry: models and their files).
 //! A later table is a new module plus a new entry in `migrations::MIGRATIONS`.
 
 pub mod api_keys;
 pub mod key_usage;
 mod migrations;
+pub mod models;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 pub use api_keys::{generate_secret, hash_secret, ApiKey, CreatedKey, KeySet, NewKey, Scope};
 pub use key_usage::{UsageDelta, UsageRow};
+pub use models::{ModelFile, ModelRecord};
 pub use migrations::LATEST_VERSION;
 
 /// The database file's name under Ferry's data directory.

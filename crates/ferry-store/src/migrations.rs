@@ -10,7 +10,8 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
+const MIGRATIONS: &[Migration] = &[
+    Migration {
     version: 1,
     name: "api_keys and key_usage",
     sql: "
@@ -34,7 +35,30 @@ const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY (key_id, model, minute)
         ) WITHOUT ROWID;
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "models and model_files",
+        sql: "
+        CREATE TABLE models (
+            name    TEXT PRIMARY KEY,
+            format  TEXT NOT NULL CHECK (format IN ('gguf', 'hf-dir')),
+            source  TEXT NOT NULL,                 -- path, URL or hf:org/repo:file@commit
+            size    INTEGER NOT NULL CHECK (size >= 0),  -- bytes, all files
+            created INTEGER NOT NULL,              -- unix seconds
+            blob    TEXT NOT NULL                  -- main blob: the GGUF or model.safetensors
+        );
+        CREATE TABLE model_files (
+            model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+            path  TEXT NOT NULL,                   -- relative path inside the model
+            blob  TEXT NOT NULL,                   -- sha256-<hex>, a file under blobs/
+            size  INTEGER NOT NULL CHECK (size >= 0),
+            PRIMARY KEY (model, path)
+        ) WITHOUT ROWID;
+        CREATE INDEX model_files_blob ON model_files (blob);
+    ",
+    },
+];
 
 /// The schema version this program writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
