@@ -1,10 +1,14 @@
-//! The `ferry` binary: `serve`, `pull`, `list`, `run`, `bench`.
+//! The `ferry` binary: `serve`, `pull`, `list`, `show`, `rm`, `ps`, `run`, `chat`, `bench`, `keys`.
 //!
 //! This is the edge of the program: it parses flags, loads models, starts the server, and turns
 //! errors into messages (`anyhow`). Logic lives in the library crates.
 
 mod bench;
+mod chat;
 mod keys;
+mod progress;
+mod pull;
+mod registry_cmds;
 mod store;
 
 use std::io::Write;
@@ -35,17 +39,57 @@ struct Cli {
 enum Cmd {
     /// Serve models over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
-    /// Import a model (a local .gguf file) into Ferry's data directory.
+    /// Import a model: a local .gguf file or Hugging Face-style directory, an http(s):// URL
+    /// of a .gguf file, or hf:ORG/REPO[:FILE] (from HF_ENDPOINT, default huggingface.co).
     Pull {
         source: String,
         #[arg(long)]
         name: Option<String>,
-        /// Expected sha256 of the file; the import fails if it differs.
+        /// Expected sha256 of the file (of model.safetensors for a directory); the import
+        /// fails if it differs.
         #[arg(long)]
         sha256: Option<String>,
+        /// Branch, tag or commit of an hf: repository.
+        #[arg(long)]
+        revision: Option<String>,
+        /// Times to resume an interrupted download within this run.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
     },
     /// List imported models.
     List,
+    /// Show a model's architecture, parameters, quantization, context, template and files.
+    Show { model: String },
+    /// Remove models; blobs another model shares stay.
+    Rm {
+        #[arg(required = true)]
+        models: Vec<String>,
+    },
+    /// List the models a running server has loaded.
+    Ps {
+        /// The server (default FERRY_URL or http://127.0.0.1:8000).
+        #[arg(long)]
+        url: Option<String>,
+        /// API key, when the server requires one (default FERRY_API_KEY).
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// Chat with a model in the terminal, streaming its replies (/bye or Ctrl-D exits).
+    Chat {
+        model: String,
+        #[arg(long, default_value_t = 512)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        /// A system message to start the conversation with.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print each turn's token counts on stderr.
+        #[arg(long)]
+        verbose: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Generate a chat reply to one prompt, streaming tokens to stdout.
     Run {
         model: String,
@@ -170,8 +214,44 @@ fn main() {
             source,
             name,
             sha256,
-        } => pull(&source, name, sha256),
+            revision,
+            retries,
+        } => pull(
+            &source,
+            pull::PullOpts {
+                name,
+                sha256,
+                revision,
+                retries,
+            },
+        ),
         Cmd::List => list(),
+        Cmd::Show { model } => registry_cmds::show(&model),
+        Cmd::Rm { models } => registry_cmds::rm(&models),
+        Cmd::Ps { url, api_key } => registry_cmds::ps(
+            &url.or_else(|| std::env::var("FERRY_URL").ok())
+                .unwrap_or_else(|| "http://127.0.0.1:8000".into()),
+            api_key
+                .or_else(|| std::env::var("FERRY_API_KEY").ok())
+                .as_deref(),
+        ),
+        Cmd::Chat {
+            model,
+            max_tokens,
+            temperature,
+            system,
+            verbose,
+            engine,
+        } => chat::chat(
+            &model,
+            &chat::ChatOpts {
+                max_tokens,
+                temperature,
+                system,
+                verbose,
+            },
+            &engine,
+        ),
         Cmd::Run {
             model,
             prompt,
@@ -188,8 +268,20 @@ fn main() {
     }
 }
 
-fn pull(source: &str, name: Option<String>, sha256: Option<String>) -> Result<()> {
+fn pull(source: &str, o: pull::PullOpts) -> Result<()> {
+    if pull::is_remote(source) {
+        let m = pull::pull(source, &o)?;
+        println!("pulled {} ({} bytes, {})", m.name, m.size, m.blob);
+        return Ok(());
+    }
+    if o.revision.is_some() {
+        anyhow::bail!("--revision applies to hf: sources only");
+    }
+    let (name, sha256) = (o.name, o.sha256);
     let src = Path::new(source);
+    if !src.exists() {
+        anyhow::bail!("{source}: no such file or directory (remote sources are http(s)://… URLs or hf:ORG/REPO[:FILE])");
+    }
     let name = match name {
         Some(n) => n,
         None => src
@@ -208,12 +300,13 @@ fn pull(source: &str, name: Option<String>, sha256: Option<String>) -> Result<()
 }
 
 fn list() -> Result<()> {
-    println!("{:<32} {:>12}  BLOB", "NAME", "SIZE");
+    println!("{:<32} {:>12}  {:<8} BLOB", "NAME", "SIZE", "FORMAT");
     for m in store::list()? {
         println!(
-            "{:<32} {:>10.1}MB  {}",
+            "{:<32} {:>10.1}MB  {:<8} {}",
             m.name,
             m.size as f64 / 1e6,
+            m.format,
             &m.blob[..19.min(m.blob.len())]
         );
     }

@@ -1,29 +1,64 @@
-//! Ferry's data directory: content-addressed blobs and one manifest per model.
+//! Ferry's data directory: content-addressed blobs, and the model registry in the metadata
+//! database (`ferry-store`'s `models` and `model_files` tables).
 //!
 //! Layout under `$FERRY_HOME` (default `$XDG_DATA_HOME/ferry` or `~/.local/share/ferry`):
-//! `blobs/sha256-<hex>` and `models/<name>.json`. Blobs are written to a temporary file,
-//! fsynced, checked, renamed into place and the directory fsynced, so a killed import leaves
-//! no half-visible model.
+//! `ferry.db` (the registry), `blobs/sha256-<hex>` (one file per distinct content), and
+//! `trees/<name>/` for Hugging Face-style directories (the directory's layout as hard links to
+//! its blobs, copies where links fail). Blobs are written to a temporary file, fsynced, checked,
+//! renamed into place and the directory fsynced; a model becomes visible only when its rows are
+//! committed, after all its blobs are in place, so a killed import leaves no half-visible model.
 //!
-//! A Hugging Face-style directory (config.json + model.safetensors + tokenizer.json, for
-//! embedding models) is imported file by file as blobs; `trees/<name>/` then holds the
-//! directory's layout as hard links to those blobs (copies where links fail), built in a temporary
-//! directory and renamed into place. Its manifest has format `hf-dir` and the safetensors blob.
+//! Older versions kept one JSON manifest per model in `models/<name>.json`. The first open of
+//! the database imports them into SQLite and renames each to `<name>.json.imported` (kept, so
+//! nothing is lost, but never read again).
+//!
+//! Every path that leaves the registry is checked: names and relative paths by
+//! `ferry_store::models` (on write and on read), and the final path is canonicalized and must
+//! lie inside the data directory (`confine`), so a symlink planted in `trees/` or `blobs/`
+//! cannot point Ferry at a file outside it.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_store::{ModelFile, ModelRecord, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Serialize, Deserialize)]
+use crate::progress::Progress;
+
+/// A model's summary, as `list()` and `read_manifest()` return it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
     pub format: String,
     pub blob: String,
     pub size: u64,
     pub source: String,
+}
+
+impl From<&ModelRecord> for Manifest {
+    fn from(r: &ModelRecord) -> Self {
+        Self {
+            name: r.name.clone(),
+            format: r.format.clone(),
+            blob: r.blob.clone(),
+            size: r.size,
+            source: r.source.clone(),
+        }
+    }
+}
+
+/// Extensions of pickle-based formats, which can run code when loaded: never imported.
+pub const PICKLE_EXTS: &[&str] = &["bin", "pt", "pth", "pkl", "pickle", "ckpt"];
+
+pub fn is_pickle(path: &str) -> bool {
+    let ext = path.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    PICKLE_EXTS.iter().any(|p| ext.eq_ignore_ascii_case(p))
+}
+
+pub fn pickle_refusal(what: &str) -> anyhow::Error {
+    anyhow!("{what} is a pickle-based format, which can run code when loaded; Ferry refuses it (use GGUF or safetensors)")
 }
 
 pub fn home() -> PathBuf {
@@ -41,163 +76,145 @@ pub fn home() -> PathBuf {
 
 /// Model names: letters, digits, `-`, `_`, `.`, `:`; no path separators, no `..`.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name != "."
-        && name != ".."
-        && !name.contains("..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        && !name.starts_with('.');
-    if !ok {
-        bail!("invalid model name {name:?}: use letters, digits, '-', '_', '.', ':' (no '..', no '/')");
-    }
-    Ok(())
+    ferry_store::models::check_model_name(name).map_err(|e| anyhow!(e))
 }
 
-pub fn manifest_path(name: &str) -> Result<PathBuf> {
-    check_name(name)?;
-    Ok(home().join("models").join(format!("{name}.json")))
-}
-
-pub fn read_manifest(name: &str) -> Result<Manifest> {
-    let p = manifest_path(name)?;
-    let s = std::fs::read_to_string(&p)
-        .with_context(|| format!("model {name:?} is not in {}", home().display()))?;
-    serde_json::from_str(&s).with_context(|| format!("bad manifest {}", p.display()))
+/// A relative path inside a model or a repository (see `ferry_store::models::check_rel_path`).
+pub fn check_rel_path(p: &str) -> Result<()> {
+    ferry_store::models::check_rel_path(p).map_err(|e| anyhow!(e))
 }
 
 pub fn blob_path(blob: &str) -> Result<PathBuf> {
-    let hex = blob.strip_prefix("sha256-").unwrap_or("");
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("bad blob id {blob:?}");
-    }
+    ferry_store::models::check_blob_id(blob).map_err(|e| anyhow!(e))?;
     Ok(home().join("blobs").join(blob))
 }
 
-fn fsync_dir(d: &Path) -> Result<()> {
+/// `path` with symlinks resolved, refused unless it lies inside the data directory.
+pub fn confine(path: &Path) -> Result<PathBuf> {
+    let h = home();
+    let root = h
+        .canonicalize()
+        .with_context(|| format!("data directory {}", h.display()))?;
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{} is missing", path.display()))?;
+    if !real.starts_with(&root) {
+        bail!(
+            "refusing {}: it resolves to {}, outside the data directory {}",
+            path.display(),
+            real.display(),
+            root.display()
+        );
+    }
+    Ok(real)
+}
+
+/// A directory under the data directory (`blobs`, `trees`), created if missing, refused if a
+/// symlink takes it elsewhere.
+pub fn subdir(name: &str) -> Result<PathBuf> {
+    let d = home().join(name);
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    confine(&d)?;
+    Ok(d)
+}
+
+pub fn fsync_dir(d: &Path) -> Result<()> {
     std::fs::File::open(d)?.sync_all()?;
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("no parent")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    fsync_dir(dir)
+/// Open the metadata database, importing JSON manifests left by older versions.
+pub fn db() -> Result<Store> {
+    let h = home();
+    let store = Store::open_in(&h)
+        .with_context(|| format!("opening the metadata database in {}", h.display()))?;
+    import_legacy(&store)?;
+    Ok(store)
 }
 
-/// Import a local file as model `name`, checking `sha256` if given.
-pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
-    check_name(name)?;
-    let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if matches!(ext, "bin" | "pt" | "pth" | "pkl" | "pickle") {
-        bail!("{} is a pickle-based format, which can run code when loaded; Ferry refuses it (use GGUF or safetensors)", src.display());
-    }
-    if ext != "gguf" {
-        bail!("{}: only .gguf files can be imported so far", src.display());
-    }
-    let blobs = home().join("blobs");
-    std::fs::create_dir_all(&blobs)?;
-    let tmp = blobs.join(format!(".partial-{}-{}", std::process::id(), name));
-    let (hex, done) = copy_hashed(src, &tmp, Some(name))?;
-    if let Some(want) = sha256 {
-        if !want.eq_ignore_ascii_case(&hex) {
-            let _ = std::fs::remove_file(&tmp);
-            bail!(
-                "sha256 mismatch for {}: expected {want}, got {hex}",
-                src.display()
-            );
-        }
-    }
-    // Parse before registering: a file that is not a valid model never becomes one.
-    if let Err(e) = ferry_models::gguf::GgufFile::open(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{} is not a usable GGUF file: {e}", src.display());
-    }
-    let blob = format!("sha256-{hex}");
-    std::fs::rename(&tmp, blobs.join(&blob))?;
-    fsync_dir(&blobs)?;
-    let m = Manifest {
-        name: name.to_string(),
-        format: "gguf".into(),
-        blob,
-        size: done,
-        source: src.display().to_string(),
+fn import_legacy(store: &Store) -> Result<()> {
+    let dir = home().join("models");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(());
     };
-    write_atomic(
-        &manifest_path(name)?,
-        serde_json::to_string_pretty(&m)?.as_bytes(),
-    )?;
-    Ok(m)
-}
-
-/// Copy `src` to `dst` (fsynced), hashing on the way; returns (sha256 hex, bytes). With a
-/// `progress` label and a terminal, draws a progress bar on stderr.
-fn copy_hashed(src: &Path, dst: &Path, progress: Option<&str>) -> Result<(String, u64)> {
-    let mut input =
-        std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-    let total = input.metadata()?.len();
-    let mut out = std::fs::File::create(dst)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    let bar = progress.filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
         }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        done += n as u64;
-        if let Some(label) = bar {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            let hashes = "#".repeat((pct / 4) as usize);
-            eprint!(
-                "\rimporting {label} [{hashes:<25}] {pct:>3}% {:.1}/{:.1} MB",
-                done as f64 / 1e6,
-                total as f64 / 1e6
+        let r = (|| -> Result<()> {
+            let m: Manifest = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+            if store.get_model(&m.name)?.is_none() {
+                let files = match m.format.as_str() {
+                    "gguf" => {
+                        let stem = Path::new(&m.source)
+                            .file_name()
+                            .and_then(|s| s.to_str())
+                            .filter(|s| s.ends_with(".gguf") && check_rel_path(s).is_ok())
+                            .unwrap_or("model.gguf");
+                        vec![ModelFile {
+                            path: stem.to_string(),
+                            blob: m.blob.clone(),
+                            size: m.size,
+                        }]
+                    }
+                    "hf-dir" => {
+                        check_name(&m.name)?;
+                        hash_tree(&home().join("trees").join(&m.name))?
+                    }
+                    f => bail!("unknown format {f:?}"),
+                };
+                register(&m.name, &m.format, &m.source, &m.blob, files, store)?;
+            }
+            std::fs::rename(&p, p.with_extension("json.imported"))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            eprintln!(
+                "warning: could not import the old manifest {}: {e:#}",
+                p.display()
             );
         }
     }
-    if bar.is_some() {
-        eprintln!();
-    }
-    out.sync_all()?;
-    Ok((format!("{:x}", h.finalize()), done))
+    Ok(())
 }
 
-/// Copy one file into the blob store; returns (blob id, size).
-fn store_blob(src: &Path) -> Result<(String, u64)> {
-    let blobs = home().join("blobs");
-    std::fs::create_dir_all(&blobs)?;
-    let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
-    let (hex, size) = copy_hashed(src, &tmp, None)?;
-    let blob = format!("sha256-{hex}");
-    std::fs::rename(&tmp, blobs.join(&blob))?;
-    Ok((blob, size))
+/// The files of an existing tree, hashed (for importing old manifests).
+fn hash_tree(root: &Path) -> Result<Vec<ModelFile>> {
+    let mut out = Vec::new();
+    for rel in walk(root)? {
+        let rel_s = rel.to_str().context("non-UTF-8 path")?.to_string();
+        check_rel_path(&rel_s)?;
+        let mut f = std::fs::File::open(root.join(&rel))?;
+        let mut h = Sha256::new();
+        let size = std::io::copy(&mut f, &mut HashWriter(&mut h))?;
+        out.push(ModelFile {
+            path: rel_s,
+            blob: format!("sha256-{:x}", h.finalize()),
+            size,
+        });
+    }
+    Ok(out)
 }
 
-/// Import a Hugging Face-style model directory as model `name` (validated by loading it),
-/// checking `sha256` of model.safetensors if given.
-pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
-    check_name(name)?;
-    if !ferry_models::bert::Bert::is_model_dir(src) {
-        bail!("{} has no config.json and model.safetensors", src.display());
+struct HashWriter<'a>(&'a mut Sha256);
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
     }
-    // Refuse what Ferry cannot serve before copying anything.
-    ferry_models::bert::Bert::load(src)
-        .with_context(|| format!("{} is not a usable embedding model", src.display()))?;
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Regular files under `root`, as relative paths; hidden entries, symlinks and pickle-based
+/// files are skipped.
+fn walk(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(src.join(&rel))? {
+        for e in std::fs::read_dir(root.join(&rel))? {
             let e = e?;
             let fname = e.file_name();
             let r = rel.join(&fname);
@@ -207,57 +224,328 @@ pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manife
             }
             if ft.is_dir() {
                 stack.push(r);
-            } else if ft.is_file() {
-                let ext = r.extension().and_then(|x| x.to_str()).unwrap_or("");
-                if matches!(ext, "bin" | "pt" | "pth" | "pkl" | "pickle") {
-                    continue; // pickle-based weights are never imported
-                }
+            } else if ft.is_file() && !is_pickle(&r.to_string_lossy()) {
                 files.push(r);
             }
         }
     }
-    let trees = home().join("trees");
-    std::fs::create_dir_all(&trees)?;
+    files.sort();
+    Ok(files)
+}
+
+/// Register a model whose blobs are in place. Inside the database's write transaction it
+/// checks every blob is present, and deletes blobs that a replaced version of the model
+/// used and nothing references any more.
+pub fn register(
+    name: &str,
+    format: &str,
+    source: &str,
+    main_blob: &str,
+    files: Vec<ModelFile>,
+    store: &Store,
+) -> Result<Manifest> {
+    check_name(name)?;
+    let rec = ModelRecord {
+        name: name.to_string(),
+        format: format.to_string(),
+        source: source.to_string(),
+        size: files.iter().map(|f| f.size).sum(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        blob: main_blob.to_string(),
+        files,
+    };
+    let check = || -> std::result::Result<(), String> {
+        for f in &rec.files {
+            let p = blob_path(&f.blob).map_err(|e| e.to_string())?;
+            match std::fs::metadata(&p) {
+                Ok(m) if m.len() == f.size => {}
+                Ok(m) => return Err(format!("blob {} has {} bytes, expected {}", f.blob, m.len(), f.size)),
+                Err(e) => return Err(format!("blob {} is missing: {e}", f.blob)),
+            }
+        }
+        Ok(())
+    };
+    store
+        .put_model(&rec, check, drop_blob)
+        .with_context(|| format!("registering model {name}"))?;
+    Ok(Manifest::from(&rec))
+}
+
+fn drop_blob(blob: &str) -> std::result::Result<(), String> {
+    let p = blob_path(blob).map_err(|e| e.to_string())?;
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", p.display())),
+    }
+}
+
+/// Remove a model: its rows, the blobs no other model references, and its tree. Returns the
+/// record and the blobs deleted.
+pub fn remove(name: &str) -> Result<(ModelRecord, Vec<String>)> {
+    check_name(name)?;
+    let store = db()?;
+    let mut freed = Vec::new();
+    let rec = store
+        .remove_model(name, |b| {
+            drop_blob(b)?;
+            freed.push(b.to_string());
+            Ok(())
+        })
+        .with_context(|| format!("removing model {name}"))?
+        .ok_or_else(|| anyhow!("model {name:?} is not in {}", home().display()))?;
+    let tree = home().join("trees").join(name);
+    if tree.symlink_metadata().is_ok() {
+        if tree.symlink_metadata()?.file_type().is_symlink() {
+            std::fs::remove_file(&tree)?;
+        } else {
+            std::fs::remove_dir_all(&tree)?;
+        }
+    }
+    fsync_dir(&home().join("blobs")).ok();
+    Ok((rec, freed))
+}
+
+/// A model's full record (files included).
+pub fn record(name: &str) -> Result<ModelRecord> {
+    check_name(name)?;
+    db()?
+        .get_model(name)?
+        .ok_or_else(|| anyhow!("model {name:?} is not in {}", home().display()))
+}
+
+/// A registered model's summary (kept for callers of the JSON-manifest era).
+#[allow(dead_code)]
+pub fn read_manifest(name: &str) -> Result<Manifest> {
+    Ok(Manifest::from(&record(name)?))
+}
+
+/// Where a registered model's files are: the GGUF blob, or its tree directory; symlink
+/// escapes refused.
+pub fn model_path(rec: &ModelRecord) -> Result<PathBuf> {
+    if rec.format == "hf-dir" {
+        let tree = home().join("trees").join(&rec.name);
+        confine(&tree)?;
+        for f in &rec.files {
+            confine(&tree.join(&f.path))?;
+        }
+        return Ok(tree);
+    }
+    let p = blob_path(&rec.blob)?;
+    confine(&p)?;
+    Ok(p)
+}
+
+/// Copy `src` to `dst` (fsynced), hashing on the way; returns (sha256 hex, bytes). With a
+/// `progress` label, shows progress on stderr.
+fn copy_hashed(src: &Path, dst: &Path, progress: Option<&str>) -> Result<(String, u64)> {
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let total = input.metadata()?.len();
+    let mut out = std::fs::File::create(dst)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    let mut bar = progress.map(|l| Progress::new(&format!("importing {l}"), Some(total), 0));
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+        if let Some(b) = bar.as_mut() {
+            b.set(done);
+        }
+    }
+    if let Some(b) = bar.as_mut() {
+        b.finish();
+    }
+    out.sync_all()?;
+    Ok((format!("{:x}", h.finalize()), done))
+}
+
+/// Check a `--sha256` argument: 64 hex digits; returns it lowercased.
+pub fn check_sha_arg(s: &str) -> Result<String> {
+    if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--sha256 must be 64 hexadecimal digits, got {s:?}");
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// Import a local file as model `name`, checking `sha256` if given.
+pub fn import_file(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
+    check_name(name)?;
+    let want = sha256.map(check_sha_arg).transpose()?;
+    let fname = src
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_string();
+    if is_pickle(&fname) {
+        return Err(pickle_refusal(&src.display().to_string()));
+    }
+    if !fname.ends_with(".gguf") {
+        bail!(
+            "{}: only .gguf files (or Hugging Face-style directories with safetensors) can be imported",
+            src.display()
+        );
+    }
+    let blobs = subdir("blobs")?;
+    let tmp = blobs.join(format!(".partial-{}-{}", std::process::id(), name));
+    let (hex, done) = copy_hashed(src, &tmp, Some(name))?;
+    if let Some(want) = want {
+        if want != hex {
+            let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "sha256 mismatch for {}: expected {want}, got {hex}",
+                src.display()
+            );
+        }
+    }
+    let blob = format!("sha256-{hex}");
+    install_gguf_blob(&tmp, &blob)?;
+    let path = if check_rel_path(&fname).is_ok() {
+        fname
+    } else {
+        "model.gguf".into()
+    };
+    register(
+        name,
+        "gguf",
+        &src.display().to_string(),
+        &blob,
+        vec![ModelFile {
+            path,
+            blob: blob.clone(),
+            size: done,
+        }],
+        &db()?,
+    )
+}
+
+/// Check that the fsynced temporary file `tmp` parses as GGUF, then rename it to its blob.
+/// A file that is not a valid model never becomes one.
+pub fn install_gguf_blob(tmp: &Path, blob: &str) -> Result<()> {
+    if let Err(e) = ferry_models::gguf::GgufFile::open(tmp) {
+        let _ = std::fs::remove_file(tmp);
+        bail!("not a usable GGUF file: {e}");
+    }
+    install_blob(tmp, blob)
+}
+
+/// Rename the fsynced temporary file `tmp` to blob `blob` and fsync the directory.
+pub fn install_blob(tmp: &Path, blob: &str) -> Result<()> {
+    let dst = blob_path(blob)?;
+    std::fs::rename(tmp, &dst)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+    fsync_dir(dst.parent().context("no parent")?)
+}
+
+/// Copy one file into the blob store; returns (blob id, size).
+fn store_blob(src: &Path) -> Result<(String, u64)> {
+    let blobs = subdir("blobs")?;
+    let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
+    let (hex, size) = copy_hashed(src, &tmp, None)?;
+    let blob = format!("sha256-{hex}");
+    std::fs::rename(&tmp, blobs.join(&blob))?;
+    Ok((blob, size))
+}
+
+/// Lay out `files` (relative path, blob) as `trees/<name>/` from hard links to the blobs
+/// (copies where links fail): built in a temporary directory, checked by `validate`, then
+/// swapped into place.
+pub fn build_tree(
+    name: &str,
+    files: &[ModelFile],
+    validate: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    check_name(name)?;
+    let trees = subdir("trees")?;
     let tmp = trees.join(format!(".partial-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let mut size = 0;
+    let r = (|| -> Result<()> {
+        for f in files {
+            check_rel_path(&f.path)?;
+            let dst = tmp.join(&f.path);
+            std::fs::create_dir_all(dst.parent().context("no parent")?)?;
+            let b = blob_path(&f.blob)?;
+            if std::fs::hard_link(&b, &dst).is_err() {
+                std::fs::copy(&b, &dst)?;
+            }
+        }
+        validate(&tmp)
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let dest = trees.join(name);
+    let old = trees.join(format!(".old-{}-{name}", std::process::id()));
+    if dest.symlink_metadata().is_ok() {
+        std::fs::rename(&dest, &old)?;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    fsync_dir(&trees)?;
+    if old.symlink_metadata().is_ok() {
+        if old.symlink_metadata()?.is_dir() {
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            let _ = std::fs::remove_file(&old);
+        }
+    }
+    Ok(dest)
+}
+
+/// Import a Hugging Face-style model directory as model `name` (validated by loading it),
+/// checking `sha256` of model.safetensors if given.
+pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manifest> {
+    check_name(name)?;
+    let want = sha256.map(check_sha_arg).transpose()?;
+    if !ferry_models::bert::Bert::is_model_dir(src) {
+        bail!("{} has no config.json and model.safetensors", src.display());
+    }
+    // Refuse what Ferry cannot serve before copying anything.
+    ferry_models::bert::Bert::load(src)
+        .with_context(|| format!("{} is not a usable embedding model", src.display()))?;
+    let mut files = Vec::new();
     let mut st_blob = String::new();
-    for rel in &files {
-        let (blob, n) = store_blob(&src.join(rel))?;
-        if rel == Path::new("model.safetensors") {
-            if let Some(want) = sha256 {
+    for rel in walk(src)? {
+        let rel_s = rel
+            .to_str()
+            .with_context(|| format!("non-UTF-8 file name {}", rel.display()))?
+            .to_string();
+        check_rel_path(&rel_s)?;
+        let (blob, size) = store_blob(&src.join(&rel))?;
+        if rel_s == "model.safetensors" {
+            if let Some(want) = &want {
                 let got = blob.trim_start_matches("sha256-");
-                if !want.eq_ignore_ascii_case(got) {
-                    let _ = std::fs::remove_dir_all(&tmp);
+                if want != got {
                     bail!("sha256 mismatch for model.safetensors: expected {want}, got {got}");
                 }
             }
             st_blob = blob.clone();
         }
-        size += n;
-        let dst = tmp.join(rel);
-        std::fs::create_dir_all(dst.parent().context("no parent")?)?;
-        if std::fs::hard_link(blob_path(&blob)?, &dst).is_err() {
-            std::fs::copy(blob_path(&blob)?, &dst)?;
-        }
+        files.push(ModelFile {
+            path: rel_s,
+            blob,
+            size,
+        });
     }
     fsync_dir(&home().join("blobs"))?;
-    let dest = trees.join(name);
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest)?;
-    fsync_dir(&trees)?;
-    let m = Manifest {
-        name: name.to_string(),
-        format: "hf-dir".into(),
-        blob: st_blob,
-        size,
-        source: src.display().to_string(),
-    };
-    write_atomic(
-        &manifest_path(name)?,
-        serde_json::to_string_pretty(&m)?.as_bytes(),
-    )?;
-    Ok(m)
+    build_tree(name, &files, |_| Ok(()))?;
+    register(
+        name,
+        "hf-dir",
+        &src.display().to_string(),
+        &st_blob,
+        files,
+        &db()?,
+    )
 }
 
 /// Resolve a model argument: a path to a `.gguf` file, a Hugging Face-style model directory
@@ -280,32 +568,15 @@ pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {
             .to_string();
         return Ok((name, p.to_path_buf()));
     }
-    let m = read_manifest(arg)?;
-    if m.format == "hf-dir" {
-        check_name(&m.name)?;
-        return Ok((m.name.clone(), home().join("trees").join(&m.name)));
-    }
-    Ok((m.name.clone(), blob_path(&m.blob)?))
+    let rec = record(arg)?;
+    Ok((rec.name.clone(), model_path(&rec)?))
 }
 
 pub fn list() -> Result<Vec<Manifest>> {
-    let dir = home().join("models");
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd {
-        let p = e?.path();
-        if p.extension().and_then(|e| e.to_str()) == Some("json") {
-            if let Ok(s) = std::fs::read_to_string(&p) {
-                if let Ok(m) = serde_json::from_str::<Manifest>(&s) {
-                    out.push(m);
-                }
-            }
-        }
+    if !home().exists() {
+        return Ok(Vec::new());
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok(db()?.list_models()?.iter().map(Manifest::from).collect())
 }
 
 #[cfg(test)]
@@ -330,6 +601,16 @@ mod tests {
         }
         for good in ["smollm2-135m-instruct", "llama3:8b", "m_1.q4"] {
             assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn pickles_are_recognised() {
+        for p in ["pytorch_model.bin", "x.PT", "a/b.pth", "m.pkl", "m.ckpt"] {
+            assert!(is_pickle(p), "{p}");
+        }
+        for p in ["model.safetensors", "x.gguf", "bin", "config.json"] {
+            assert!(!is_pickle(p), "{p}");
         }
     }
 }
