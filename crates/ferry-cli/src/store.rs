@@ -188,9 +188,21 @@ fn hash_tree(root: &Path) -> Result<Vec<ModelFile>> {
         let mut f = std::fs::File::open(root.join(&rel))?;
         let mut h = Sha256::new();
         let size = std::io::copy(&mut f, &mut HashWriter(&mut h))?;
+        let blob = format!("sha256-{:x}", h.finalize());
+        // A blob missing from the store is restored from the tree's copy.
+        let bp = blob_path(&blob)?;
+        if !bp.exists() {
+            subdir("blobs")?;
+            if std::fs::hard_link(root.join(&rel), &bp).is_err() {
+                let tmp = bp.with_file_name(format!(".partial-{}-legacy", std::process::id()));
+                std::fs::copy(root.join(&rel), &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &bp)?;
+            }
+        }
         out.push(ModelFile {
             path: rel_s,
-            blob: format!("sha256-{:x}", h.finalize()),
+            blob,
             size,
         });
     }

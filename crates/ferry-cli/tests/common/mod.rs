@@ -58,14 +58,22 @@ pub fn start_in(home: &Path, extra: &[&str]) -> Server {
 }
 
 fn start_with(home: Option<&Path>, extra: &[&str]) -> Server {
+    let model = model_path();
+    start_serving(home, &[model.to_str().unwrap()], extra)
+}
+
+/// Start `ferry serve` with the given `--model` arguments (registered names or paths).
+pub fn start_serving(home: Option<&Path>, models: &[&str], extra: &[&str]) -> Server {
     let port = free_port();
     let home = home
         .map(Path::to_path_buf)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-test-{port}")));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(["serve", "--model"])
-        .arg(model_path())
-        .args([
+    cmd.arg("serve");
+    for m in models {
+        cmd.args(["--model", m]);
+    }
+    cmd.args([
             "--port",
             &port.to_string(),
             "--kv-cache-tokens",
