@@ -785,6 +785,12 @@ fn pull_hf(spec: &str, o: &PullOpts, sha: Option<String>) -> Result<Manifest> {
         }
         let (v, next) = http.json(&u, token.as_deref(), &format!("listing hf:{}", s.repo))?;
         entries.extend(parse_tree(&v)?);
+        // Pages stay on the hub: the token is never sent to another origin.
+        if let Some(n) = &next {
+            if !n.starts_with(&format!("{ep}/")) {
+                bail!("the hub's listing points its next page at another origin ({n}); refusing");
+            }
+        }
         url = next;
     }
     let picked = pick(&entries, s.file.as_deref())?;

@@ -458,11 +458,21 @@ pub fn install_blob(tmp: &Path, blob: &str) -> Result<()> {
     fsync_dir(dst.parent().context("no parent")?)
 }
 
-/// Copy one file into the blob store; returns (blob id, size).
-fn store_blob(src: &Path) -> Result<(String, u64)> {
+/// Copy one file into the blob store, checking its sha256 against `want` before it becomes a
+/// blob; returns (blob id, size).
+fn store_blob(src: &Path, want: Option<&str>) -> Result<(String, u64)> {
     let blobs = subdir("blobs")?;
     let tmp = blobs.join(format!(".partial-{}-blob", std::process::id()));
     let (hex, size) = copy_hashed(src, &tmp, None)?;
+    if let Some(want) = want {
+        if want != hex {
+            let _ = std::fs::remove_file(&tmp);
+            bail!(
+                "sha256 mismatch for {}: expected {want}, got {hex}",
+                src.display()
+            );
+        }
+    }
     let blob = format!("sha256-{hex}");
     std::fs::rename(&tmp, blobs.join(&blob))?;
     Ok((blob, size))
@@ -526,20 +536,18 @@ pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manife
         .with_context(|| format!("{} is not a usable embedding model", src.display()))?;
     let mut files = Vec::new();
     let mut st_blob = String::new();
-    for rel in walk(src)? {
+    let mut rels = walk(src)?;
+    // The weights first: a --sha256 mismatch is found before anything is stored.
+    rels.sort_by_key(|r| r != Path::new("model.safetensors"));
+    for rel in rels {
         let rel_s = rel
             .to_str()
             .with_context(|| format!("non-UTF-8 file name {}", rel.display()))?
             .to_string();
         check_rel_path(&rel_s)?;
-        let (blob, size) = store_blob(&src.join(&rel))?;
-        if rel_s == "model.safetensors" {
-            if let Some(want) = &want {
-                let got = blob.trim_start_matches("sha256-");
-                if want != got {
-                    bail!("sha256 mismatch for model.safetensors: expected {want}, got {got}");
-                }
-            }
+        let is_st = rel_s == "model.safetensors";
+        let (blob, size) = store_blob(&src.join(&rel), want.as_deref().filter(|_| is_st))?;
+        if is_st {
             st_blob = blob.clone();
         }
         files.push(ModelFile {
@@ -584,11 +592,22 @@ pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {
     Ok((rec.name.clone(), model_path(&rec)?))
 }
 
+/// Every registered model, by name. A record that fails validation (edited by hand, say) is
+/// left out with a warning on stderr, so one bad row does not hide the others.
 pub fn list() -> Result<Vec<Manifest>> {
     if !home().exists() {
         return Ok(Vec::new());
     }
-    Ok(db()?.list_models()?.iter().map(Manifest::from).collect())
+    let store = db()?;
+    let mut out = Vec::new();
+    for n in store.model_names()? {
+        match store.get_model(&n) {
+            Ok(Some(r)) => out.push(Manifest::from(&r)),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: skipping model {n:?}: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

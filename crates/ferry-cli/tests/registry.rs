@@ -669,7 +669,11 @@ fn rm_keeps_blobs_another_model_shares() {
     let g = gguf.to_str().unwrap();
     ok(&home, None, &["pull", g, "--name", "a"]);
     ok(&home, None, &["pull", g, "--name", "b"]);
-    ok(&home, None, &["pull", &common::embed_dir(), "--name", "emb"]);
+    // A wrong --sha256 for a directory stores nothing.
+    let e = fails(&home, None, &["pull", &common::embed_dir(), "--name", "emb", "--sha256", &"1".repeat(64)]);
+    assert!(e.contains("sha256 mismatch"), "{e}");
+    assert_eq!(blob_files(&home), [format!("sha256-{GGUF_SHA}")]);
+    ok(&home, None, &["pull", &common::embed_dir(), "--name", "emb", "--sha256", ST_SHA]);
     let blob = home.join("blobs").join(format!("sha256-{GGUF_SHA}"));
     let out = ok(&home, None, &["rm", "a"]);
     assert!(out.contains("shared"), "{out}");
@@ -781,8 +785,13 @@ fn hostile_names_and_paths_are_refused() {
     drop(db);
     let e = fails(&home, None, &["show", "emb"]);
     assert!(e.contains("../../etc/passwd") && e.contains("'..'"), "{e}");
-    let e = fails(&home, None, &["list"]);
-    assert!(e.contains("'..'"), "{e}");
+    // `list` names the bad record and still lists the others.
+    ok(&home, None, &["pull", g, "--name", "fine"]);
+    let o = run(&home, None, &["list"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipping model \"emb\"") && err.contains("'..'"), "{err}");
+    assert_eq!(names(&home), ["fine"]);
     for h in [home, outside] {
         let _ = std::fs::remove_dir_all(h);
     }

@@ -258,14 +258,17 @@ impl Store {
         Ok(Some(m))
     }
 
+    /// Names of all models, sorted (not validated: pass each to `get_model`).
+    pub fn model_names(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT name FROM models ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Every model, sorted by name. A row that fails validation is an error naming it.
     pub fn list_models(&self) -> Result<Vec<ModelRecord>> {
-        let names: Vec<String> = {
-            let conn = self.conn();
-            let mut st = conn.prepare("SELECT name FROM models ORDER BY name")?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
+        let names = self.model_names()?;
         let mut out = Vec::with_capacity(names.len());
         for n in names {
             if let Some(m) = self.get_model(&n)? {
