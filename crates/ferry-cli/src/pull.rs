@@ -110,8 +110,8 @@ impl Http {
         if !(200..300).contains(&status) {
             return Err(status_error(status, url, what, &text));
         }
-        let v = serde_json::from_str(&text)
-            .with_context(|| format!("{url} did not answer JSON"))?;
+        let v =
+            serde_json::from_str(&text).with_context(|| format!("{url} did not answer JSON"))?;
         Ok((v, next))
     }
 }
@@ -123,7 +123,10 @@ fn status_error(status: u16, url: &str, what: &str, body: &str) -> anyhow::Error
         404 => " (not found: check the name, file and revision)",
         _ => "",
     };
-    anyhow!("{what}: {url} answered HTTP {status}{hint}: {}", snippet.trim())
+    anyhow!(
+        "{what}: {url} answered HTTP {status}{hint}: {}",
+        snippet.trim()
+    )
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -133,7 +136,12 @@ fn next_link(h: &str) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
     })
 }
 
@@ -355,7 +363,12 @@ fn fetch_once(
                 .limit(1 << 16)
                 .read_to_string()
                 .unwrap_or_default();
-            return Err(status_error(s, &w.url, &format!("downloading {}", w.label), &text));
+            return Err(status_error(
+                s,
+                &w.url,
+                &format!("downloading {}", w.label),
+                &text,
+            ));
         }
     }
     if let (Some(t), Some(s)) = (total, w.size) {
@@ -402,13 +415,7 @@ fn fetch_once(
 
 /// Fetch into a blob (skipped when the blob is already there); returns the `ModelFile`.
 /// `gguf` checks that the file parses before it becomes a blob.
-fn fetch_blob(
-    http: &Http,
-    w: &Want,
-    path: &str,
-    retries: u32,
-    gguf: bool,
-) -> Result<ModelFile> {
+fn fetch_blob(http: &Http, w: &Want, path: &str, retries: u32, gguf: bool) -> Result<ModelFile> {
     if let Some(s) = &w.sha {
         let blob = format!("sha256-{s}");
         if let Ok(m) = std::fs::metadata(store::blob_path(&blob)?) {
@@ -442,10 +449,7 @@ fn fetch_blob(
 
 /// The file name at the end of a URL's path (query and fragment dropped).
 fn url_file_name(url: &str) -> Result<String> {
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .context("not a URL")?;
+    let rest = url.split_once("://").map(|(_, r)| r).context("not a URL")?;
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let (host, path) = path.split_once('/').unwrap_or((path, ""));
     if host.is_empty() {
@@ -638,11 +642,9 @@ fn wanted_in_dir(p: &str) -> bool {
     }
     // Module configs: 1_Pooling/config.json, 2_Normalize/config.json, ...
     match p.split_once('/') {
-        Some((dir, "config.json")) => {
-            dir.split_once('_').is_some_and(|(n, rest)| {
-                !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) && !rest.is_empty()
-            })
-        }
+        Some((dir, "config.json")) => dir.split_once('_').is_some_and(|(n, rest)| {
+            !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) && !rest.is_empty()
+        }),
         _ => false,
     }
 }
@@ -658,7 +660,10 @@ pub fn pick(entries: &[Entry], file: Option<&str>) -> Result<Pick> {
                 .filter(|e| e.path.ends_with(".gguf"))
                 .map(|e| e.path.as_str())
                 .collect();
-            format!("the repository has no file {f:?} (GGUF files: {})", list_or_none(&ggufs))
+            format!(
+                "the repository has no file {f:?} (GGUF files: {})",
+                list_or_none(&ggufs)
+            )
         })?;
         if !f.to_ascii_lowercase().ends_with(".gguf") {
             bail!("{f}: only a .gguf file can be pulled on its own (pull the repository without :FILE for a safetensors embedding model)");
@@ -815,7 +820,10 @@ fn pull_hf(spec: &str, o: &PullOpts, sha: Option<String>) -> Result<Manifest> {
             if let Some(user) = &sha {
                 if let Some(hub) = &w.sha {
                     if hub != user {
-                        bail!("--sha256 {user} differs from the hub's sha256 {hub} for {}", e.path);
+                        bail!(
+                            "--sha256 {user} differs from the hub's sha256 {hub} for {}",
+                            e.path
+                        );
                     }
                 }
                 w.sha = Some(user.clone());
@@ -925,7 +933,8 @@ mod tests {
         ]);
         let e = format!("{:#}", parse_tree(&bad).unwrap_err());
         assert!(e.contains("refused") && e.contains("'..'"), "{e}");
-        let bad_sha = json!([{"type": "file", "path": "m.gguf", "size": 3, "lfs": {"oid": "zz", "size": 3}}]);
+        let bad_sha =
+            json!([{"type": "file", "path": "m.gguf", "size": 3, "lfs": {"oid": "zz", "size": 3}}]);
         assert!(parse_tree(&bad_sha).is_err());
         let good = json!([
             {"type": "directory", "path": "1_Pooling", "size": 0},
@@ -952,14 +961,20 @@ mod tests {
         assert_eq!(pick(&many, None).unwrap(), Pick::Gguf(e("x.Q4_K_M.gguf")));
         let ambiguous = [e("x.Q8_0.gguf"), e("x.Q5_K_M.gguf")];
         let msg = pick(&ambiguous, None).unwrap_err().to_string();
-        assert!(msg.contains("x.Q8_0.gguf") && msg.contains("x.Q5_K_M.gguf"), "{msg}");
+        assert!(
+            msg.contains("x.Q8_0.gguf") && msg.contains("x.Q5_K_M.gguf"),
+            "{msg}"
+        );
         assert_eq!(
             pick(&ambiguous, Some("x.Q8_0.gguf")).unwrap(),
             Pick::Gguf(e("x.Q8_0.gguf"))
         );
         assert!(pick(&ambiguous, Some("nope.gguf")).is_err());
         let split = [e("x-00001-of-00002.gguf"), e("x-00002-of-00002.gguf")];
-        assert!(pick(&split, None).unwrap_err().to_string().contains("split"));
+        assert!(pick(&split, None)
+            .unwrap_err()
+            .to_string()
+            .contains("split"));
         let st = [
             e("config.json"),
             e("model.safetensors"),
@@ -975,15 +990,26 @@ mod tests {
         let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             names,
-            ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"]
+            [
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "1_Pooling/config.json"
+            ]
         );
         let pickles = [e("config.json"), e("pytorch_model.bin")];
-        assert!(pick(&pickles, None).unwrap_err().to_string().contains("pickle"));
+        assert!(pick(&pickles, None)
+            .unwrap_err()
+            .to_string()
+            .contains("pickle"));
     }
 
     #[test]
     fn http_helpers() {
-        assert_eq!(content_range("bytes 100-199/200"), Some((100, 199, Some(200))));
+        assert_eq!(
+            content_range("bytes 100-199/200"),
+            Some((100, 199, Some(200)))
+        );
         assert_eq!(content_range("bytes 5-9/*"), Some((5, 9, None)));
         assert_eq!(content_range("items 1-2/3"), None);
         assert_eq!(

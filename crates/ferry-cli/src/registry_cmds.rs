@@ -273,7 +273,10 @@ pub fn ps(url: &str, api_key: Option<&str>) -> Result<()> {
         } else {
             ""
         };
-        bail!("{url}/v1/models answered HTTP {status}{hint}: {}", text.trim());
+        bail!(
+            "{url}/v1/models answered HTTP {status}{hint}: {}",
+            text.trim()
+        );
     }
     let v: Value = serde_json::from_str(&text).context("the server did not answer JSON")?;
     let data = v

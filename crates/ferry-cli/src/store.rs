@@ -274,7 +274,14 @@ pub fn register(
             let p = blob_path(&f.blob).map_err(|e| e.to_string())?;
             match std::fs::metadata(&p) {
                 Ok(m) if m.len() == f.size => {}
-                Ok(m) => return Err(format!("blob {} has {} bytes, expected {}", f.blob, m.len(), f.size)),
+                Ok(m) => {
+                    return Err(format!(
+                        "blob {} has {} bytes, expected {}",
+                        f.blob,
+                        m.len(),
+                        f.size
+                    ))
+                }
                 Err(e) => return Err(format!("blob {} is missing: {e}", f.blob)),
             }
         }

@@ -216,7 +216,9 @@ async fn handle(State(h): State<Arc<Hub>>, req: Request) -> Response {
                     if let Some((d, _)) = f.path.rsplit_once('/').filter(|(d, _)| !d.is_empty()) {
                         if !dirs.contains(&d.to_string()) {
                             dirs.push(d.to_string());
-                            entries.push(json!({"type": "directory", "oid": "d", "size": 0, "path": d}));
+                            entries.push(
+                                json!({"type": "directory", "oid": "d", "size": 0, "path": d}),
+                            );
                         }
                     }
                     let mut e = json!({"type": "file", "oid": "0".repeat(40), "size": f.size, "path": f.path});
@@ -372,8 +374,10 @@ fn serve(h: &Hub, f: &HubFile, range: Option<&str>) -> Response {
         .header("content-length", (total - start).to_string())
         .header("accept-ranges", "bytes");
     b = if from.is_some() {
-        b.status(206)
-            .header("content-range", format!("bytes {start}-{}/{total}", total - 1))
+        b.status(206).header(
+            "content-range",
+            format!("bytes {start}-{}/{total}", total - 1),
+        )
     } else {
         b.status(200)
     };
@@ -468,7 +472,11 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
     let home = common::temp_home("reg-hf");
 
     // Several GGUFs and no Q4_K_M: refused, listing the choices.
-    let e = fails(&home, Some(&hub), &["pull", "hf:test-org/SmolLM2-135M-Instruct-GGUF"]);
+    let e = fails(
+        &home,
+        Some(&hub),
+        &["pull", "hf:test-org/SmolLM2-135M-Instruct-GGUF"],
+    );
     assert!(
         e.contains(GGUF_NAME) && e.contains("SmolLM2-135M-Instruct.Q8_0.gguf"),
         "{e}"
@@ -488,20 +496,38 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
     .env("HF_TOKEN", "hf_test_token")
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = hub.log()[n..].to_vec();
     assert!(log
         .iter()
         .filter(|l| l.path.starts_with("/api/"))
         .all(|l| l.auth.as_deref() == Some("Bearer hf_test_token")));
     // The LFS file came through the redirect to the CDN path.
-    assert!(log.iter().any(|l| l.path == format!("/cdn/{GGUF_SHA}")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.path == format!("/cdn/{GGUF_SHA}")),
+        "{log:?}"
+    );
 
     // The embedding repo: listing over several pages; pickles never fetched.
-    ok(&home, Some(&hub), &["pull", "hf:sentence-transformers/all-MiniLM-L6-v2"]);
-    assert!(!hub.forbidden_hit.load(Ordering::SeqCst), "a pickle was requested");
+    ok(
+        &home,
+        Some(&hub),
+        &["pull", "hf:sentence-transformers/all-MiniLM-L6-v2"],
+    );
     assert!(
-        hub.log().iter().filter(|l| l.path.contains("/tree/")).count() > 1,
+        !hub.forbidden_hit.load(Ordering::SeqCst),
+        "a pickle was requested"
+    );
+    assert!(
+        hub.log()
+            .iter()
+            .filter(|l| l.path.contains("/tree/"))
+            .count()
+            > 1,
         "the listing should have been paginated"
     );
     assert_eq!(names(&home), ["all-minilm-l6-v2", "smol"]);
@@ -518,7 +544,13 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
         assert!(show.contains(want), "{want:?} not in\n{show}");
     }
     let show = ok(&home, None, &["show", "all-minilm-l6-v2"]);
-    for want in ["BertModel", "23M", "context length     512", "1_Pooling/config.json", ST_SHA] {
+    for want in [
+        "BertModel",
+        "23M",
+        "context length     512",
+        "1_Pooling/config.json",
+        ST_SHA,
+    ] {
         assert!(show.contains(want), "{want:?} not in\n{show}");
     }
     assert!(!show.contains("pytorch_model.bin"));
@@ -540,7 +572,10 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
         &json!({"model": "all-minilm-l6-v2", "input": "hello"}),
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    assert_eq!(
+        r.json()["data"][0]["embedding"].as_array().unwrap().len(),
+        384
+    );
 
     // `ferry ps` asks that server.
     let ps = ok(
@@ -548,7 +583,10 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
         None,
         &["ps", "--url", &format!("http://127.0.0.1:{}", s.port)],
     );
-    assert!(ps.contains("smol") && ps.contains("all-minilm-l6-v2"), "{ps}");
+    assert!(
+        ps.contains("smol") && ps.contains("all-minilm-l6-v2"),
+        "{ps}"
+    );
     let e = fails(&home, None, &["ps", "--url", "http://127.0.0.1:1"]);
     assert!(e.contains("cannot reach"), "{e}");
     let _ = std::fs::remove_dir_all(&home);
@@ -569,7 +607,9 @@ fn an_interrupted_download_resumes_with_range() {
     );
     assert!(e.contains("interrupted") && e.contains("resume"), "{e}");
     assert!(names(&home).is_empty(), "no model may be visible");
-    let partial = home.join("blobs").join(format!(".partial-sha256-{GGUF_SHA}"));
+    let partial = home
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}"));
     // What arrived before the cut (the kernel may drop the last bytes in flight) is kept.
     let have = std::fs::metadata(&partial).unwrap().len();
     assert!(have > 0 && have <= cut, "{have}");
@@ -600,12 +640,19 @@ fn an_interrupted_download_resumes_with_range() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{ranges:?}"));
     assert!(from > 0 && from <= cut, "{ranges:?}");
-    assert!(home2.join("blobs").join(format!("sha256-{GGUF_SHA}")).exists());
+    assert!(home2
+        .join("blobs")
+        .join(format!("sha256-{GGUF_SHA}"))
+        .exists());
 
     // A server that ignores Range: the download restarts and still ends right.
     let home3 = common::temp_home("reg-norange");
     *hub.cut_once.lock().unwrap() = Some(cut);
-    fails(&home3, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA, "--retries", "0"]);
+    fails(
+        &home3,
+        Some(&hub),
+        &["pull", &url, "--sha256", GGUF_SHA, "--retries", "0"],
+    );
     hub.ignore_range.store(true, Ordering::SeqCst);
     let o = run(&home3, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -626,7 +673,11 @@ fn wrong_sha_and_killed_pulls_leave_no_model() {
     let home = common::temp_home("reg-sha");
     let url = format!("{}/files/smol.gguf", hub.url());
 
-    let e = fails(&home, Some(&hub), &["pull", &url, "--sha256", &"0".repeat(64)]);
+    let e = fails(
+        &home,
+        Some(&hub),
+        &["pull", &url, "--sha256", &"0".repeat(64)],
+    );
     assert!(e.contains("sha256 mismatch"), "{e}");
     let e = fails(&home, Some(&hub), &["pull", "hf:liar/repo"]);
     assert!(e.contains("sha256 mismatch"), "{e}");
@@ -640,10 +691,15 @@ fn wrong_sha_and_killed_pulls_leave_no_model() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let partial = home.join("blobs").join(format!(".partial-sha256-{GGUF_SHA}"));
+    let partial = home
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}"));
     let t = Instant::now();
     while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 << 20 {
-        assert!(t.elapsed() < Duration::from_secs(60), "download did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "download did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -670,10 +726,32 @@ fn rm_keeps_blobs_another_model_shares() {
     ok(&home, None, &["pull", g, "--name", "a"]);
     ok(&home, None, &["pull", g, "--name", "b"]);
     // A wrong --sha256 for a directory stores nothing.
-    let e = fails(&home, None, &["pull", &common::embed_dir(), "--name", "emb", "--sha256", &"1".repeat(64)]);
+    let e = fails(
+        &home,
+        None,
+        &[
+            "pull",
+            &common::embed_dir(),
+            "--name",
+            "emb",
+            "--sha256",
+            &"1".repeat(64),
+        ],
+    );
     assert!(e.contains("sha256 mismatch"), "{e}");
     assert_eq!(blob_files(&home), [format!("sha256-{GGUF_SHA}")]);
-    ok(&home, None, &["pull", &common::embed_dir(), "--name", "emb", "--sha256", ST_SHA]);
+    ok(
+        &home,
+        None,
+        &[
+            "pull",
+            &common::embed_dir(),
+            "--name",
+            "emb",
+            "--sha256",
+            ST_SHA,
+        ],
+    );
     let blob = home.join("blobs").join(format!("sha256-{GGUF_SHA}"));
     let out = ok(&home, None, &["rm", "a"]);
     assert!(out.contains("shared"), "{out}");
@@ -703,12 +781,41 @@ fn hostile_names_and_paths_are_refused() {
         lfs: None,
     });
     hub.add_repo("evil/repo", evil);
-    hub.add_repo("evil/abs", vec![HubFile { path: "/etc/passwd".into(), data: Data::Forbidden, size: 1, lfs: None }]);
-    hub.add_repo("evil/bs", vec![HubFile { path: "a\\..\\b.gguf".into(), data: Data::Forbidden, size: 1, lfs: None }]);
-    hub.add_repo("pickles/only", vec![
-        HubFile { path: "config.json".into(), data: Data::Forbidden, size: 1, lfs: None },
-        HubFile { path: "pytorch_model.bin".into(), data: Data::Forbidden, size: 1, lfs: None },
-    ]);
+    hub.add_repo(
+        "evil/abs",
+        vec![HubFile {
+            path: "/etc/passwd".into(),
+            data: Data::Forbidden,
+            size: 1,
+            lfs: None,
+        }],
+    );
+    hub.add_repo(
+        "evil/bs",
+        vec![HubFile {
+            path: "a\\..\\b.gguf".into(),
+            data: Data::Forbidden,
+            size: 1,
+            lfs: None,
+        }],
+    );
+    hub.add_repo(
+        "pickles/only",
+        vec![
+            HubFile {
+                path: "config.json".into(),
+                data: Data::Forbidden,
+                size: 1,
+                lfs: None,
+            },
+            HubFile {
+                path: "pytorch_model.bin".into(),
+                data: Data::Forbidden,
+                size: 1,
+                lfs: None,
+            },
+        ],
+    );
     hub.add_plain("model.bin", gguf_file("model.bin"));
     let home = common::temp_home("reg-hostile");
     let g = common::model_path();
@@ -728,15 +835,24 @@ fn hostile_names_and_paths_are_refused() {
         (vec!["pull", "hf:org/repo:/etc/passwd"], "absolute"),
         (vec!["pull", "hf:org/repo:a\\b.gguf"], "backslash"),
         (vec!["pull", "hf:org/repo:a//b.gguf"], "empty"),
-        (vec!["pull", "hf:../repo"], "invalid Hugging Face repository"),
-        (vec!["pull", "hf:org/repo/x"], "invalid Hugging Face repository"),
+        (
+            vec!["pull", "hf:../repo"],
+            "invalid Hugging Face repository",
+        ),
+        (
+            vec!["pull", "hf:org/repo/x"],
+            "invalid Hugging Face repository",
+        ),
         (vec!["pull", "hf:org/repo:pytorch_model.bin"], "pickle"),
         (vec!["pull", "hf:evil/repo"], "listing is refused"),
         (vec!["pull", "hf:evil/abs"], "absolute"),
         (vec!["pull", "hf:evil/bs"], "backslash"),
         (vec!["pull", "hf:pickles/only"], "pickle"),
         (vec!["pull", "hf:nobody/nothing"], "404"),
-        (vec!["pull", "hf:evil/repo", "--revision", "a\u{7}b"], "invalid --revision"),
+        (
+            vec!["pull", "hf:evil/repo", "--revision", "a\u{7}b"],
+            "invalid --revision",
+        ),
         (vec!["pull", &url_bin], "pickle"),
         (vec!["pull", pickle.to_str().unwrap()], "pickle"),
         (vec!["pull", g, "--revision", "main"], "hf: sources only"),
@@ -753,7 +869,11 @@ fn hostile_names_and_paths_are_refused() {
     assert!(blob_files(&home).is_empty(), "{:?}", blob_files(&home));
 
     // A tree replaced by a symlink out of the data directory is refused.
-    ok(&home, None, &["pull", &common::embed_dir(), "--name", "emb"]);
+    ok(
+        &home,
+        None,
+        &["pull", &common::embed_dir(), "--name", "emb"],
+    );
     let outside = common::temp_home("reg-outside");
     let tree = home.join("trees/emb");
     for e in std::fs::read_dir(&tree).unwrap().flatten() {
@@ -762,14 +882,22 @@ fn hostile_names_and_paths_are_refused() {
         }
     }
     std::fs::create_dir_all(outside.join("1_Pooling")).unwrap();
-    std::fs::copy(tree.join("1_Pooling/config.json"), outside.join("1_Pooling/config.json")).unwrap();
+    std::fs::copy(
+        tree.join("1_Pooling/config.json"),
+        outside.join("1_Pooling/config.json"),
+    )
+    .unwrap();
     std::fs::remove_dir_all(&tree).unwrap();
     std::os::unix::fs::symlink(&outside, &tree).unwrap();
     let e = fails(&home, None, &["show", "emb"]);
     assert!(e.contains("outside the data directory"), "{e}");
     // So is a single file inside the tree.
     std::fs::remove_file(&tree).unwrap();
-    ok(&home, None, &["pull", &common::embed_dir(), "--name", "emb"]);
+    ok(
+        &home,
+        None,
+        &["pull", &common::embed_dir(), "--name", "emb"],
+    );
     std::fs::remove_file(tree.join("config.json")).unwrap();
     std::os::unix::fs::symlink(outside.join("config.json"), tree.join("config.json")).unwrap();
     let e = fails(&home, None, &["show", "emb"]);
@@ -790,7 +918,10 @@ fn hostile_names_and_paths_are_refused() {
     let o = run(&home, None, &["list"]);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("skipping model \"emb\"") && err.contains("'..'"), "{err}");
+    assert!(
+        err.contains("skipping model \"emb\"") && err.contains("'..'"),
+        "{err}"
+    );
     assert_eq!(names(&home), ["fine"]);
     for h in [home, outside] {
         let _ = std::fs::remove_dir_all(h);
@@ -817,7 +948,10 @@ fn old_json_manifests_are_imported_once() {
     assert!(home.join("models/old.json.imported").exists());
     assert!(ok(&home, None, &["show", "old"]).contains("SmolLM2-135M-Instruct.Q4_1.gguf"));
     ok(&home, None, &["rm", "old"]);
-    assert!(names(&home).is_empty(), "an imported manifest must not come back");
+    assert!(
+        names(&home).is_empty(),
+        "an imported manifest must not come back"
+    );
     let _ = std::fs::remove_dir_all(&home);
 }
 
@@ -852,13 +986,20 @@ fn chat_streams_replies_and_keeps_the_history() {
         .write_all(b"My name is Ada.\nWhat is my name?\n/bye\nnever read\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let turns: Vec<(u64, u64)> = err
         .lines()
         .filter_map(|l| l.strip_prefix("[prompt_tokens="))
         .map(|l| {
-            let (p, c) = l.trim_end_matches(']').split_once(" completion_tokens=").unwrap();
+            let (p, c) = l
+                .trim_end_matches(']')
+                .split_once(" completion_tokens=")
+                .unwrap();
             (p.parse().unwrap(), c.parse().unwrap())
         })
         .collect();
@@ -866,6 +1007,10 @@ fn chat_streams_replies_and_keeps_the_history() {
     // The second prompt holds the first exchange: the history is kept.
     assert!(turns[1].0 > turns[0].0 + turns[0].1, "{turns:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2, true, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
+        true,
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&home);
 }

@@ -19,8 +19,8 @@ use rusqlite::Connection;
 
 pub use api_keys::{generate_secret, hash_secret, ApiKey, CreatedKey, KeySet, NewKey, Scope};
 pub use key_usage::{UsageDelta, UsageRow};
-pub use models::{ModelFile, ModelRecord};
 pub use migrations::LATEST_VERSION;
+pub use models::{ModelFile, ModelRecord};
 
 /// The database file's name under Ferry's data directory.
 pub const DB_FILE: &str = "ferry.db";

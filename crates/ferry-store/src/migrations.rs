@@ -12,9 +12,9 @@ struct Migration {
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    name: "api_keys and key_usage",
-    sql: "
+        version: 1,
+        name: "api_keys and key_usage",
+        sql: "
         CREATE TABLE api_keys (
             id      TEXT PRIMARY KEY,
             name    TEXT NOT NULL,

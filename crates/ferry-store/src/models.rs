@@ -97,10 +97,16 @@ pub fn check_rel_path(p: &str) -> std::result::Result<(), String> {
 /// `sha256-` followed by 64 lowercase hex digits.
 pub fn check_blob_id(b: &str) -> std::result::Result<(), String> {
     let hex = b.strip_prefix("sha256-").unwrap_or("");
-    if hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
         Ok(())
     } else {
-        Err(format!("bad blob id {b:?} (want sha256-<64 lowercase hex>)"))
+        Err(format!(
+            "bad blob id {b:?} (want sha256-<64 lowercase hex>)"
+        ))
     }
 }
 

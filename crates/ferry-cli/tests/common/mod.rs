@@ -74,17 +74,17 @@ pub fn start_serving(home: Option<&Path>, models: &[&str], extra: &[&str]) -> Se
         cmd.args(["--model", m]);
     }
     cmd.args([
-            "--port",
-            &port.to_string(),
-            "--kv-cache-tokens",
-            "8192",
-            "--exit-on-stdin-eof",
-        ])
-        .args(extra)
-        .env("FERRY_HOME", &home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        "--port",
+        &port.to_string(),
+        "--kv-cache-tokens",
+        "8192",
+        "--exit-on-stdin-eof",
+    ])
+    .args(extra)
+    .env("FERRY_HOME", &home)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let child = cmd.spawn().expect("spawn ferry serve");
     let s = Server { port, child };
     let t = Instant::now();
