@@ -94,7 +94,7 @@ fn describe_gguf(path: &Path) -> Result<Vec<(String, String)>> {
         *by_type.entry(format!("{:?}", t.ty)).or_default() += t.n_bytes as u64;
     }
     let mut types: Vec<(String, u64)> = by_type.into_iter().collect();
-    types.sort_by(|a, b| b.1.cmp(&a.1));
+    types.sort_by_key(|t| std::cmp::Reverse(t.1));
     let mix = types
         .iter()
         .map(|(t, b)| format!("{t} {}", mb(*b)))
