@@ -46,7 +46,7 @@ fn open() -> Result<Store> {
 }
 
 /// `YYYY-MM-DD HH:MM` (UTC) of unix seconds.
-fn date(secs: u64) -> String {
+pub(crate) fn date(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     // Howard Hinnant's civil_from_days.

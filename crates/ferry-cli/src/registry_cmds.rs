@@ -205,7 +205,7 @@ pub fn show(name: &str) -> Result<()> {
     println!("{:<18} {}", "format", rec.format);
     println!("{:<18} {}", "source", rec.source);
     println!("{:<18} {} ({} bytes)", "size", mb(rec.size), rec.size);
-    println!("{:<18} {}", "created", rec.created);
+    println!("{:<18} {} UTC", "created", crate::keys::date(rec.created));
     let details = if rec.format == "hf-dir" {
         describe_dir(&path)?
     } else {

@@ -702,6 +702,9 @@ fn wrong_sha_and_killed_pulls_leave_no_model() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A second pull of the same file meanwhile is refused, not interleaved.
+    let e = fails(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
+    assert!(e.contains("another ferry pull is downloading"), "{e}");
     child.kill().unwrap();
     child.wait().unwrap();
     let have = std::fs::metadata(&partial).unwrap().len();
