@@ -329,29 +329,39 @@ impl Metrics {
             let _ = writeln!(out, "ferry:model_load_failures_total{{{}}} {n}", label(m));
         }
 
+        // (name, help, histogram, chat models only).
         type Pick = fn(&ModelHistograms) -> &Histogram;
-        let hists: [(&str, &str, Pick); 4] = [
+        let hists: [(&str, &str, Pick, bool); 4] = [
             (
                 "vllm:time_to_first_token_seconds",
                 "Histogram of time to first token in seconds.",
                 |m| &m.ttft,
+                true,
             ),
             (
                 "vllm:inter_token_latency_seconds",
                 "Histogram of inter-token latency in seconds.",
                 |m| &m.itl,
+                true,
             ),
             (
                 "vllm:e2e_request_latency_seconds",
                 "Histogram of end to end request latency in seconds.",
                 |m| &m.e2e,
+                false,
             ),
             (
                 "vllm:request_queue_time_seconds",
                 "Histogram of time spent in the waiting queue in seconds.",
                 |m| &m.queue,
+                true,
             ),
         ];
+        let embedding: Vec<&str> = totals
+            .iter()
+            .filter(|(_, t)| t.embedding)
+            .map(|(m, _)| *m)
+            .collect();
         // Every loaded model has its series, observed or not.
         let empty = ModelHistograms::default();
         let mut names: Vec<&str> = models
@@ -362,9 +372,12 @@ impl Metrics {
         names.extend(g.models.keys().map(|k| k.as_str()));
         names.sort_unstable();
         names.dedup();
-        for (name, help, pick) in hists {
+        for (name, help, pick, chat_only) in hists {
             head(&mut out, name, "histogram", help);
             for m in &names {
+                if chat_only && embedding.contains(m) {
+                    continue;
+                }
                 pick(g.models.get(*m).unwrap_or(&empty)).write(&mut out, name, &label(m));
             }
         }
@@ -600,6 +613,8 @@ mod tests {
         }
         // Chat-only series are not made up for embedding models.
         assert!(!out.contains("vllm:kv_cache_usage_perc{model_name=\"e\"}"));
+        assert!(!out.contains("vllm:time_to_first_token_seconds_count{model_name=\"e\"}"));
+        assert!(out.contains("vllm:e2e_request_latency_seconds_count{model_name=\"e\"} 0"));
         assert!(!out.contains("vllm:generation_tokens_total{model_name=\"e\"}"));
     }
 

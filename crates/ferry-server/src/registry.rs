@@ -594,7 +594,7 @@ mod tests {
         assert_eq!(parse_bytes("512M"), Ok(512 << 20));
         assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
         assert_eq!(parse_bytes(" 64 KiB "), Ok(64 << 10));
-        for bad in ["", "GiB", "-1GiB", "0", "2 parsecs", "1e3", "9999999TiB"] {
+        for bad in ["", "GiB", "-1GiB", "0", "2 parsecs", "1e3", "99999999TiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
     }
