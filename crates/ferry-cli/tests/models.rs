@@ -282,3 +282,43 @@ fn a_request_waits_at_most_the_load_timeout_then_gets_503_with_retry_after() {
     eventually("alpha to load", || state(&s, "alpha") == "loaded");
     assert_eq!(ask(&s, "alpha").status, 200);
 }
+
+#[test]
+fn memory_budget_unloads_the_least_recently_used() {
+    let home = home_with("budget", &["alpha"], false, false);
+    // One model of this shape (weights + 8192-token KV cache + workspace) is about 530 MB:
+    // two do not fit in 800 MiB.
+    let s = start_in(&home, &["--memory-budget", "800MiB"]);
+    let one = card(&s, MODEL)["memory_bytes"].as_u64().unwrap();
+    assert!(one < 800 << 20 && 2 * one > 800 << 20, "{one}");
+    let r = ask(&s, "alpha");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "alpha"), "loaded");
+    assert_eq!(state(&s, MODEL), "available");
+    let r = ask(&s, MODEL);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "alpha"), "available");
+}
+
+#[test]
+fn a_model_with_requests_in_flight_is_not_unloaded_while_an_idle_one_can_be() {
+    let home = home_with("busy", &["alpha", "beta"], false, false);
+    let s = start_in(&home, &["--max-loaded-models", "2"]);
+    // A long stream keeps the default model busy (end-of-text tokens banned: it cannot stop
+    // early); then alpha is used, so the busy default model is the least recently used.
+    let long = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4000,
+                      "stream": true, "logit_bias": {"0": -100, "2": -100, "4": -100}});
+    let mut st = s.open_stream("POST", "/v1/completions", &[], Some(&long));
+    assert_eq!(st.status, 200);
+    assert!(st.next_data().is_some());
+    assert_eq!(ask(&s, "alpha").status, 200);
+    // Loading beta needs room: the idle alpha goes, not the busy default model.
+    assert_eq!(ask(&s, "beta").status, 200);
+    assert_eq!(state(&s, MODEL), "loaded");
+    assert_eq!(state(&s, "alpha"), "available");
+    assert_eq!(state(&s, "beta"), "loaded");
+    // The stream is still going.
+    let d = st.next_data().expect("more of the stream");
+    let v: Value = serde_json::from_str(&d).unwrap();
+    assert!(v["choices"][0]["finish_reason"].is_null(), "{v}");
+}

@@ -314,10 +314,11 @@ impl Registry {
                 }
                 Step::Wait(mut rx, secs) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, rx.wait_for(|d| *d))
-                        .await
-                        .is_err()
-                    {
+                    let waited = tokio::time::timeout(left, rx.wait_for(|d| *d)).await;
+                    if let Ok(Err(_)) = waited {
+                        return Err(loader_gone(name));
+                    }
+                    if waited.is_err() {
                         let retry = secs.map(|s| s.ceil() as u64).unwrap_or(5).clamp(1, 60);
                         return Err(ApiError::new(
                             ErrorCode::ServiceUnavailable,
@@ -347,19 +348,16 @@ impl Registry {
         };
         let me = self.clone();
         let name = name.to_string();
-        tokio::spawn(async move {
+        // Everything that may block (dropping evicted engines joins their threads; loading
+        // reads files) runs on a blocking thread, as does recording the outcome.
+        tokio::task::spawn_blocking(move || {
+            drop(evicted);
             let started = Instant::now();
-            let src = me.source.get().cloned();
-            let n = name.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                drop(evicted);
-                match src {
-                    Some(s) => s.load(&n),
-                    None => Err("no model source is configured".into()),
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the loader crashed: {e}")));
+            let r = match me.source.get() {
+                Some(s) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.load(&name)))
+                    .unwrap_or_else(|_| Err("the loader crashed (see the server log)".into())),
+                None => Err("no model source is configured".into()),
+            };
             me.finish_load(&name, r, started.elapsed());
             let _ = tx.send(true);
         });
@@ -520,10 +518,11 @@ impl Registry {
                 }
                 U::Wait(mut rx) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, rx.wait_for(|d| *d))
-                        .await
-                        .is_err()
-                    {
+                    let waited = tokio::time::timeout(left, rx.wait_for(|d| *d)).await;
+                    if let Ok(Err(_)) = waited {
+                        return Err(loader_gone(name));
+                    }
+                    if waited.is_err() {
                         return Err(ApiError::new(
                             ErrorCode::ServiceUnavailable,
                             format!("The model `{name}` is loading; retry the unload shortly."),
@@ -534,6 +533,14 @@ impl Registry {
             }
         }
     }
+}
+
+/// The load's task ended without saying how (a bug): say so rather than wait forever.
+fn loader_gone(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InternalError,
+        format!("Loading the model `{name}` stopped unexpectedly; see the server log."),
+    )
 }
 
 fn failed_error(name: &str, why: &str) -> ApiError {
