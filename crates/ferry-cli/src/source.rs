@@ -47,9 +47,9 @@ impl ModelSource for StoreSource {
             return Ok(Loaded::Embedding(m));
         }
         let l = crate::load(&path, self.cfg.clone()).map_err(|e| format!("{e:#}"))?;
-        Ok(Loaded::Chat(LoadedModel {
+        Ok(Loaded::Chat(Box::new(LoadedModel {
             engine: l.engine,
             template: l.template,
-        }))
+        })))
     }
 }

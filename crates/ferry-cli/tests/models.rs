@@ -52,7 +52,10 @@ fn state(s: &Server, id: &str) -> String {
 fn ask(s: &Server, model: &str) -> common::Response {
     s.post(
         "/v1/chat/completions",
-        &chat("Say hi.", json!({"model": model, "max_tokens": 2, "temperature": 0})),
+        &chat(
+            "Say hi.",
+            json!({"model": model, "max_tokens": 2, "temperature": 0}),
+        ),
     )
 }
 
@@ -133,16 +136,28 @@ fn registered_models_load_on_first_use_and_lru_unloads_under_max_loaded_models()
     // Metrics: gauges only for the loaded model; counters of unloaded engines are kept.
     let m = metrics(&s);
     let l = |n: &str| format!("{{model_name=\"{n}\"}}");
-    assert_eq!(metric(&m, &format!("ferry:model_loaded{}", l(MODEL))), Some(1.0));
-    assert_eq!(metric(&m, &format!("ferry:model_loaded{}", l("alpha"))), Some(0.0));
-    assert_eq!(metric(&m, &format!("ferry:model_loaded{}", l("minilm"))), Some(0.0));
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l(MODEL))),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l("alpha"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l("minilm"))),
+        Some(0.0)
+    );
     for stale in ["alpha", "minilm"] {
         for g in [
             "vllm:num_requests_running",
             "vllm:num_requests_waiting",
             "ferry:model_memory_bytes",
         ] {
-            assert!(metric(&m, &format!("{g}{}", l(stale))).is_none(), "{g} {stale}:\n{m}");
+            assert!(
+                metric(&m, &format!("{g}{}", l(stale))).is_none(),
+                "{g} {stale}:\n{m}"
+            );
         }
     }
     assert!(metric(&m, &format!("ferry:model_memory_bytes{}", l(MODEL))).unwrap() > 0.0);
@@ -153,23 +168,37 @@ fn registered_models_load_on_first_use_and_lru_unloads_under_max_loaded_models()
     );
     assert!(metric(&m, &format!("vllm:prompt_tokens_total{}", l("minilm"))).unwrap() >= 3.0);
     assert_eq!(
-        metric(&m, &format!("vllm:e2e_request_latency_seconds_count{}", l("minilm"))),
+        metric(
+            &m,
+            &format!("vllm:e2e_request_latency_seconds_count{}", l("minilm"))
+        ),
         Some(1.0)
     );
     // Two loads of the default model (start, and after its eviction), one of alpha.
     assert_eq!(
-        metric(&m, &format!("ferry:model_load_duration_seconds_count{}", l(MODEL))),
+        metric(
+            &m,
+            &format!("ferry:model_load_duration_seconds_count{}", l(MODEL))
+        ),
         Some(2.0)
     );
     assert_eq!(
-        metric(&m, &format!("ferry:model_load_duration_seconds_count{}", l("alpha"))),
+        metric(
+            &m,
+            &format!("ferry:model_load_duration_seconds_count{}", l("alpha"))
+        ),
         Some(1.0)
     );
 
     // A model imported while the server runs is served without a restart.
     ferry(
         &home,
-        &["pull", common::model_path().to_str().unwrap(), "--name", "late"],
+        &[
+            "pull",
+            common::model_path().to_str().unwrap(),
+            "--name",
+            "late",
+        ],
     );
     let r = ask(&s, "late");
     assert_eq!(r.status, 200, "{}", body(&r));
@@ -193,7 +222,10 @@ fn load_and_unload_routes_free_the_engine_and_a_broken_model_disturbs_nobody() {
     assert!(c["memory_bytes"].as_u64().unwrap() > 0);
     // Loading again is a no-op.
     let r = s.request("POST", "/v1/models/alpha/load", &[], None);
-    assert_eq!((r.status, r.json()["state"].clone()), (200, json!("loaded")));
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("loaded"))
+    );
     assert_eq!(ask(&s, "alpha").status, 200);
     let (threads1, vm1) = (engine_threads(pid), proc_status(pid, "VmSize"));
     assert_eq!(threads1, 2 * threads0, "two engines of the same shape");
@@ -209,7 +241,10 @@ fn load_and_unload_routes_free_the_engine_and_a_broken_model_disturbs_nobody() {
     assert!(vm1 - vm2.min(vm1) >= file_kb, "VmSize {vm1} kB -> {vm2} kB");
     // Unloading what is not loaded is a no-op 200; unknown models are 404.
     let r = s.request("POST", "/v1/models/alpha/unload", &[], None);
-    assert_eq!((r.status, r.json()["state"].clone()), (200, json!("available")));
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("available"))
+    );
     for route in ["load", "unload"] {
         let r = s.request("POST", &format!("/v1/models/nope/{route}"), &[], None);
         assert_eq!(r.status, 404);
@@ -223,7 +258,10 @@ fn load_and_unload_routes_free_the_engine_and_a_broken_model_disturbs_nobody() {
     assert_eq!(r.status, 503, "{}", body(&r));
     let e = r.error();
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.contains("broken") && msg.contains("failed to load"), "{msg}");
+    assert!(
+        msg.contains("broken") && msg.contains("failed to load"),
+        "{msg}"
+    );
     assert!(msg.contains("tokenizer"), "the loader's reason: {msg}");
     let c = card(&s, "broken");
     assert_eq!(c["state"], "failed");
@@ -246,7 +284,10 @@ fn load_and_unload_routes_free_the_engine_and_a_broken_model_disturbs_nobody() {
     );
     // Unloading a failed model clears it back to `available`.
     let r = s.request("POST", "/v1/models/broken/unload", &[], None);
-    assert_eq!((r.status, r.json()["state"].clone()), (200, json!("available")));
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("available"))
+    );
 }
 
 #[test]
@@ -255,7 +296,9 @@ fn concurrent_first_requests_share_one_load() {
     let s = start_in(&home, &[]);
     assert_eq!(state(&s, "alpha"), "available");
     let statuses: Vec<u16> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| ask(&s, "alpha").status)).collect();
+        let hs: Vec<_> = (0..8)
+            .map(|_| sc.spawn(|| ask(&s, "alpha").status))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(statuses, vec![200; 8]);

@@ -259,7 +259,9 @@ fn run(
         for job in batch {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             if failure.is_none() {
-                stats.inputs.fetch_add(job.seqs.len() as u64, Ordering::Relaxed);
+                stats
+                    .inputs
+                    .fetch_add(job.seqs.len() as u64, Ordering::Relaxed);
             }
             let reply = match &failure {
                 Some(e) => Err(e.clone()),

@@ -197,7 +197,11 @@ fn dropping_the_engine_stops_its_threads_and_frees_the_model() {
         },
     );
     assert!(e.memory_bytes() > model.file_size() as u64);
-    assert_eq!(Arc::strong_count(&model), 3, "ours, the engine's, its thread's");
+    assert_eq!(
+        Arc::strong_count(&model),
+        3,
+        "ours, the engine's, its thread's"
+    );
     let mut rx = e
         .submit(greedy(prompt(&e, "Tell a very long story."), 900))
         .unwrap();

@@ -128,7 +128,10 @@ pub struct Metrics {
 pub(crate) enum Observation {
     FirstToken(Duration),
     InterToken(Duration),
-    Finished { e2e: Duration, queued: Duration },
+    Finished {
+        e2e: Duration,
+        queued: Duration,
+    },
     /// An embeddings request answered, from submit to vectors.
     Embedded(Duration),
 }

@@ -44,7 +44,7 @@ pub trait ModelSource: Send + Sync {
 
 /// A freshly loaded model.
 pub enum Loaded {
-    Chat(LoadedModel),
+    Chat(Box<LoadedModel>),
     Embedding(EmbeddingModel),
 }
 
@@ -379,7 +379,7 @@ impl Registry {
                 let (state, bytes) = match l {
                     Loaded::Chat(m) => {
                         let b = m.engine.memory_bytes();
-                        (ModelState::Loaded(Arc::new(m)), b)
+                        (ModelState::Loaded(Arc::new(*m)), b)
                     }
                     Loaded::Embedding(m) => {
                         let b = m.engine.memory_bytes();
@@ -571,7 +571,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
     };
     let v = n * mult as f64;
     if !v.is_finite() || v < 1.0 || v >= u64::MAX as f64 {
