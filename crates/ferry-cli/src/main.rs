@@ -123,7 +123,7 @@ struct ServeArgs {
     drain_timeout: u64,
     /// Most models loaded at once; beyond it the least recently used is unloaded. Every
     /// registered model is served and loaded on first use.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_loaded_models: Option<usize>,
     /// Most memory for loaded models (weights, KV caches, workspaces), e.g. 8GiB or 512MiB;
     /// beyond it the least recently used models are unloaded.
