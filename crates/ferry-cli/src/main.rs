@@ -9,6 +9,7 @@ mod keys;
 mod progress;
 mod pull;
 mod registry_cmds;
+mod source;
 mod store;
 
 use std::io::Write;
@@ -23,7 +24,7 @@ use ferry_models::gguf::GgufFile;
 use ferry_models::llama::Llama;
 use ferry_models::template::{ChatMessage, ChatTemplate};
 use ferry_models::tokenizer::Tokenizer;
-use ferry_server::{AppState, ModelState, ServerConfig};
+use ferry_server::{AppState, ServerConfig};
 
 /// Default model name (imported by the setup script).
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -164,6 +165,17 @@ struct ServeArgs {
     /// requests get 503) before exiting.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Most models loaded at once; beyond it the least recently used is unloaded. Every
+    /// registered model is served and loaded on first use.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_loaded_models: Option<usize>,
+    /// Most memory for loaded models (weights, KV caches, workspaces), e.g. 8GiB or 512MiB;
+    /// beyond it the least recently used models are unloaded.
+    #[arg(long, value_parser = ferry_server::parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Seconds a request waits for its model to load before a 503 with Retry-After.
+    #[arg(long, default_value_t = 300)]
+    load_timeout: u64,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -345,46 +357,38 @@ fn serve(a: ServeArgs) -> Result<()> {
             store: Some(db),
             require_auth: a.require_auth,
         });
-        for (name, _) in &resolved {
-            state.add_loading(name);
-        }
+        // `--model` paths are served under their names; registered names resolve at each load.
+        let pinned = a
+            .models
+            .iter()
+            .zip(&resolved)
+            .filter(|(arg, _)| Path::new(arg.as_str()).exists())
+            .map(|(_, r)| r.clone())
+            .collect();
+        let limits = ferry_server::Limits {
+            max_loaded: a.max_loaded_models,
+            memory_budget: a.memory_budget,
+            load_timeout: std::time::Duration::from_secs(a.load_timeout),
+        };
+        state
+            .models
+            .configure(source::StoreSource::new(pinned, a.engine.config()), limits)
+            .map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         if !local.ip().is_loopback() && !state.auth.enabled() {
             tracing::warn!("serving on a non-loopback address {local} without API keys: anyone who can reach it can use it");
         }
         eprintln!("ferry listening on http://{local}");
-        for (name, path) in resolved {
-            let st = state.clone();
-            let cfg = a.engine.config();
-            tokio::task::spawn_blocking(move || {
-                let t = std::time::Instant::now();
-                if path.is_dir() {
-                    let state = match load_embedding(&path, &cfg) {
-                        Ok(m) => {
-                            tracing::info!("embedding model {name} loaded from {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
-                            ModelState::LoadedEmbedding(Arc::new(m))
-                        }
-                        Err(e) => {
-                            tracing::error!("model {name} failed to load: {e:#}");
-                            ModelState::Failed(format!("{e:#}"))
-                        }
-                    };
-                    st.set_state(&name, state);
-                    return;
-                }
-                match load(&path, cfg) {
-                    Ok(l) => {
-                        tracing::info!("model {name} loaded from {} in {:.2}s", path.display(), t.elapsed().as_secs_f64());
-                        st.set_state(&name, ModelState::Loaded(Arc::new(ferry_server::LoadedModel { engine: l.engine, template: l.template })));
-                    }
-                    Err(e) => {
-                        tracing::error!("model {name} failed to load: {e:#}");
-                        st.set_state(&name, ModelState::Failed(format!("{e:#}")));
-                    }
-                }
-            });
-        }
+        // The `--model` models load now, in order (the first is the default where `model` is
+        // optional); /ready says 200 once they are loaded. The others load on first use.
+        let eager: Vec<String> = resolved.into_iter().map(|(name, _)| name).collect();
+        let registry = state.models.clone();
+        tokio::spawn(async move {
+            for (name, e) in registry.load_at_start(&eager).await {
+                tracing::error!("model {name} is not served: {}", e.message);
+            }
+        });
         let app = ferry_server::router(state.clone());
         let drain_timeout = std::time::Duration::from_secs(a.drain_timeout);
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();

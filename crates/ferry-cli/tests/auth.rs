@@ -41,6 +41,10 @@ fn fixture() -> &'static Fixture {
         let list: Value = serde_json::from_str(&ferry(&home, &["keys", "list", "--json"])).unwrap();
         assert_eq!(list.as_array().unwrap().len(), 3);
         assert!(list[2]["revoked"].is_u64());
+        // A registered model besides the default, for the load/unload admin routes (the
+        // default model stays loaded for the other tests).
+        let gguf = common::model_path();
+        ferry(&home, &["pull", gguf.to_str().unwrap(), "--name", "spare"]);
         let server = start_in(&home, &[]);
         let s = |v: &Value, k: &str| v[k].as_str().unwrap().to_string();
         Fixture {
@@ -129,12 +133,16 @@ fn every_route_against_every_kind_of_key() {
         "/v1/models",
         "/v1/chat/completions",
         "/v1/admin/keys",
+        "/v1/models/{id}/load",
+        "/v1/models/{id}/unload",
     ] {
         assert!(routes.iter().any(|(p, _)| p == want), "{want} not found");
     }
     for (template, methods) in &routes {
         let path = match template.as_str() {
             "/v1/models/{id}" => format!("/v1/models/{MODEL}"),
+            "/v1/models/{id}/load" => "/v1/models/spare/load".to_string(),
+            "/v1/models/{id}/unload" => "/v1/models/spare/unload".to_string(),
             // Revoking is idempotent: the already revoked key is a safe target.
             "/v1/admin/keys/{id}" => format!("/v1/admin/keys/{}", f.revoked_id),
             "/v1/admin/keys/{id}/usage" => format!("/v1/admin/keys/{}/usage", f.inference_id),
@@ -175,7 +183,9 @@ fn every_route_against_every_kind_of_key() {
                 _ => None,
             };
             let open = matches!(template.as_str(), "/health" | "/ready");
-            let admin_only = template.starts_with("/v1/admin");
+            let admin_only = template.starts_with("/v1/admin")
+                || template.ends_with("/load")
+                || template.ends_with("/unload");
             for (who, key) in creds {
                 let auth = key.map(bearer);
                 let headers: Vec<(&str, &str)> = auth
@@ -216,10 +226,12 @@ fn every_route_against_every_kind_of_key() {
 }
 
 /// Routes whose success status (200 for the sample request) the walk asserts exactly.
-fn routes_known() -> [&'static str; 9] {
+fn routes_known() -> [&'static str; 11] {
     [
         "/v1/models",
         "/v1/models/{id}",
+        "/v1/models/{id}/load",
+        "/v1/models/{id}/unload",
         "/v1/chat/completions",
         "/v1/completions",
         "/tokenize",

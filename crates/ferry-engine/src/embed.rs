@@ -41,8 +41,14 @@ impl Default for EmbedConfig {
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct EmbedStats {
+    /// Requests queued, not yet taken into a batch.
     pub waiting: AtomicUsize,
+    /// Requests in the batch being computed.
+    pub running: AtomicUsize,
+    /// Requests answered (vectors or an error).
     pub requests: AtomicU64,
+    /// Inputs (sequences) embedded.
+    pub inputs: AtomicU64,
     pub tokens: AtomicU64,
     pub batches: AtomicU64,
 }
@@ -105,6 +111,25 @@ impl EmbedEngine {
     }
     pub fn config(&self) -> &EmbedConfig {
         &self.cfg
+    }
+
+    /// Memory this engine holds, in bytes: the encoder's weights in their loaded format
+    /// (embedding tables in f32) and the forward workspace at its largest (`max_batch_tokens`
+    /// tokens). An estimate for memory budgets, not a measurement.
+    pub fn memory_bytes(&self) -> u64 {
+        use ferry_models::bert::WeightFormat;
+        let c = &self.model.cfg;
+        let (h, ff, f) = (c.hidden_size, c.intermediate_size, 4u64);
+        let tables = ((c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h) as u64;
+        let matrix = (c.num_hidden_layers * (4 * h * h + 2 * h * ff)) as u64;
+        let small = (c.num_hidden_layers * (9 * h + ff) + 2 * h) as u64;
+        let matrix_bytes = match self.model.format {
+            WeightFormat::F32 => matrix * 4,
+            WeightFormat::F16 | WeightFormat::BF16 => matrix * 2,
+            WeightFormat::Q8_0 => matrix * 34 / 32,
+        };
+        let workspace = (self.cfg.max_batch_tokens * (6 * h + ff)) as u64 * f;
+        (tables + small) * f + matrix_bytes + workspace
     }
 
     /// Queue sequences (each already tokenized with its specials). The vectors arrive on the
@@ -202,6 +227,7 @@ fn run(
         if batch.is_empty() {
             continue;
         }
+        stats.running.store(batch.len(), Ordering::SeqCst);
         let all: Vec<&[u32]> = batch
             .iter()
             .flat_map(|j| j.seqs.iter().map(|s| s.as_slice()))
@@ -229,8 +255,14 @@ fn run(
             i = j;
         }
         let mut it = vectors.into_iter();
+        stats.running.store(0, Ordering::SeqCst);
         for job in batch {
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            if failure.is_none() {
+                stats
+                    .inputs
+                    .fetch_add(job.seqs.len() as u64, Ordering::Relaxed);
+            }
             let reply = match &failure {
                 Some(e) => Err(e.clone()),
                 None => Ok(it.by_ref().take(job.seqs.len()).collect()),

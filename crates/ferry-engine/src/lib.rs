@@ -205,6 +205,19 @@ impl Engine {
         &self.cfg
     }
 
+    /// Memory this engine holds, in bytes: the mapped weights (the whole GGUF file), the KV
+    /// cache (preallocated at start) and the step workspace at its largest (activations and
+    /// logits for `max_batch_tokens` tokens). An estimate for memory budgets, not a measurement.
+    pub fn memory_bytes(&self) -> u64 {
+        let m = &self.model.cfg;
+        let (cfg, f) = (&self.cfg, std::mem::size_of::<f32>() as u64);
+        let slots = cfg.kv_cache_tokens.div_ceil(cfg.block_size).max(1) * cfg.block_size;
+        let kv = 2 * (m.n_layer * slots * m.kv_dim()) as u64 * f;
+        let t = cfg.max_batch_tokens as u64;
+        let per_token = 5 * m.n_embd + 2 * m.kv_dim() + 2 * m.n_ff + m.vocab_size;
+        self.model.file_size() as u64 + kv + t * per_token as u64 * f
+    }
+
     /// Check a request against the model's limits without queueing it.
     pub fn check(&self, prompt_len: usize, max_tokens: usize) -> Result<(), SubmitError> {
         let context = self.context_length().min(self.cfg.kv_cache_tokens);

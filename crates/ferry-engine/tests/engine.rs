@@ -178,3 +178,44 @@ fn queue_bound_and_context_checks() {
         Err(SubmitError::BadToken(_))
     ));
 }
+
+/// Unloading a model drops its engine: that must stop the engine thread and its compute
+/// threads, end the requests still running (with an error event, not silence), and release
+/// the model and KV cache — nothing may keep them alive.
+#[test]
+fn dropping_the_engine_stops_its_threads_and_frees_the_model() {
+    let file = Arc::new(GgufFile::open(&model_path()).unwrap());
+    let tok = Arc::new(Tokenizer::from_gguf(&file).unwrap());
+    let model = Arc::new(Llama::load(file).unwrap());
+    let e = Engine::start(
+        model.clone(),
+        tok.clone(),
+        EngineConfig {
+            threads: 2,
+            kv_cache_tokens: 1024,
+            ..Default::default()
+        },
+    );
+    assert!(e.memory_bytes() > model.file_size() as u64);
+    assert_eq!(
+        Arc::strong_count(&model),
+        3,
+        "ours, the engine's, its thread's"
+    );
+    let mut rx = e
+        .submit(greedy(prompt(&e, "Tell a very long story."), 900))
+        .unwrap();
+    assert!(matches!(rx.blocking_recv(), Some(Event::Token { .. })));
+    let t = Instant::now();
+    drop(e);
+    // Within a step, not after the 900 tokens.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // `drop` joined the engine thread (which joins its compute pool), so every clone is gone.
+    assert_eq!(Arc::strong_count(&model), 1);
+    assert_eq!(Arc::strong_count(&tok), 1);
+    let mut last = None;
+    while let Some(ev) = rx.blocking_recv() {
+        last = Some(ev);
+    }
+    assert!(matches!(last, Some(Event::Error(_))), "{last:?}");
+}

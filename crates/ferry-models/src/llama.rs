@@ -316,6 +316,11 @@ impl Llama {
         }
     }
 
+    /// Bytes of the mapped GGUF file the weights are read from.
+    pub fn file_size(&self) -> usize {
+        self.file.file_size()
+    }
+
     /// Bytes of weights read per decoded token (every matrix once, the output matrix included).
     pub fn weight_bytes(&self) -> usize {
         let l: usize = self

@@ -38,7 +38,10 @@ pub(crate) fn is_open_route(route: &str) -> bool {
 }
 
 pub(crate) fn is_admin_route(route: &str) -> bool {
-    route == "/v1/admin" || route.starts_with("/v1/admin/")
+    route == "/v1/admin"
+        || route.starts_with("/v1/admin/")
+        || route == "/v1/models/{id}/load"
+        || route == "/v1/models/{id}/unload"
 }
 
 struct Snapshot {
@@ -544,5 +547,8 @@ mod tests {
         assert!(!is_open_route("/metrics"));
         assert!(is_admin_route("/v1/admin/keys/{id}"));
         assert!(!is_admin_route("/v1/administer"));
+        assert!(is_admin_route("/v1/models/{id}/load"));
+        assert!(is_admin_route("/v1/models/{id}/unload"));
+        assert!(!is_admin_route("/v1/models/{id}"));
     }
 }

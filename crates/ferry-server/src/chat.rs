@@ -101,7 +101,7 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
     if let Some(user) = &req.sampling.user {
         tracing::info!(user = %user, model = %req.model, "request for end user");
     }
-    let model = st.model(&req.model)?;
+    let model = st.model(&req.model).await?;
     let engine = &model.engine;
     let spec = req.validate(engine.vocab_size())?;
     let msgs = to_template_messages(&req.messages)?;

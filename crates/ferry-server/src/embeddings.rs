@@ -29,7 +29,7 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<Json<EmbeddingResponse>> {
     let req: EmbeddingRequest = parse(body, &["model", "input"], FIELDS)?;
-    let model = st.embedding_model(&req.model)?;
+    let model = st.embedding_model(&req.model).await?;
     let engine = &model.engine;
     let spec = req.validate(engine.dim())?;
     let max = engine.context_length();
@@ -64,6 +64,7 @@ pub async fn create(
         }
     }
     let prompt_tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    let submitted = std::time::Instant::now();
     let rx = engine.submit(seqs).map_err(|e| {
         let mut err = from_submit(e);
         if err.param.is_some() {
@@ -75,6 +76,10 @@ pub async fn create(
         .await
         .map_err(|_| ApiError::new(ErrorCode::ServiceUnavailable, "The model stopped."))?
         .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("Embedding failed: {e}")))?;
+    st.metrics.observe(
+        &req.model,
+        crate::metrics::Observation::Embedded(submitted.elapsed()),
+    );
     // Count the request and its tokens against the caller's key (rpm/tpm and usage).
     if let Some(c) = crate::auth::Caller::current() {
         c.record_request(&req.model);

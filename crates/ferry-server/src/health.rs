@@ -1,4 +1,4 @@
-//! Liveness (`/health`) and readiness (`/ready`: 503 until every model is loaded).
+//! Liveness (`/health`) and readiness (`/ready`: 503 until the models named at start are loaded).
 
 use std::sync::Arc;
 

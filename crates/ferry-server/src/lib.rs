@@ -21,6 +21,7 @@ mod error;
 mod health;
 mod metrics;
 mod models;
+mod registry;
 mod sse;
 mod state;
 mod tokenize;
@@ -32,6 +33,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
+pub use registry::{parse_bytes, Limits, Loaded, ModelSource, Registry};
 pub use state::{AppState, EmbeddingModel, LoadedModel, ModelSlot, ModelState, ServerConfig};
 pub use {auth::Auth, drain::Drain, metrics::Metrics};
 
@@ -42,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(health::ready))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get_one))
+        .route("/v1/models/{id}/load", post(models::load))
+        .route("/v1/models/{id}/unload", post(models::unload))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
         .route("/v1/embeddings", post(embeddings::create))

@@ -1,7 +1,14 @@
 //! `GET /metrics`: Prometheus text exposition, written by hand. Engine metrics use vLLM's
 //! names and a `model_name` label, so vLLM dashboards work: latency histograms observed by
-//! `Tracked` (see `sse.rs`), gauges and token counters read from `Engine::stats()`. HTTP
-//! metrics (`ferry_http_*`) are labelled with the matched route template.
+//! `Tracked` (see `sse.rs`), gauges and token counters read from `Engine::stats()`. Embedding
+//! engines report under the same names (running and waiting requests, prompt tokens, end to
+//! end latency) plus `ferry:embedding_inputs_total`. HTTP metrics (`ferry_http_*`) are
+//! labelled with the matched route template.
+//!
+//! Model lifecycle: `ferry:model_loaded` (1/0 for every known model), `ferry:model_memory_bytes`
+//! (loaded models), `ferry:model_load_duration_seconds` and `ferry:model_load_failures_total`.
+//! Gauges exist only while a model is loaded; counters of an unloaded engine are folded into
+//! `retired` so that totals stay monotonic across unload and reload.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -27,6 +34,9 @@ const ITL_BUCKETS: &[f64] = &[
 const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+];
+const LOAD_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
 ];
 const HTTP_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -88,9 +98,21 @@ impl Default for ModelHistograms {
     }
 }
 
+/// Counters of engines that were unloaded.
+#[derive(Default, Clone, Copy)]
+struct Retired {
+    embedding: bool,
+    prompt_tokens: u64,
+    generation_tokens: u64,
+    embedding_inputs: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     models: BTreeMap<String, ModelHistograms>,
+    retired: BTreeMap<String, Retired>,
+    /// Load durations (successful loads) and failed loads, per model.
+    loads: BTreeMap<String, (Histogram, u64)>,
     /// (route, method, status) -> count.
     http: BTreeMap<(String, String, u16), u64>,
     http_duration: BTreeMap<String, Histogram>,
@@ -106,7 +128,12 @@ pub struct Metrics {
 pub(crate) enum Observation {
     FirstToken(Duration),
     InterToken(Duration),
-    Finished { e2e: Duration, queued: Duration },
+    Finished {
+        e2e: Duration,
+        queued: Duration,
+    },
+    /// An embeddings request answered, from submit to vectors.
+    Embedded(Duration),
 }
 
 impl Metrics {
@@ -127,6 +154,47 @@ impl Metrics {
                 m.e2e.observe(e2e.as_secs_f64());
                 m.queue.observe(queued.as_secs_f64());
             }
+            Observation::Embedded(d) => m.e2e.observe(d.as_secs_f64()),
+        }
+    }
+
+    /// A load of `model` finished, well or not.
+    pub(crate) fn observe_load(&self, model: &str, took: Duration, ok: bool) {
+        let mut g = self.lock();
+        let e = g
+            .loads
+            .entry(model.to_string())
+            .or_insert_with(|| (Histogram::new(LOAD_BUCKETS), 0));
+        if ok {
+            e.0.observe(took.as_secs_f64());
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// `model` is being unloaded: keep its engine's counters.
+    pub(crate) fn retire(&self, model: &str, state: &ModelState) {
+        if !matches!(
+            state,
+            ModelState::Loaded(_) | ModelState::LoadedEmbedding(_)
+        ) {
+            return;
+        }
+        let mut g = self.lock();
+        let r = g.retired.entry(model.to_string()).or_default();
+        match state {
+            ModelState::Loaded(m) => {
+                let x = m.engine.stats();
+                r.prompt_tokens += x.prompt_tokens.load(Ordering::Relaxed);
+                r.generation_tokens += x.generated_tokens.load(Ordering::Relaxed);
+            }
+            ModelState::LoadedEmbedding(m) => {
+                let x = m.engine.stats();
+                r.embedding = true;
+                r.prompt_tokens += x.tokens.load(Ordering::Relaxed);
+                r.embedding_inputs += x.inputs.load(Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -141,8 +209,8 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
-    /// The exposition text. `engines` gives (model name, gauges and counters) per loaded model.
-    fn render(&self, engines: &[(String, EngineSample)]) -> String {
+    /// The exposition text, over a snapshot of every known model.
+    fn render(&self, models: &[ModelSample]) -> String {
         let mut out = String::new();
         let g = self.lock();
         let label = |m: &str| format!("model_name=\"{}\"", escape(m));
@@ -150,78 +218,169 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
         };
 
-        type Gauge = fn(&EngineSample) -> f64;
-        let gauges: [(&str, &str, &str, Gauge); 5] = [
+        // Gauges: loaded engines only (an unloaded model has none, rather than stale ones).
+        type Gauge = fn(&EngineSample) -> Option<f64>;
+        let gauges: [(&str, &str, Gauge); 3] = [
             (
                 "vllm:num_requests_running",
-                "gauge",
                 "Number of requests in model execution batches.",
-                |s| s.running as f64,
+                |s| Some(s.running as f64),
             ),
             (
                 "vllm:num_requests_waiting",
-                "gauge",
                 "Number of requests waiting to be processed.",
-                |s| s.waiting as f64,
+                |s| Some(s.waiting as f64),
             ),
             (
                 "vllm:kv_cache_usage_perc",
-                "gauge",
                 "KV-cache usage. 1 means 100 percent usage.",
                 |s| s.kv_usage,
             ),
+        ];
+        for (name, help, f) in gauges {
+            head(&mut out, name, "gauge", help);
+            for m in models {
+                if let Some(v) = m.engine.as_ref().and_then(f) {
+                    let _ = writeln!(out, "{name}{{{}}} {v}", label(&m.name));
+                }
+            }
+        }
+        // Counters: the live engine's plus those of its unloaded predecessors.
+        let totals: Vec<(&str, Retired)> = models
+            .iter()
+            .filter_map(|m| {
+                let r = g.retired.get(&m.name).copied();
+                let t = match (&m.engine, r) {
+                    (None, r) => r?,
+                    (Some(s), r) => {
+                        let r = r.unwrap_or_default();
+                        Retired {
+                            embedding: s.embedding,
+                            prompt_tokens: r.prompt_tokens + s.prompt_tokens,
+                            generation_tokens: r.generation_tokens + s.generation_tokens,
+                            embedding_inputs: r.embedding_inputs + s.embedding_inputs,
+                        }
+                    }
+                };
+                Some((m.name.as_str(), t))
+            })
+            .collect();
+        type Counter = fn(&Retired) -> Option<u64>;
+        let counters: [(&str, &str, Counter); 3] = [
             (
                 "vllm:prompt_tokens_total",
-                "counter",
                 "Number of prefill tokens processed.",
-                |s| s.prompt_tokens as f64,
+                |t| Some(t.prompt_tokens),
             ),
             (
                 "vllm:generation_tokens_total",
-                "counter",
                 "Number of generation tokens processed.",
-                |s| s.generation_tokens as f64,
+                |t| (!t.embedding).then_some(t.generation_tokens),
+            ),
+            (
+                "ferry:embedding_inputs_total",
+                "Number of inputs (sequences) embedded.",
+                |t| t.embedding.then_some(t.embedding_inputs),
             ),
         ];
-        for (name, ty, help, f) in gauges {
-            head(&mut out, name, ty, help);
-            for (m, s) in engines {
-                let _ = writeln!(out, "{name}{{{}}} {}", label(m), f(s));
+        for (name, help, f) in counters {
+            head(&mut out, name, "counter", help);
+            for (m, t) in &totals {
+                if let Some(v) = f(t) {
+                    let _ = writeln!(out, "{name}{{{}}} {v}", label(m));
+                }
             }
         }
 
+        head(
+            &mut out,
+            "ferry:model_loaded",
+            "gauge",
+            "1 while the model is loaded, 0 otherwise.",
+        );
+        for m in models {
+            let v = u8::from(m.engine.is_some());
+            let _ = writeln!(out, "ferry:model_loaded{{{}}} {v}", label(&m.name));
+        }
+        head(
+            &mut out,
+            "ferry:model_memory_bytes",
+            "gauge",
+            "Memory estimate of a loaded model: mapped weights, KV cache, workspace.",
+        );
+        for m in models {
+            if let Some(b) = m.memory_bytes {
+                let _ = writeln!(out, "ferry:model_memory_bytes{{{}}} {b}", label(&m.name));
+            }
+        }
+        head(
+            &mut out,
+            "ferry:model_load_duration_seconds",
+            "histogram",
+            "Time to load a model (successful loads).",
+        );
+        for (m, (h, _)) in &g.loads {
+            h.write(&mut out, "ferry:model_load_duration_seconds", &label(m));
+        }
+        head(
+            &mut out,
+            "ferry:model_load_failures_total",
+            "counter",
+            "Loads that failed.",
+        );
+        for (m, (_, n)) in &g.loads {
+            let _ = writeln!(out, "ferry:model_load_failures_total{{{}}} {n}", label(m));
+        }
+
+        // (name, help, histogram, chat models only).
         type Pick = fn(&ModelHistograms) -> &Histogram;
-        let hists: [(&str, &str, Pick); 4] = [
+        let hists: [(&str, &str, Pick, bool); 4] = [
             (
                 "vllm:time_to_first_token_seconds",
                 "Histogram of time to first token in seconds.",
                 |m| &m.ttft,
+                true,
             ),
             (
                 "vllm:inter_token_latency_seconds",
                 "Histogram of inter-token latency in seconds.",
                 |m| &m.itl,
+                true,
             ),
             (
                 "vllm:e2e_request_latency_seconds",
                 "Histogram of end to end request latency in seconds.",
                 |m| &m.e2e,
+                false,
             ),
             (
                 "vllm:request_queue_time_seconds",
                 "Histogram of time spent in the waiting queue in seconds.",
                 |m| &m.queue,
+                true,
             ),
         ];
-        // Every served model has its series, observed or not.
+        let embedding: Vec<&str> = totals
+            .iter()
+            .filter(|(_, t)| t.embedding)
+            .map(|(m, _)| *m)
+            .collect();
+        // Every loaded model has its series, observed or not.
         let empty = ModelHistograms::default();
-        let mut names: Vec<&str> = engines.iter().map(|(m, _)| m.as_str()).collect();
+        let mut names: Vec<&str> = models
+            .iter()
+            .filter(|m| m.engine.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
         names.extend(g.models.keys().map(|k| k.as_str()));
         names.sort_unstable();
         names.dedup();
-        for (name, help, pick) in hists {
+        for (name, help, pick, chat_only) in hists {
             head(&mut out, name, "histogram", help);
             for m in &names {
+                if chat_only && embedding.contains(m) {
+                    continue;
+                }
                 pick(g.models.get(*m).unwrap_or(&empty)).write(&mut out, name, &label(m));
             }
         }
@@ -257,13 +416,25 @@ impl Metrics {
     }
 }
 
-/// Gauges and counters of one engine.
+/// One known model at the time of a scrape.
+pub(crate) struct ModelSample {
+    name: String,
+    /// Loaded: its engine's gauges and counters.
+    engine: Option<EngineSample>,
+    memory_bytes: Option<u64>,
+}
+
+/// Gauges and counters of one engine (chat or embedding).
+#[derive(Default, Clone)]
 pub(crate) struct EngineSample {
+    embedding: bool,
     running: usize,
     waiting: usize,
-    kv_usage: f64,
+    /// Chat engines only.
+    kv_usage: Option<f64>,
     prompt_tokens: u64,
     generation_tokens: u64,
+    embedding_inputs: u64,
 }
 
 fn escape(s: &str) -> String {
@@ -272,31 +443,50 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn sample(state: &ModelState) -> Option<EngineSample> {
+    match state {
+        ModelState::Loaded(m) => {
+            let x = m.engine.stats();
+            let total = x.kv_blocks_total.load(Ordering::Relaxed);
+            let used = x.kv_blocks_used.load(Ordering::Relaxed);
+            Some(EngineSample {
+                embedding: false,
+                running: x.running.load(Ordering::Relaxed),
+                waiting: x.waiting.load(Ordering::Relaxed),
+                kv_usage: Some(if total == 0 {
+                    0.0
+                } else {
+                    used as f64 / total as f64
+                }),
+                prompt_tokens: x.prompt_tokens.load(Ordering::Relaxed),
+                generation_tokens: x.generated_tokens.load(Ordering::Relaxed),
+                embedding_inputs: 0,
+            })
+        }
+        ModelState::LoadedEmbedding(m) => {
+            let x = m.engine.stats();
+            Some(EngineSample {
+                embedding: true,
+                running: x.running.load(Ordering::Relaxed),
+                waiting: x.waiting.load(Ordering::Relaxed),
+                kv_usage: None,
+                prompt_tokens: x.tokens.load(Ordering::Relaxed),
+                generation_tokens: 0,
+                embedding_inputs: x.inputs.load(Ordering::Relaxed),
+            })
+        }
+        _ => None,
+    }
+}
+
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let engines: Vec<(String, EngineSample)> = st
+    let models: Vec<ModelSample> = st
         .slots()
         .into_iter()
-        .filter_map(|s| match &s.state {
-            ModelState::Loaded(m) => {
-                let x = m.engine.stats();
-                let total = x.kv_blocks_total.load(Ordering::Relaxed);
-                let used = x.kv_blocks_used.load(Ordering::Relaxed);
-                Some((
-                    s.id.clone(),
-                    EngineSample {
-                        running: x.running.load(Ordering::Relaxed),
-                        waiting: x.waiting.load(Ordering::Relaxed),
-                        kv_usage: if total == 0 {
-                            0.0
-                        } else {
-                            used as f64 / total as f64
-                        },
-                        prompt_tokens: x.prompt_tokens.load(Ordering::Relaxed),
-                        generation_tokens: x.generated_tokens.load(Ordering::Relaxed),
-                    },
-                ))
-            }
-            _ => None,
+        .map(|s| ModelSample {
+            engine: sample(&s.state),
+            memory_bytes: s.memory_bytes,
+            name: s.id,
         })
         .collect();
     (
@@ -304,7 +494,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.metrics.render(&engines),
+        st.metrics.render(&models),
     )
         .into_response()
 }
@@ -370,19 +560,39 @@ mod tests {
         assert!(out.contains("x_sum{a=\"b\"} 3.65\n"), "{out}");
     }
 
+    fn chat(name: &str, running: usize, prompt: u64) -> ModelSample {
+        ModelSample {
+            name: name.into(),
+            engine: Some(EngineSample {
+                running,
+                waiting: 2,
+                kv_usage: Some(0.25),
+                prompt_tokens: prompt,
+                generation_tokens: 5,
+                ..Default::default()
+            }),
+            memory_bytes: Some(1000),
+        }
+    }
+
     #[test]
     fn render_has_every_family_and_escapes_labels() {
         let m = Metrics::default();
         m.observe("m\"1", Observation::FirstToken(Duration::from_millis(30)));
         m.observe_http("/v1/models", "GET", 200, Duration::from_millis(2));
-        let s = EngineSample {
-            running: 1,
-            waiting: 2,
-            kv_usage: 0.25,
-            prompt_tokens: 10,
-            generation_tokens: 5,
+        m.observe_load("m\"1", Duration::from_millis(700), true);
+        let emb = ModelSample {
+            name: "e".into(),
+            engine: Some(EngineSample {
+                embedding: true,
+                running: 3,
+                prompt_tokens: 40,
+                embedding_inputs: 4,
+                ..Default::default()
+            }),
+            memory_bytes: Some(10),
         };
-        let out = m.render(&[("m\"1".into(), s)]);
+        let out = m.render(&[chat("m\"1", 1, 10), emb]);
         for l in [
             "vllm:num_requests_running{model_name=\"m\\\"1\"} 1",
             "vllm:num_requests_waiting{model_name=\"m\\\"1\"} 2",
@@ -394,8 +604,69 @@ mod tests {
             "# TYPE vllm:request_queue_time_seconds histogram",
             "ferry_http_requests_total{route=\"/v1/models\",method=\"GET\",status=\"200\"} 1",
             "ferry_http_request_duration_seconds_count{route=\"/v1/models\"} 1",
+            "vllm:num_requests_running{model_name=\"e\"} 3",
+            "vllm:prompt_tokens_total{model_name=\"e\"} 40",
+            "ferry:embedding_inputs_total{model_name=\"e\"} 4",
+            "ferry:model_loaded{model_name=\"e\"} 1",
+            "ferry:model_memory_bytes{model_name=\"m\\\"1\"} 1000",
+            "ferry:model_load_duration_seconds_count{model_name=\"m\\\"1\"} 1",
+            "ferry:model_load_failures_total{model_name=\"m\\\"1\"} 0",
         ] {
             assert!(out.lines().any(|x| x == l), "missing {l}:\n{out}");
         }
+        // Chat-only series are not made up for embedding models.
+        assert!(!out.contains("vllm:kv_cache_usage_perc{model_name=\"e\"}"));
+        assert!(!out.contains("vllm:time_to_first_token_seconds_count{model_name=\"e\"}"));
+        assert!(out.contains("vllm:e2e_request_latency_seconds_count{model_name=\"e\"} 0"));
+        assert!(!out.contains("vllm:generation_tokens_total{model_name=\"e\"}"));
+    }
+
+    #[test]
+    fn unloaded_models_keep_monotonic_counters_and_lose_gauges() {
+        let m = Metrics::default();
+        // Loaded, counted 10 prompt tokens, then unloaded (its counters retired by hand here).
+        m.lock().retired.insert(
+            "a".into(),
+            Retired {
+                prompt_tokens: 10,
+                generation_tokens: 5,
+                ..Default::default()
+            },
+        );
+        let gone = ModelSample {
+            name: "a".into(),
+            engine: None,
+            memory_bytes: None,
+        };
+        let never = ModelSample {
+            name: "b".into(),
+            engine: None,
+            memory_bytes: None,
+        };
+        let out = m.render(&[gone, never]);
+        for l in [
+            "ferry:model_loaded{model_name=\"a\"} 0",
+            "ferry:model_loaded{model_name=\"b\"} 0",
+            "vllm:prompt_tokens_total{model_name=\"a\"} 10",
+        ] {
+            assert!(out.lines().any(|x| x == l), "missing {l}:\n{out}");
+        }
+        for absent in [
+            "vllm:num_requests_running{model_name=\"a\"}",
+            "vllm:kv_cache_usage_perc{model_name=\"a\"}",
+            "ferry:model_memory_bytes{model_name=\"a\"}",
+            "vllm:prompt_tokens_total{model_name=\"b\"}",
+            "vllm:time_to_first_token_seconds_count{model_name=\"b\"}",
+        ] {
+            assert!(!out.contains(absent), "stale {absent}:\n{out}");
+        }
+        // Reloaded: the new engine counts from zero; the total goes on from 10.
+        let out = m.render(&[chat("a", 0, 3)]);
+        assert!(out
+            .lines()
+            .any(|x| x == "vllm:prompt_tokens_total{model_name=\"a\"} 13"));
+        assert!(out
+            .lines()
+            .any(|x| x == "vllm:generation_tokens_total{model_name=\"a\"} 10"));
     }
 }

@@ -1,8 +1,11 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`, with each model's load state as an extension.
+//! `GET /v1/models` and `GET /v1/models/{id}`, with each model's load state as an extension;
+//! `POST /v1/models/{id}/load` and `/unload` (admin scope, see `auth.rs`). The model table and
+//! its rules live in `registry.rs`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use ferry_types::openai::{ModelCard, ModelList};
 use ferry_types::ApiError;
@@ -11,11 +14,12 @@ use crate::error::Result;
 use crate::state::{AppState, ModelSlot, ModelState};
 
 fn card(s: &ModelSlot) -> ModelCard {
-    let (state, max_model_len) = match &s.state {
-        ModelState::Loading => ("loading", None),
-        ModelState::Loaded(m) => ("loaded", Some(m.engine.context_length())),
-        ModelState::LoadedEmbedding(m) => ("loaded", Some(m.engine.context_length())),
-        ModelState::Failed(_) => ("failed", None),
+    let (state, max_model_len, error) = match &s.state {
+        ModelState::Available => ("available", None, None),
+        ModelState::Loading => ("loading", None, None),
+        ModelState::Loaded(m) => ("loaded", Some(m.engine.context_length()), None),
+        ModelState::LoadedEmbedding(m) => ("loaded", Some(m.engine.context_length()), None),
+        ModelState::Failed(why) => ("failed", None, Some(why.clone())),
     };
     ModelCard {
         id: s.id.clone(),
@@ -24,10 +28,14 @@ fn card(s: &ModelSlot) -> ModelCard {
         owned_by: "ferry".into(),
         state: state.into(),
         max_model_len,
+        memory_bytes: s.memory_bytes,
+        error,
     }
 }
 
+/// Every registered model (re-listed, so models imported since the start appear).
 pub async fn list(State(st): State<Arc<AppState>>) -> Json<ModelList> {
+    st.models.refresh().await;
     Json(ModelList {
         object: "list",
         data: st.slots().iter().map(card).collect(),
@@ -38,9 +46,41 @@ pub async fn get_one(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>> {
-    st.slots()
-        .iter()
-        .find(|s| s.id == id)
-        .map(|s| Json(card(s)))
+    if st.models.slot(&id).is_none() {
+        st.models.refresh().await;
+    }
+    st.models
+        .slot(&id)
+        .map(|s| Json(card(&s)))
         .ok_or_else(|| ApiError::model_not_found(&id).into())
+}
+
+/// Load a model now (a failed one is retried): 200 with its card once loaded, 202 with the
+/// `loading` card when the load outlasts the load timeout, 404 for unknown models, 503 with
+/// the loader's message when it fails.
+pub async fn load(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ModelCard>)> {
+    let done = st.models.load(&id, true).await?;
+    let slot = st
+        .models
+        .slot(&id)
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
+    let status = if done.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(card(&slot))))
+}
+
+/// Unload a model (its engine stops once its requests in flight are done): 200 with the
+/// `available` card. Idempotent: unloading a model that is not loaded is a no-op 200 (a
+/// `failed` one becomes `available`, clearing the error). 404 for unknown models.
+pub async fn unload(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>> {
+    Ok(Json(card(&st.models.unload(&id).await?)))
 }

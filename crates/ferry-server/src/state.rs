@@ -1,7 +1,6 @@
 //! Shared server state: the served models and their load state, and limits.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use ferry_engine::Engine;
 use ferry_models::template::ChatTemplate;
@@ -30,6 +29,8 @@ impl Default for ServerConfig {
 /// Where a model is in its life.
 #[derive(Clone)]
 pub enum ModelState {
+    /// Registered, not loaded: the first request loads it.
+    Available,
     Loading,
     Loaded(Arc<LoadedModel>),
     /// An embedding model (served by `POST /v1/embeddings` only).
@@ -54,11 +55,14 @@ pub struct ModelSlot {
     pub id: String,
     pub created: u64,
     pub state: ModelState,
+    /// The engine's memory estimate while loaded.
+    pub memory_bytes: Option<u64>,
 }
 
 pub struct AppState {
     pub config: ServerConfig,
-    pub models: RwLock<BTreeMap<String, ModelSlot>>,
+    /// Every servable model and its life (`registry.rs`).
+    pub models: Arc<crate::registry::Registry>,
     pub auth: crate::auth::Auth,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub drain: crate::drain::Drain,
@@ -66,110 +70,62 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<Self> {
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
         Arc::new(Self {
             auth: crate::auth::Auth::new(&config),
             config,
-            models: RwLock::new(BTreeMap::new()),
-            metrics: Default::default(),
+            models: Arc::new(crate::registry::Registry::new(metrics.clone())),
+            metrics,
             drain: Default::default(),
         })
     }
 
-    /// Register a model as loading.
-    pub fn add_loading(&self, id: &str) {
-        let slot = ModelSlot {
-            id: id.to_string(),
-            created: crate::now(),
-            state: ModelState::Loading,
-        };
-        self.models
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), slot);
-    }
-
-    pub fn set_state(&self, id: &str, state: ModelState) {
-        if let Some(s) = self
-            .models
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(id)
-        {
-            s.state = state;
-        }
-    }
-
-    /// True when every registered model is loaded.
+    /// True when every model named at start is loaded.
     pub fn ready(&self) -> bool {
-        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
-        !m.is_empty()
-            && m.values().all(|s| {
-                matches!(
-                    s.state,
-                    ModelState::Loaded(_) | ModelState::LoadedEmbedding(_)
-                )
-            })
+        self.models.ready()
     }
 
-    /// The loaded model called `id`: 404 if unknown, 503 if not loaded.
-    pub fn model(&self, id: &str) -> Result<Arc<LoadedModel>, ApiError> {
-        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
-        match m.get(id).map(|s| &s.state) {
-            None => Err(ApiError::model_not_found(id)),
-            Some(ModelState::Loaded(l)) => Ok(l.clone()),
-            Some(ModelState::LoadedEmbedding(_)) => Err(ApiError::invalid(
+    /// The chat model called `id`, loaded on first use (waiting for a load in progress, up
+    /// to the load timeout): 404 if unknown, 400 for an embedding model, 503 if it failed to
+    /// load or is still loading.
+    pub async fn model(&self, id: &str) -> Result<Arc<LoadedModel>, ApiError> {
+        match self.models.get(id).await? {
+            ModelState::Loaded(l) => Ok(l),
+            ModelState::LoadedEmbedding(_) => Err(ApiError::invalid(
                 "model",
                 format!("The model `{id}` is an embedding model: use it with /v1/embeddings."),
             )),
-            Some(ModelState::Loading) => Err(ApiError::new(
-                ErrorCode::ServiceUnavailable,
-                format!("The model `{id}` is loading."),
-            )
-            .with_retry_after(2)),
-            Some(ModelState::Failed(why)) => Err(ApiError::new(
-                ErrorCode::ServiceUnavailable,
-                format!("The model `{id}` failed to load: {why}"),
-            )),
+            _ => Err(changing(id)),
         }
     }
 
-    /// The loaded embedding model called `id`: 404 if unknown, 400 for a chat model, 503 if
-    /// not loaded.
-    pub fn embedding_model(&self, id: &str) -> Result<Arc<EmbeddingModel>, ApiError> {
-        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
-        match m.get(id).map(|s| &s.state) {
-            Some(ModelState::LoadedEmbedding(e)) => Ok(e.clone()),
-            Some(ModelState::Loaded(_)) => Err(ApiError::invalid(
+    /// The embedding model called `id`, loaded on first use: 404 if unknown, 400 for a chat
+    /// model, 503 if it failed to load or is still loading.
+    pub async fn embedding_model(&self, id: &str) -> Result<Arc<EmbeddingModel>, ApiError> {
+        match self.models.get(id).await? {
+            ModelState::LoadedEmbedding(e) => Ok(e),
+            ModelState::Loaded(_) => Err(ApiError::invalid(
                 "model",
                 format!("The model `{id}` is not an embedding model: use /v1/chat/completions or /v1/completions."),
             )),
-            _ => {
-                drop(m);
-                // Unknown, loading or failed: the same answers as for chat models.
-                match self.model(id) {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(ApiError::new(
-                        ErrorCode::ServiceUnavailable,
-                        format!("The model `{id}` is changing state; retry."),
-                    )
-                    .with_retry_after(1)),
-                }
-            }
+            _ => Err(changing(id)),
         }
     }
 
-    /// The only model, for routes where `model` is optional.
+    /// The model for routes where `model` is optional: the first named at start.
     pub fn default_model(&self) -> Option<String> {
-        let m = self.models.read().unwrap_or_else(|e| e.into_inner());
-        m.keys().next().cloned()
+        self.models.default_model()
     }
 
     pub fn slots(&self) -> Vec<ModelSlot> {
-        self.models
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.models.slots()
     }
+}
+
+fn changing(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ServiceUnavailable,
+        format!("The model `{id}` is changing state; retry."),
+    )
+    .with_retry_after(1)
 }

@@ -27,7 +27,7 @@ pub async fn tokenize(
 ) -> Result<Json<TokenizeResponse>> {
     let req: TokenizeRequest = parse(body, &[], &[])?;
     reject_unknown(&req.extra)?;
-    let model = st.model(&model_id(&st, &req.model)?)?;
+    let model = st.model(&model_id(&st, &req.model)?).await?;
     let tok = model.engine.tokenizer();
     let tokens = match (&req.prompt, &req.messages) {
         (Some(p), None) => tok.encode(p, req.add_special_tokens.unwrap_or(true), true),
@@ -58,7 +58,7 @@ pub async fn detokenize(
 ) -> Result<Json<DetokenizeResponse>> {
     let req: DetokenizeRequest = parse(body, &["tokens"], &[])?;
     reject_unknown(&req.extra)?;
-    let model = st.model(&model_id(&st, &req.model)?)?;
+    let model = st.model(&model_id(&st, &req.model)?).await?;
     let tok = model.engine.tokenizer();
     if let Some(t) = req.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
         return Err(

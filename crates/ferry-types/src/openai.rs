@@ -468,6 +468,13 @@ pub struct ModelCard {
     pub state: String,
     /// Ferry extension.
     pub max_model_len: Option<usize>,
+    /// Ferry extension: the engine's memory estimate while loaded (weights, KV cache,
+    /// workspace), bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Ferry extension: why the last load failed (state `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,55 @@
+//! The server's model source (`ferry_server::ModelSource`) over Ferry's model directory:
+//! every registered model (`store::list`), plus the `--model` arguments given as paths, which
+//! are served under their file or directory name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferry_engine::EngineConfig;
+use ferry_server::{Loaded, LoadedModel, ModelSource};
+
+use crate::store;
+
+pub struct StoreSource {
+    /// Models given as paths at start: name -> file or directory.
+    pinned: BTreeMap<String, PathBuf>,
+    cfg: EngineConfig,
+}
+
+impl StoreSource {
+    pub fn new(pinned: BTreeMap<String, PathBuf>, cfg: EngineConfig) -> Arc<Self> {
+        Arc::new(Self { pinned, cfg })
+    }
+}
+
+impl ModelSource for StoreSource {
+    fn list(&self) -> Result<Vec<String>, String> {
+        let mut names: Vec<String> = store::list()
+            .map_err(|e| format!("{e:#}"))?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        names.extend(self.pinned.keys().cloned());
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn load(&self, name: &str) -> Result<Loaded, String> {
+        let path = match self.pinned.get(name) {
+            Some(p) => p.clone(),
+            // Resolved at each load: a model re-imported under the same name is picked up.
+            None => store::resolve(name).map_err(|e| format!("{e:#}"))?.1,
+        };
+        if path.is_dir() {
+            let m = crate::load_embedding(&path, &self.cfg).map_err(|e| format!("{e:#}"))?;
+            return Ok(Loaded::Embedding(m));
+        }
+        let l = crate::load(&path, self.cfg.clone()).map_err(|e| format!("{e:#}"))?;
+        Ok(Loaded::Chat(Box::new(LoadedModel {
+            engine: l.engine,
+            template: l.template,
+        })))
+    }
+}

@@ -1,0 +1,367 @@
+//! Many models in one server, end to end: every model registered in FERRY_HOME is served,
+//! loads on first use, is unloaded least-recently-used under `--max-loaded-models`, and can be
+//! loaded and unloaded through the admin routes; a model that fails to load stays `failed`
+//! without disturbing the others. Real `ferry serve`, real models, loopback HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{chat, ferry, start_in, temp_home, Server, MODEL};
+use serde_json::{json, Value};
+
+/// A data directory with the default GGUF imported under each of `gguf_names`, MiniLM as
+/// `minilm` if asked, and `broken`: a well-formed GGUF without a tokenizer or weights (it
+/// imports, since the file parses, but cannot load).
+fn home_with(tag: &str, gguf_names: &[&str], minilm: bool, broken: bool) -> std::path::PathBuf {
+    let home = temp_home(tag);
+    let gguf = common::model_path();
+    for n in gguf_names {
+        ferry(&home, &["pull", gguf.to_str().unwrap(), "--name", n]);
+    }
+    if minilm {
+        ferry(&home, &["pull", &common::embed_dir(), "--name", "minilm"]);
+    }
+    if broken {
+        use ferry_models::gguf::{writer, Value as G};
+        let bytes = writer::write(&[("general.architecture", G::String("llama".into()))], &[]);
+        let p = home.join("broken.gguf");
+        std::fs::write(&p, bytes).unwrap();
+        ferry(&home, &["pull", p.to_str().unwrap(), "--name", "broken"]);
+    }
+    home
+}
+
+fn models(s: &Server) -> Vec<Value> {
+    let r = s.get("/v1/models");
+    assert_eq!(r.status, 200);
+    r.json()["data"].as_array().unwrap().clone()
+}
+
+fn card(s: &Server, id: &str) -> Value {
+    models(s)
+        .into_iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not listed"))
+}
+
+fn state(s: &Server, id: &str) -> String {
+    card(s, id)["state"].as_str().unwrap().to_string()
+}
+
+fn ask(s: &Server, model: &str) -> common::Response {
+    s.post(
+        "/v1/chat/completions",
+        &chat(
+            "Say hi.",
+            json!({"model": model, "max_tokens": 2, "temperature": 0}),
+        ),
+    )
+}
+
+fn body(r: &common::Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn metrics(s: &Server) -> String {
+    body(&s.get("/metrics"))
+}
+
+/// A field of /proc/PID/status (kB for sizes).
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// Threads of the process that belong to engines (`ferry-engine`, `ferry-embed`,
+/// `ferry-compute-N`), not the runtime's.
+fn engine_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("ferry-"))
+        .count()
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn registered_models_load_on_first_use_and_lru_unloads_under_max_loaded_models() {
+    let home = home_with("lru", &["alpha"], true, false);
+    let s = start_in(&home, &["--max-loaded-models", "1"]);
+    // The `--model` one is loaded at start; registered ones wait for their first request.
+    assert_eq!(state(&s, MODEL), "loaded");
+    assert_eq!(state(&s, "alpha"), "available");
+    assert_eq!(state(&s, "minilm"), "available");
+    assert!(card(&s, "alpha").get("memory_bytes").is_none());
+
+    let r = ask(&s, "alpha");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let a = card(&s, "alpha");
+    assert_eq!(a["state"], "loaded");
+    assert_eq!(a["max_model_len"], 8192);
+    let file = std::fs::metadata(common::model_path()).unwrap().len();
+    assert!(a["memory_bytes"].as_u64().unwrap() > file, "{a}");
+    // Only one may be loaded: the least recently used went back to `available`.
+    assert_eq!(state(&s, MODEL), "available");
+
+    let r = s.post(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": ["one", "two", "three"]}),
+    );
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "minilm"), "loaded");
+    assert_eq!(state(&s, "alpha"), "available");
+
+    // The evicted default model is loaded again by its next request.
+    let r = ask(&s, MODEL);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, MODEL), "loaded");
+    assert_eq!(state(&s, "minilm"), "available");
+
+    // Metrics: gauges only for the loaded model; counters of unloaded engines are kept.
+    let m = metrics(&s);
+    let l = |n: &str| format!("{{model_name=\"{n}\"}}");
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l(MODEL))),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l("alpha"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, &format!("ferry:model_loaded{}", l("minilm"))),
+        Some(0.0)
+    );
+    for stale in ["alpha", "minilm"] {
+        for g in [
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "ferry:model_memory_bytes",
+        ] {
+            assert!(
+                metric(&m, &format!("{g}{}", l(stale))).is_none(),
+                "{g} {stale}:\n{m}"
+            );
+        }
+    }
+    assert!(metric(&m, &format!("ferry:model_memory_bytes{}", l(MODEL))).unwrap() > 0.0);
+    assert!(metric(&m, &format!("vllm:prompt_tokens_total{}", l("alpha"))).unwrap() > 0.0);
+    assert_eq!(
+        metric(&m, &format!("ferry:embedding_inputs_total{}", l("minilm"))),
+        Some(3.0)
+    );
+    assert!(metric(&m, &format!("vllm:prompt_tokens_total{}", l("minilm"))).unwrap() >= 3.0);
+    assert_eq!(
+        metric(
+            &m,
+            &format!("vllm:e2e_request_latency_seconds_count{}", l("minilm"))
+        ),
+        Some(1.0)
+    );
+    // Two loads of the default model (start, and after its eviction), one of alpha.
+    assert_eq!(
+        metric(
+            &m,
+            &format!("ferry:model_load_duration_seconds_count{}", l(MODEL))
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("ferry:model_load_duration_seconds_count{}", l("alpha"))
+        ),
+        Some(1.0)
+    );
+
+    // A model imported while the server runs is served without a restart.
+    ferry(
+        &home,
+        &[
+            "pull",
+            common::model_path().to_str().unwrap(),
+            "--name",
+            "late",
+        ],
+    );
+    let r = ask(&s, "late");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "late"), "loaded");
+}
+
+#[test]
+fn load_and_unload_routes_free_the_engine_and_a_broken_model_disturbs_nobody() {
+    let home = home_with("routes", &["alpha"], false, true);
+    let s = start_in(&home, &[]);
+    let pid = s.pid();
+    assert_eq!(state(&s, "alpha"), "available");
+    let threads0 = engine_threads(pid);
+    assert!(threads0 >= 1);
+
+    let r = s.request("POST", "/v1/models/alpha/load", &[], None);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let c = r.json();
+    assert_eq!(c["id"], "alpha");
+    assert_eq!(c["state"], "loaded");
+    assert!(c["memory_bytes"].as_u64().unwrap() > 0);
+    // Loading again is a no-op.
+    let r = s.request("POST", "/v1/models/alpha/load", &[], None);
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("loaded"))
+    );
+    assert_eq!(ask(&s, "alpha").status, 200);
+    let (threads1, vm1) = (engine_threads(pid), proc_status(pid, "VmSize"));
+    assert_eq!(threads1, 2 * threads0, "two engines of the same shape");
+
+    let r = s.request("POST", "/v1/models/alpha/unload", &[], None);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(r.json()["state"], "available");
+    assert!(r.json().get("memory_bytes").is_none());
+    // The engine is gone: its threads ended and its mapping and KV cache were released.
+    let file_kb = std::fs::metadata(common::model_path()).unwrap().len() / 1024;
+    assert_eq!(engine_threads(pid), threads0);
+    let vm2 = proc_status(pid, "VmSize");
+    assert!(vm1 - vm2.min(vm1) >= file_kb, "VmSize {vm1} kB -> {vm2} kB");
+    // Unloading what is not loaded is a no-op 200; unknown models are 404.
+    let r = s.request("POST", "/v1/models/alpha/unload", &[], None);
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("available"))
+    );
+    for route in ["load", "unload"] {
+        let r = s.request("POST", &format!("/v1/models/nope/{route}"), &[], None);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.error()["code"], "model_not_found");
+    }
+    // Requests reload an unloaded model.
+    assert_eq!(ask(&s, "alpha").status, 200);
+
+    // The broken model: 503 with the loader's message, `failed` in the list, others unharmed.
+    let r = ask(&s, "broken");
+    assert_eq!(r.status, 503, "{}", body(&r));
+    let e = r.error();
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("broken") && msg.contains("failed to load"),
+        "{msg}"
+    );
+    assert!(msg.contains("tokenizer"), "the loader's reason: {msg}");
+    let c = card(&s, "broken");
+    assert_eq!(c["state"], "failed");
+    assert!(c["error"].as_str().unwrap().contains("tokenizer"), "{c}");
+    assert_eq!(ask(&s, MODEL).status, 200);
+    assert_eq!(ask(&s, "alpha").status, 200);
+    // Requests do not retry the load (the failure count stays at 1) ...
+    assert_eq!(ask(&s, "broken").status, 503);
+    let l = "{model_name=\"broken\"}";
+    assert_eq!(
+        metric(&metrics(&s), &format!("ferry:model_load_failures_total{l}")),
+        Some(1.0)
+    );
+    // ... an explicit load does.
+    let r = s.request("POST", "/v1/models/broken/load", &[], None);
+    assert_eq!(r.status, 503, "{}", body(&r));
+    assert_eq!(
+        metric(&metrics(&s), &format!("ferry:model_load_failures_total{l}")),
+        Some(2.0)
+    );
+    // Unloading a failed model clears it back to `available`.
+    let r = s.request("POST", "/v1/models/broken/unload", &[], None);
+    assert_eq!(
+        (r.status, r.json()["state"].clone()),
+        (200, json!("available"))
+    );
+}
+
+#[test]
+fn concurrent_first_requests_share_one_load() {
+    let home = home_with("burst", &["alpha"], false, false);
+    let s = start_in(&home, &[]);
+    assert_eq!(state(&s, "alpha"), "available");
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| sc.spawn(|| ask(&s, "alpha").status))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200; 8]);
+    let m = metrics(&s);
+    let l = "{model_name=\"alpha\"}";
+    assert_eq!(
+        metric(&m, &format!("ferry:model_load_duration_seconds_count{l}")),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_request_waits_at_most_the_load_timeout_then_gets_503_with_retry_after() {
+    let home = home_with("timeout", &["alpha"], false, false);
+    let s = start_in(&home, &["--load-timeout", "0"]);
+    // No time to wait: the first request starts the load and is told to come back.
+    let r = ask(&s, "alpha");
+    assert_eq!(r.status, 503, "{}", body(&r));
+    assert_eq!(r.error()["code"], "service_unavailable");
+    let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&ra));
+    // The load went on; once done, requests are answered.
+    eventually("alpha to load", || state(&s, "alpha") == "loaded");
+    assert_eq!(ask(&s, "alpha").status, 200);
+}
+
+#[test]
+fn memory_budget_unloads_the_least_recently_used() {
+    let home = home_with("budget", &["alpha"], false, false);
+    // One model of this shape (weights + 8192-token KV cache + workspace) is about 530 MB:
+    // two do not fit in 800 MiB.
+    let s = start_in(&home, &["--memory-budget", "800MiB"]);
+    let one = card(&s, MODEL)["memory_bytes"].as_u64().unwrap();
+    assert!(one < 800 << 20 && 2 * one > 800 << 20, "{one}");
+    let r = ask(&s, "alpha");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "alpha"), "loaded");
+    assert_eq!(state(&s, MODEL), "available");
+    let r = ask(&s, MODEL);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(state(&s, "alpha"), "available");
+}
+
+#[test]
+fn a_model_with_requests_in_flight_is_not_unloaded_while_an_idle_one_can_be() {
+    let home = home_with("busy", &["alpha", "beta"], false, false);
+    let s = start_in(&home, &["--max-loaded-models", "2"]);
+    // A long stream keeps the default model busy (end-of-text tokens banned: it cannot stop
+    // early); then alpha is used, so the busy default model is the least recently used.
+    let long = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4000,
+                      "stream": true, "logit_bias": {"0": -100, "2": -100, "4": -100}});
+    let mut st = s.open_stream("POST", "/v1/completions", &[], Some(&long));
+    assert_eq!(st.status, 200);
+    assert!(st.next_data().is_some());
+    assert_eq!(ask(&s, "alpha").status, 200);
+    // Loading beta needs room: the idle alpha goes, not the busy default model.
+    assert_eq!(ask(&s, "beta").status, 200);
+    assert_eq!(state(&s, MODEL), "loaded");
+    assert_eq!(state(&s, "alpha"), "available");
+    assert_eq!(state(&s, "beta"), "loaded");
+    // The stream is still going.
+    let d = st.next_data().expect("more of the stream");
+    let v: Value = serde_json::from_str(&d).unwrap();
+    assert!(v["choices"][0]["finish_reason"].is_null(), "{v}");
+}
