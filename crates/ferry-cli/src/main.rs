@@ -108,6 +108,9 @@ struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Largest accepted file upload (POST /v1/files), bytes; uploads stream to disk.
+    #[arg(long, default_value_t = 512 << 20)]
+    max_upload_bytes: u64,
     /// Exit when standard input reaches end of file (for supervisors and tests that hold a
     /// pipe to the server: the server cannot outlive them).
     #[arg(long, hide = true)]
@@ -251,7 +254,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             max_body_bytes: a.max_body_bytes,
             store: Some(db),
             require_auth: a.require_auth,
+            max_upload_bytes: a.max_upload_bytes,
         });
+        // Jobs left running by a killed server are marked failed; the training thread starts.
+        ferry_server::lifecycle::start(&state).context("starting the training runner")?;
         for (name, _) in &resolved {
             state.add_loading(name);
         }

@@ -15,6 +15,8 @@ pub struct ServerConfig {
     pub store: Option<Arc<ferry_store::Store>>,
     /// Require API keys even while the store holds none.
     pub require_auth: bool,
+    /// Largest accepted file upload (`POST /v1/files`), bytes; streamed to disk.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -23,6 +25,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             store: None,
             require_auth: false,
+            max_upload_bytes: 512 << 20,
         }
     }
 }
@@ -62,12 +65,15 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub drain: crate::drain::Drain,
+    /// Files, training jobs and trained models (`lifecycle.rs`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl AppState {
     pub fn new(config: ServerConfig) -> Arc<Self> {
         Arc::new(Self {
             auth: crate::auth::Auth::new(&config),
+            lifecycle: crate::lifecycle::Lifecycle::new(&config),
             config,
             models: RwLock::new(BTreeMap::new()),
             metrics: Default::default(),
