@@ -4,7 +4,9 @@
 //! errors into messages (`anyhow`). Logic lives in the library crates.
 
 mod bench;
+mod client;
 mod keys;
+mod lifecycle;
 mod store;
 
 use std::io::Write;
@@ -62,6 +64,27 @@ enum Cmd {
     /// Manage API keys: create, list, revoke, usage.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Upload and profile datasets (on a running server).
+    #[command(subcommand)]
+    Data(lifecycle::DataCmd),
+    /// Train a model on an uploaded dataset and follow the job.
+    Train(lifecycle::TrainArgs),
+    /// Print a finished training job's evaluation report.
+    Eval {
+        job: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: lifecycle::Conn,
+    },
+    /// Predict with a trained model from raw records (JSON Lines).
+    Predict {
+        model: String,
+        #[arg(long)]
+        records: std::path::PathBuf,
+        #[command(flatten)]
+        conn: lifecycle::Conn,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -184,6 +207,14 @@ fn main() {
         } => run(&model, &prompt, max_tokens, temperature, &engine),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Keys(k) => keys::run(k),
+        Cmd::Data(d) => lifecycle::data(d),
+        Cmd::Train(t) => lifecycle::train(t),
+        Cmd::Eval { job, json, conn } => lifecycle::eval(&job, json, &conn),
+        Cmd::Predict {
+            model,
+            records,
+            conn,
+        } => lifecycle::predict(&model, &records, &conn),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -220,7 +251,7 @@ fn list() -> Result<()> {
             &m.blob[..19.min(m.blob.len())]
         );
     }
-    Ok(())
+    lifecycle::list_trained()
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

@@ -558,6 +558,7 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
         "best_epoch": history.best_epoch,
         "stopped_early": history.stopped_early,
         "train_seconds": train_secs,
+        "classification_report": text_report,
     });
     let report = json!({
         "job_id": job.id,

@@ -419,6 +419,25 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
             return Err(bad(r, format!("Missing required parameter `{r}`.")));
         }
     }
+    // serde does not refuse extra fields of unit variants (`{"type": "sgd", "momentum": 1}`).
+    for (field, units) in [
+        ("model", &["linear_regression", "logistic_regression", "softmax_regression"][..]),
+        ("optimizer", &["sgd"][..]),
+        ("evaluation", &["holdout", "leave_one_out"][..]),
+    ] {
+        if let Some(o) = obj.get(field).and_then(Value::as_object) {
+            let ty = o.get("type").and_then(Value::as_str).unwrap_or("");
+            if units.contains(&ty) {
+                if let Some(k) = o.keys().find(|k| *k != "type") {
+                    return Err(ApiError::new(
+                        ErrorCode::UnsupportedParameter,
+                        format!("`{field}` of type `{ty}` takes no parameters; unknown field `{k}`."),
+                    )
+                    .with_param(&format!("{field}.{k}")));
+                }
+            }
+        }
+    }
     let spec: JobSpec = serde_json::from_value(body).map_err(|e| {
         let msg = e.to_string();
         let param = msg.split('`').nth(1).unwrap_or("").to_string();
@@ -513,6 +532,13 @@ pub fn check_against_data(spec: &JobSpec, ds: &Dataset) -> std::result::Result<T
                 return Err(bad("preprocessing.text_embeddings.columns", format!("`{c}` is the target.")));
             }
         }
+    }
+    if matches!(spec.model, ModelSpec::LinearRegression) && col.data.kind() != ColumnKind::Numeric {
+        return Err(bad("model", format!(
+            "linear_regression needs a numeric target; `{}` is {} (a classification target): use logistic_regression, softmax_regression or mlp.",
+            spec.target,
+            col.data.kind()
+        )));
     }
     let task = spec.task_for(col.data.kind());
     match (&spec.model, task) {
