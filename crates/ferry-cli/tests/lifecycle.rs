@@ -653,3 +653,82 @@ fn cli_upload_profile_train_eval_predict() {
     let (ok, _, err) = cli(&["eval", "job-none"]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+/// A text classifier trained on sentence embeddings from the real all-MiniLM-L6-v2, served by
+/// the same Ferry.
+#[test]
+fn text_classifier_on_sentence_embeddings() {
+    let home = temp_home("lifecycle-text");
+    let s = start_in(&home, &["--model", &common::embed_dir()]);
+    let em = "all-MiniLM-L6-v2";
+    let sports = [
+        "The striker scored twice in the second half",
+        "Our team won the championship final on penalties",
+        "The goalkeeper saved a penalty in extra time",
+        "She ran the marathon in under three hours",
+        "The tennis match went to a fifth set tiebreak",
+        "He hit a home run in the ninth inning",
+        "The coach was sacked after five straight defeats",
+        "The cyclists climbed the mountain stage in heavy rain",
+        "The referee showed a red card to the defender",
+        "The sprinter broke the world record in the hundred metres",
+        "The quarterback threw a touchdown pass in overtime",
+        "The fans cheered as the players lifted the trophy",
+        "The boxer knocked out his opponent in the third round",
+        "The rugby side scored a late try to win",
+        "The swimmer won gold in the butterfly final",
+        "The midfielder signed a new contract with the club",
+    ];
+    let cooking = [
+        "Whisk the eggs with sugar until pale and fluffy",
+        "Simmer the tomato sauce for twenty minutes",
+        "Knead the dough and let it rise for an hour",
+        "Roast the chicken with garlic, lemon and thyme",
+        "Season the soup with salt and freshly ground pepper",
+        "Chop the onions finely and fry them in butter",
+        "Bake the cake at one hundred eighty degrees",
+        "Marinate the beef overnight in soy sauce and ginger",
+        "Fold the whipped cream gently into the chocolate",
+        "Boil the pasta in plenty of salted water",
+        "Grill the vegetables and drizzle them with olive oil",
+        "Stir the risotto slowly while adding warm stock",
+        "Melt the butter and brown the flour for the roux",
+        "Slice the potatoes thinly for the gratin",
+        "Toast the spices before grinding them",
+        "Let the bread cool on a rack before slicing",
+    ];
+    let mut csv = String::from("text,length,topic\n");
+    for (a, b) in sports.iter().zip(&cooking) {
+        csv.push_str(&format!("\"{a}\",{},sports\n\"{b}\",{},cooking\n", a.len(), b.len()));
+    }
+    let file = upload_ok(&s, "topics.csv", csv.as_bytes(), "dataset");
+    let spec = json!({
+        "training_file": file["id"], "target": "topic", "name": "topics",
+        "model": {"type": "logistic_regression"},
+        "preprocessing": {"text_embeddings": {"model": em, "columns": ["text"]}},
+        "hyperparameters": {"epochs": 100, "learning_rate": 0.05, "batch_size": 8},
+        "split": {"test_fraction": 0.25},
+    });
+    let r = s.post("/v1/training/jobs", &spec);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let done = wait_job(&s, &id, Duration::from_secs(300));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["result"]["test"]["accuracy"].as_f64().unwrap() >= 0.875, "{}", done["result"]);
+    assert!(events(&s, &id).iter().any(|e| e["message"].as_str().unwrap().contains("384 dimensions")));
+    let r = s.post("/v1/predictions", &json!({"model": "topics", "records": [
+        {"text": "The winger crossed the ball and the forward headed it in", "length": 55},
+        {"text": "Add a pinch of nutmeg to the white sauce", "length": 40},
+    ]}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d = r.json()["data"].clone();
+    assert_eq!(d[0]["prediction"], "sports", "{d}");
+    assert_eq!(d[1]["prediction"], "cooking", "{d}");
+    // An embedding model that is not served: 400 at submission, naming the parameter.
+    let mut bad = spec.clone();
+    bad["name"] = json!("other");
+    bad["preprocessing"]["text_embeddings"]["model"] = json!("no-such-model");
+    let r = s.post("/v1/training/jobs", &bad);
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error()["param"], "preprocessing.text_embeddings.model");
+}
