@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Where `ferry serve` listens by default.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
 pub struct Client {
     host: String,

@@ -14,7 +14,7 @@ use crate::client::Client;
 
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// The server (default: FERRY_URL, else http://127.0.0.1:8080). FERRY_API_KEY is sent
+    /// The server (default: FERRY_URL, else http://127.0.0.1:8000, where `ferry serve` listens). FERRY_API_KEY is sent
     /// as a Bearer token.
     #[arg(long)]
     url: Option<String>,
