@@ -73,7 +73,9 @@ impl Client {
             host: host.trim_matches(['[', ']']).to_string(),
             port,
             prefix: prefix.to_string(),
-            key: std::env::var("FERRY_API_KEY").ok().filter(|k| !k.is_empty()),
+            key: std::env::var("FERRY_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
         })
     }
 
@@ -113,7 +115,10 @@ impl Client {
         let h = self.head(
             "POST",
             path,
-            &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()),
+            &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ),
         );
         s.write_all(h.as_bytes())?;
         s.write_all(&b)?;
@@ -126,9 +131,13 @@ impl Client {
             .file_name()
             .map(|n| n.to_string_lossy().replace(['"', '\r', '\n'], "_"))
             .unwrap_or_else(|| "upload".into());
-        let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
         let len = f.metadata()?.len();
-        let boundary = format!("ferry-{:016x}", std::process::id() as u64 ^ len.rotate_left(17));
+        let boundary = format!(
+            "ferry-{:016x}",
+            std::process::id() as u64 ^ len.rotate_left(17)
+        );
         let pre = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
         );

@@ -127,12 +127,17 @@ pub fn data(cmd: DataCmd) -> Result<()> {
             let p = Path::new(&file_or_id);
             let profile = if p.exists() {
                 let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 local_profile(&name, &bytes)?
             } else if file_or_id.starts_with("file-") {
                 let c = Client::new(conn.url.as_deref())?;
                 let f = c.get(&format!("/v1/files/{file_or_id}"))?.ok_json()?;
-                f.get("profile").cloned().with_context(|| format!("{file_or_id} is not a dataset (no profile)"))?
+                f.get("profile")
+                    .cloned()
+                    .with_context(|| format!("{file_or_id} is not a dataset (no profile)"))?
             } else {
                 bail!("{file_or_id}: no such file (and not a file id `file-…`)");
             };
@@ -148,8 +153,10 @@ pub fn data(cmd: DataCmd) -> Result<()> {
 
 fn local_profile(name: &str, bytes: &[u8]) -> Result<Value> {
     let lower = name.to_ascii_lowercase();
-    let jsonl = lower.ends_with(".jsonl") || lower.ends_with(".ndjson")
-        || (!lower.ends_with(".csv") && !lower.ends_with(".tsv")
+    let jsonl = lower.ends_with(".jsonl")
+        || lower.ends_with(".ndjson")
+        || (!lower.ends_with(".csv")
+            && !lower.ends_with(".tsv")
             && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
     let ds = if jsonl {
         ferry_ml::Dataset::from_jsonl_bytes(bytes)
@@ -209,8 +216,10 @@ fn set(obj: &mut Map<String, Value>, path: &[&str], v: Value) {
 
 fn spec_of(a: &TrainArgs) -> Result<Value> {
     let mut spec: Map<String, Value> = match &a.spec {
-        Some(p) => serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("{} is not a JSON object", p.display()))?,
+        Some(p) => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not a JSON object", p.display()))?,
         None => Map::new(),
     };
     spec.insert("training_file".into(), json!(a.file));
@@ -243,7 +252,9 @@ fn spec_of(a: &TrainArgs) -> Result<Value> {
         let v = if b == "full" {
             Value::Null
         } else {
-            json!(b.parse::<usize>().with_context(|| format!("--batch-size {b}: a number or `full`"))?)
+            json!(b
+                .parse::<usize>()
+                .with_context(|| format!("--batch-size {b}: a number or `full`"))?)
         };
         set(&mut spec, &["hyperparameters", "batch_size"], v);
     }
@@ -258,7 +269,10 @@ fn spec_of(a: &TrainArgs) -> Result<Value> {
     }
     if let Some(e) = &a.eval {
         let (kind, n) = match e.split_once(':') {
-            Some((k, n)) => (k, Some(n.parse::<usize>().with_context(|| format!("--eval {e}"))?)),
+            Some((k, n)) => (
+                k,
+                Some(n.parse::<usize>().with_context(|| format!("--eval {e}"))?),
+            ),
             None => (e.as_str(), None),
         };
         let v = match (kind, n) {
@@ -277,7 +291,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let spec = spec_of(&a)?;
     let job = c.post_json("/v1/training/jobs", &spec)?.ok_json()?;
     let id = job["id"].as_str().context("no job id")?.to_string();
-    eprintln!("job {id} queued (model `{}`)", job["model"].as_str().unwrap_or(""));
+    eprintln!(
+        "job {id} queued (model `{}`)",
+        job["model"].as_str().unwrap_or("")
+    );
     if a.detach {
         println!("{id}");
         return Ok(());
@@ -292,17 +309,25 @@ fn follow(c: &Client, id: &str) -> Result<()> {
     let mut bar_shown = false;
     let mut err = std::io::stderr();
     loop {
-        let page = c.get(&format!("/v1/training/jobs/{id}/events?after={after}"))?.ok_json()?;
+        let page = c
+            .get(&format!("/v1/training/jobs/{id}/events?after={after}"))?
+            .ok_json()?;
         let events = page["data"].as_array().cloned().unwrap_or_default();
         for e in &events {
             after = e["seq"].as_u64().unwrap_or(after);
             let msg = e["message"].as_str().unwrap_or("");
             if e["type"] == "epoch" && tty {
                 let d = &e["data"];
-                let (ep, total) = (d["epoch"].as_u64().unwrap_or(0), d["epochs"].as_u64().unwrap_or(1).max(1));
+                let (ep, total) = (
+                    d["epoch"].as_u64().unwrap_or(0),
+                    d["epochs"].as_u64().unwrap_or(1).max(1),
+                );
                 let w = 30usize;
                 let filled = (ep as usize * w / total as usize).min(w);
-                let valid = d["valid_loss"].as_f64().map(|v| format!("  valid {v:.4}")).unwrap_or_default();
+                let valid = d["valid_loss"]
+                    .as_f64()
+                    .map(|v| format!("  valid {v:.4}"))
+                    .unwrap_or_default();
                 write!(
                     err,
                     "\r[{}{}] {ep}/{total}  train {:.4}{valid}   ",
@@ -335,7 +360,10 @@ fn follow(c: &Client, id: &str) -> Result<()> {
                     println!("model: {}", job["model"].as_str().unwrap_or(""));
                     return Ok(());
                 }
-                "failed" => bail!("job {id} failed: {}", job["error"]["message"].as_str().unwrap_or("")),
+                "failed" => bail!(
+                    "job {id} failed: {}",
+                    job["error"]["message"].as_str().unwrap_or("")
+                ),
                 _ => bail!("job {id} was cancelled"),
             }
         }
@@ -362,7 +390,10 @@ fn print_result(job: &Value) {
         println!("roc_auc: {a:.4}");
     }
     if let Some(cv) = r["cross_validation"]["summary"].as_object() {
-        println!("\n{:<20} {:>10} {:>10} {:>10} {:>10}", "cross-validation", "mean", "std", "lower", "upper");
+        println!(
+            "\n{:<20} {:>10} {:>10} {:>10} {:>10}",
+            "cross-validation", "mean", "std", "lower", "upper"
+        );
         for (k, s) in cv {
             println!(
                 "{k:<20} {:>10} {:>10} {:>10} {:>10}",
@@ -379,7 +410,10 @@ pub fn eval(job: &str, json_out: bool, conn: &Conn) -> Result<()> {
     let c = Client::new(conn.url.as_deref())?;
     let j = c.get(&format!("/v1/training/jobs/{job}"))?.ok_json()?;
     if j["status"] != "succeeded" {
-        bail!("job {job} is {} (no evaluation)", j["status"].as_str().unwrap_or("?"));
+        bail!(
+            "job {job} is {} (no evaluation)",
+            j["status"].as_str().unwrap_or("?")
+        );
     }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&j["result"])?);
@@ -391,13 +425,15 @@ pub fn eval(job: &str, json_out: bool, conn: &Conn) -> Result<()> {
 
 pub fn predict(model: &str, records: &Path, conn: &Conn) -> Result<()> {
     let c = Client::new(conn.url.as_deref())?;
-    let text = std::fs::read_to_string(records).with_context(|| format!("reading {}", records.display()))?;
+    let text = std::fs::read_to_string(records)
+        .with_context(|| format!("reading {}", records.display()))?;
     let mut recs = Vec::new();
     for (i, l) in text.lines().enumerate() {
         if l.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(l).with_context(|| format!("{} line {}", records.display(), i + 1))?;
+        let v: Value = serde_json::from_str(l)
+            .with_context(|| format!("{} line {}", records.display(), i + 1))?;
         recs.push(v);
     }
     let out = c

@@ -68,7 +68,7 @@ enum Cmd {
     #[command(subcommand)]
     Data(lifecycle::DataCmd),
     /// Train a model on an uploaded dataset and follow the job.
-    Train(lifecycle::TrainArgs),
+    Train(Box<lifecycle::TrainArgs>),
     /// Print a finished training job's evaluation report.
     Eval {
         job: String,
@@ -208,7 +208,7 @@ fn main() {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Keys(k) => keys::run(k),
         Cmd::Data(d) => lifecycle::data(d),
-        Cmd::Train(t) => lifecycle::train(t),
+        Cmd::Train(t) => lifecycle::train(*t),
         Cmd::Eval { job, json, conn } => lifecycle::eval(&job, json, &conn),
         Cmd::Predict {
             model,

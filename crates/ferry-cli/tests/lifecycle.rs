@@ -86,7 +86,8 @@ fn parse_response(raw: &[u8]) -> Response {
         let mut out = Vec::new();
         let mut b = &body[..];
         while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-            let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap_or(0);
+            let n = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16)
+                .unwrap_or(0);
             if n == 0 {
                 break;
             }
@@ -227,7 +228,11 @@ fn upload_profile_train_evaluate_predict() {
     assert_eq!(s.get(&format!("/v1/files/{id}")).json(), file);
     let list = s.get("/v1/files?purpose=dataset").json();
     assert_eq!(list["object"], "list");
-    assert!(list["data"].as_array().unwrap().iter().any(|x| x["id"] == id.as_str()));
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == id.as_str()));
     let c = s.get(&format!("/v1/files/{id}/content"));
     assert_eq!(c.status, 200);
     assert_eq!(c.body, data);
@@ -242,8 +247,13 @@ fn upload_profile_train_evaluate_predict() {
     let back = upload_ok(s, "iris.jsonl", jl.as_bytes(), "dataset");
     assert_eq!(back["profile"]["format"], "jsonl");
     assert_eq!(back["profile"]["columns"], file["profile"]["columns"]);
-    let csv = s.get(&format!("/v1/files/{}/content?format=csv", back["id"].as_str().unwrap()));
-    assert!(String::from_utf8(csv.body).unwrap().starts_with("sepal_length,sepal_width,petal_length,petal_width,target\n5.1,3.5,1.4,,setosa\n"));
+    let csv = s.get(&format!(
+        "/v1/files/{}/content?format=csv",
+        back["id"].as_str().unwrap()
+    ));
+    assert!(String::from_utf8(csv.body).unwrap().starts_with(
+        "sepal_length,sepal_width,petal_length,petal_width,target\n5.1,3.5,1.4,,setosa\n"
+    ));
 
     // Train: an MLP, validation split for the loss curve, stratified 3-fold CV.
     let spec = json!({
@@ -264,7 +274,10 @@ fn upload_profile_train_evaluate_predict() {
     let done = wait_job(s, &jid, Duration::from_secs(120));
     assert_eq!(done["status"], "succeeded", "{done}");
     let res = &done["result"];
-    assert_eq!(res["split"], json!({"train": 105, "validation": 15, "test": 30}));
+    assert_eq!(
+        res["split"],
+        json!({"train": 105, "validation": 15, "test": 30})
+    );
     let acc = res["test"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.85, "test accuracy {acc}");
     assert_eq!(res["epochs_run"], 60);
@@ -282,48 +295,89 @@ fn upload_profile_train_evaluate_predict() {
     let epochs: Vec<&Value> = ev.iter().filter(|e| e["type"] == "epoch").collect();
     assert!(!epochs.is_empty());
     assert_eq!(epochs.last().unwrap()["data"]["epoch"], 60);
-    assert!(epochs[0]["data"]["train_loss"].as_f64().unwrap() > epochs.last().unwrap()["data"]["train_loss"].as_f64().unwrap());
+    assert!(
+        epochs[0]["data"]["train_loss"].as_f64().unwrap()
+            > epochs.last().unwrap()["data"]["train_loss"]
+                .as_f64()
+                .unwrap()
+    );
     assert!(epochs[0]["data"]["valid_loss"].is_f64());
     assert_eq!(ev.iter().filter(|e| e["type"] == "fold").count(), 3);
     assert!(ev.iter().any(|e| e["type"] == "metrics"));
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
     // after= pages; SSE replays everything then [DONE] for a finished job.
-    let tail = s.get(&format!("/v1/training/jobs/{jid}/events?after={}", seqs[seqs.len() - 2])).json();
+    let tail = s
+        .get(&format!(
+            "/v1/training/jobs/{jid}/events?after={}",
+            seqs[seqs.len() - 2]
+        ))
+        .json();
     assert_eq!(tail["data"].as_array().unwrap().len(), 1);
-    let sse = s.get(&format!("/v1/training/jobs/{jid}/events?stream=true")).sse();
+    let sse = s
+        .get(&format!("/v1/training/jobs/{jid}/events?stream=true"))
+        .sse();
     assert_eq!(sse.last().unwrap(), "[DONE]");
     assert_eq!(sse.len(), ev.len() + 1);
 
     // Artifacts.
     let dir = f.home.join("jobs").join(&jid);
-    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["history"]["epochs"].as_array().unwrap().len(), 60);
     let text = std::fs::read_to_string(dir.join("classification_report.txt")).unwrap();
-    for w in ["setosa", "versicolor", "virginica", "accuracy", "macro avg", "weighted avg"] {
+    for w in [
+        "setosa",
+        "versicolor",
+        "virginica",
+        "accuracy",
+        "macro avg",
+        "weighted avg",
+    ] {
         assert!(text.contains(w), "{text}");
     }
     let cm = &res["test"]["confusion_matrix"];
-    let total: u64 = cm.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let total: u64 = cm
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 30);
     assert!(dir.join("model.json").exists());
 
     // Registered; predictions from raw records.
     let models = s.get("/v1/training/models").json();
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "iris-mlp" && m["job_id"] == jid.as_str()));
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "iris-mlp" && m["job_id"] == jid.as_str()));
     let (recs, labels) = iris_records();
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": recs}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": recs}),
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let out = r.json()["data"].as_array().unwrap().clone();
     assert_eq!(out.len(), 150);
-    let hits = out.iter().zip(&labels).filter(|(o, l)| o["prediction"] == l.as_str()).count();
+    let hits = out
+        .iter()
+        .zip(&labels)
+        .filter(|(o, l)| o["prediction"] == l.as_str())
+        .count();
     assert!(hits >= 135, "{hits}/150 right");
     for o in &out {
         let p = o["probabilities"].as_object().unwrap();
         assert_eq!(p.len(), 3);
         let sum: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-9);
-        let best = p.iter().max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap()).unwrap().0;
+        let best = p
+            .iter()
+            .max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap())
+            .unwrap()
+            .0;
         assert_eq!(o["prediction"], best.as_str());
     }
     // The target column may ride along; numbers may come as strings.
@@ -335,22 +389,47 @@ fn upload_profile_train_evaluate_predict() {
     // Bad records: named by index and column.
     let mut missing = recs[..3].to_vec();
     missing[1].as_object_mut().unwrap().remove("petal_width");
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": missing}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": missing}),
+    );
     assert_eq!(r.status, 400);
-    assert_eq!(r.error()["param"], "records[1].petal_width", "{}", r.error());
+    assert_eq!(
+        r.error()["param"],
+        "records[1].petal_width",
+        "{}",
+        r.error()
+    );
     let mut typed = recs[..3].to_vec();
     typed[2]["sepal_width"] = json!("wide");
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": typed}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": typed}),
+    );
     assert_eq!(r.status, 400);
-    assert_eq!(r.error()["param"], "records[2].sepal_width", "{}", r.error());
+    assert_eq!(
+        r.error()["param"],
+        "records[2].sepal_width",
+        "{}",
+        r.error()
+    );
     let mut extra = recs[..1].to_vec();
     extra[0]["colour"] = json!("blue");
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": extra}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": extra}),
+    );
     assert_eq!(r.status, 400);
     assert!(r.error()["message"].as_str().unwrap().contains("colour"));
-    let r = s.post("/v1/predictions", &json!({"model": "nope", "records": recs[..1]}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "nope", "records": recs[..1]}),
+    );
     assert_eq!(r.status, 404);
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": recs[..1], "top_k": 2}));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": recs[..1], "top_k": 2}),
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.error()["param"], "top_k");
 
@@ -359,9 +438,16 @@ fn upload_profile_train_evaluate_predict() {
     again["name"] = json!("iris-mlp-again");
     let j2 = s.post("/v1/training/jobs", &again).json();
     let j2id = j2["id"].as_str().unwrap();
-    assert_eq!(wait_job(s, j2id, Duration::from_secs(120))["status"], "succeeded");
-    let m1: Value = serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
-    let m2: Value = serde_json::from_slice(&std::fs::read(f.home.join("jobs").join(j2id).join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        wait_job(s, j2id, Duration::from_secs(120))["status"],
+        "succeeded"
+    );
+    let m1: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
+    let m2: Value = serde_json::from_slice(
+        &std::fs::read(f.home.join("jobs").join(j2id).join("model.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(m1["model"], m2["model"]);
     assert_eq!(m1["pipeline"], m2["pipeline"]);
     // A name in use is refused.
@@ -375,18 +461,35 @@ fn upload_profile_train_evaluate_predict() {
     assert!(content.exists());
     let r = s.request("DELETE", &format!("/v1/files/{bid}"), &[], None);
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json!({"id": bid, "object": "file", "deleted": true}));
+    assert_eq!(
+        r.json(),
+        json!({"id": bid, "object": "file", "deleted": true})
+    );
     assert_eq!(s.get(&format!("/v1/files/{bid}")).status, 404);
-    assert_eq!(s.request("DELETE", &format!("/v1/files/{bid}"), &[], None).status, 404);
+    assert_eq!(
+        s.request("DELETE", &format!("/v1/files/{bid}"), &[], None)
+            .status,
+        404
+    );
     assert!(!content.exists());
-    assert_eq!(s.request("DELETE", &format!("/v1/files/{id}"), &[], None).status, 200);
-    let r = s.post("/v1/predictions", &json!({"model": "iris-mlp", "records": recs[..2]}));
+    assert_eq!(
+        s.request("DELETE", &format!("/v1/files/{id}"), &[], None)
+            .status,
+        200
+    );
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "iris-mlp", "records": recs[..2]}),
+    );
     assert_eq!(r.status, 200);
 }
 
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 #[test]
@@ -410,11 +513,22 @@ fn regression_job_with_bootstrap() {
     assert_eq!(res["task"], "regression");
     assert!(res["test"]["r2"].as_f64().unwrap() > 0.85, "{res}");
     let b = &res["cross_validation"]["summary"]["r2"];
-    assert!(b["lower"].as_f64().unwrap() <= b["upper"].as_f64().unwrap(), "{b}");
+    assert!(
+        b["lower"].as_f64().unwrap() <= b["upper"].as_f64().unwrap(),
+        "{b}"
+    );
     // Default name is the job id; a regression has no classification report.
-    assert!(!f.home.join("jobs").join(&id).join("classification_report.txt").exists());
-    let r = s.post("/v1/predictions", &json!({"model": id, "records": [
-        {"sepal_length": 6.3, "sepal_width": 3.3, "petal_width": 2.5, "target": "virginica"}]}));
+    assert!(!f
+        .home
+        .join("jobs")
+        .join(&id)
+        .join("classification_report.txt")
+        .exists());
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": id, "records": [
+        {"sepal_length": 6.3, "sepal_width": 3.3, "petal_width": 2.5, "target": "virginica"}]}),
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let y = r.json()["data"][0]["prediction"].as_f64().unwrap();
     assert!((4.5..7.0).contains(&y), "{y}");
@@ -436,21 +550,65 @@ fn bad_specs_are_refused_by_name() {
     let cases: Vec<(Value, &str, &str)> = vec![
         (with("foo", json!(1)), "foo", "foo"),
         (with("hyperparameters", json!({"lr": 0.1})), "lr", "lr"),
-        (with("model", json!({"type": "softmax_regression", "hidden": [3]})), "hidden", "model.hidden"),
-        (with("model", json!({"type": "transformer"})), "transformer", ""),
+        (
+            with(
+                "model",
+                json!({"type": "softmax_regression", "hidden": [3]}),
+            ),
+            "hidden",
+            "model.hidden",
+        ),
+        (
+            with("model", json!({"type": "transformer"})),
+            "transformer",
+            "",
+        ),
         (with("target", json!("nope")), "nope", "target"),
         (with("task", json!("regression")), "", "model"), // softmax (default) on a regression task
-        (json!({"training_file": id, "target": "target", "model": {"type": "linear_regression"}}), "regression", "model"),
-        (json!({"training_file": id, "target": "target", "model": {"type": "logistic_regression"}}), "binary", "model"),
-        (with("hyperparameters", json!({"epochs": 0})), "epochs", "hyperparameters.epochs"),
-        (with("split", json!({"test_fraction": 0.0})), "test", "split.test_fraction"),
-        (with("training_file", json!("file-missing")), "file-missing", "training_file"),
-        (with("features", json!(["sepal_length", "target"])), "target", "features"),
-        (with("evaluation", json!({"type": "kfold", "n_splits": 1})), "n_splits", "evaluation.n_splits"),
+        (
+            json!({"training_file": id, "target": "target", "model": {"type": "linear_regression"}}),
+            "regression",
+            "model",
+        ),
+        (
+            json!({"training_file": id, "target": "target", "model": {"type": "logistic_regression"}}),
+            "binary",
+            "model",
+        ),
+        (
+            with("hyperparameters", json!({"epochs": 0})),
+            "epochs",
+            "hyperparameters.epochs",
+        ),
+        (
+            with("split", json!({"test_fraction": 0.0})),
+            "test",
+            "split.test_fraction",
+        ),
+        (
+            with("training_file", json!("file-missing")),
+            "file-missing",
+            "training_file",
+        ),
+        (
+            with("features", json!(["sepal_length", "target"])),
+            "target",
+            "features",
+        ),
+        (
+            with("evaluation", json!({"type": "kfold", "n_splits": 1})),
+            "n_splits",
+            "evaluation.n_splits",
+        ),
     ];
     for (spec, word, param) in cases {
         let r = s.post("/v1/training/jobs", &spec);
-        assert_eq!(r.status, 400, "{spec}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{spec}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let e = r.error();
         assert!(e["message"].as_str().unwrap().contains(word), "{spec}: {e}");
         if !param.is_empty() {
@@ -458,14 +616,25 @@ fn bad_specs_are_refused_by_name() {
         }
     }
     // Two unknown fields are both named.
-    let r = s.post("/v1/training/jobs", &json!({"training_file": id, "target": "target", "foo": 1, "bar": 2}));
+    let r = s.post(
+        "/v1/training/jobs",
+        &json!({"training_file": id, "target": "target", "foo": 1, "bar": 2}),
+    );
     let m = r.error()["message"].as_str().unwrap().to_string();
     assert!(m.contains("foo") && m.contains("bar"), "{m}");
     // None of them queued a job.
     let jobs = s.get("/v1/training/jobs").json();
-    assert!(!jobs["data"].as_array().unwrap().iter().any(|j| j["training_file"] == id));
+    assert!(!jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["training_file"] == id));
     assert_eq!(s.get("/v1/training/jobs/job-nope").status, 404);
-    assert_eq!(s.post("/v1/training/jobs/job-nope/cancel", &json!({})).status, 404);
+    assert_eq!(
+        s.post("/v1/training/jobs/job-nope/cancel", &json!({}))
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -510,27 +679,53 @@ fn uploads_that_fail_leave_nothing_behind() {
     // No row and no content for any of them; no temporary file once the cut-off is noticed.
     let t = Instant::now();
     loop {
-        let rows = s.get("/v1/files").json()["data"].as_array().unwrap().clone();
-        let names: Vec<&str> = rows.iter().map(|r| r["filename"].as_str().unwrap()).collect();
+        let rows = s.get("/v1/files").json()["data"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|r| r["filename"].as_str().unwrap())
+            .collect();
         for n in ["big.bin", "cut.csv", "bad.csv", "a.txt"] {
             assert!(!names.contains(&n), "{n} was recorded");
         }
-        assert!(!f.home.join("files").join(sha256_hex(b"a,b\n1,2\n3,4,5\n")).exists());
+        assert!(!f
+            .home
+            .join("files")
+            .join(sha256_hex(b"a,b\n1,2\n3,4,5\n"))
+            .exists());
         assert!(!f.home.join("files").join(sha256_hex(&big)).exists());
-        let tmp: Vec<String> = stored_files(&f.home).into_iter().filter(|n| n.starts_with(".tmp")).collect();
+        let tmp: Vec<String> = stored_files(&f.home)
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp"))
+            .collect();
         if tmp.is_empty() {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "temporaries left: {tmp:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "temporaries left: {tmp:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // A non-dataset file of any purpose is stored as it is.
     let r = upload_ok(s, "notes.txt", b"free text, not a table\n", "assistants");
     assert!(r.get("profile").is_none());
     let id = r["id"].as_str().unwrap();
-    assert_eq!(s.get(&format!("/v1/files/{id}/content")).body, b"free text, not a table\n");
-    assert_eq!(s.get(&format!("/v1/files/{id}/content?format=yaml")).status, 400);
-    assert_eq!(s.request("DELETE", &format!("/v1/files/{id}"), &[], None).status, 200);
+    assert_eq!(
+        s.get(&format!("/v1/files/{id}/content")).body,
+        b"free text, not a table\n"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/files/{id}/content?format=yaml")).status,
+        400
+    );
+    assert_eq!(
+        s.request("DELETE", &format!("/v1/files/{id}"), &[], None)
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -548,11 +743,23 @@ fn cancel_stops_a_running_job() {
     let t = Instant::now();
     let done = wait_job(s, &jid, Duration::from_secs(30));
     assert_eq!(done["status"], "cancelled");
-    assert!(t.elapsed() < Duration::from_secs(10), "cancel took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        t.elapsed()
+    );
     let models = s.get("/v1/training/models").json();
-    assert!(!models["data"].as_array().unwrap().iter().any(|m| m["id"] == "never-registered"));
+    assert!(!models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "never-registered"));
     // Cancelling again changes nothing.
-    assert_eq!(s.post(&format!("/v1/training/jobs/{jid}/cancel"), &json!({})).json()["status"], "cancelled");
+    assert_eq!(
+        s.post(&format!("/v1/training/jobs/{jid}/cancel"), &json!({}))
+            .json()["status"],
+        "cancelled"
+    );
 }
 
 #[test]
@@ -565,9 +772,17 @@ fn sigkill_mid_job_then_restart() {
     let quick = json!({"training_file": fid, "target": "target", "name": "kept", "hyperparameters": {"epochs": 20, "learning_rate": 0.1}});
     let kept = s.post("/v1/training/jobs", &quick).json();
     let kept_id = kept["id"].as_str().unwrap().to_string();
-    assert_eq!(wait_job(&s, &kept_id, Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(
+        wait_job(&s, &kept_id, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
     let (recs, _) = iris_records();
-    let before = s.post("/v1/predictions", &json!({"model": "kept", "records": recs[..5]})).json();
+    let before = s
+        .post(
+            "/v1/predictions",
+            &json!({"model": "kept", "records": recs[..5]}),
+        )
+        .json();
     let r = s.post("/v1/training/jobs", &long_job(&fid, "killed"));
     let jid = r.json()["id"].as_str().unwrap().to_string();
     wait_epoch_event(&s, &jid);
@@ -579,17 +794,30 @@ fn sigkill_mid_job_then_restart() {
     assert_eq!(events(&s, &jid).last().unwrap()["message"], "failed");
     // Committed work is intact: the file, the earlier job, its model and its predictions.
     assert_eq!(s.get(&format!("/v1/files/{fid}/content")).body, data);
-    assert_eq!(s.get(&format!("/v1/training/jobs/{kept_id}")).json()["status"], "succeeded");
-    let after = s.post("/v1/predictions", &json!({"model": "kept", "records": recs[..5]}));
+    assert_eq!(
+        s.get(&format!("/v1/training/jobs/{kept_id}")).json()["status"],
+        "succeeded"
+    );
+    let after = s.post(
+        "/v1/predictions",
+        &json!({"model": "kept", "records": recs[..5]}),
+    );
     assert_eq!(after.status, 200);
     assert_eq!(after.json(), before);
-    let names: Vec<String> = std::fs::read_dir(home.join("files")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(home.join("files"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // The runner still works after the restart.
     let mut again = quick.clone();
     again["name"] = json!("after-restart");
     let j = s.post("/v1/training/jobs", &again).json();
-    assert_eq!(wait_job(&s, j["id"].as_str().unwrap(), Duration::from_secs(60))["status"], "succeeded");
+    assert_eq!(
+        wait_job(&s, j["id"].as_str().unwrap(), Duration::from_secs(60))["status"],
+        "succeeded"
+    );
 }
 
 /// Run the CLI against the fixture's server; returns (success, stdout, stderr).
@@ -615,7 +843,10 @@ fn cli_upload_profile_train_eval_predict() {
     // Local profile, no server involved.
     let (ok, out, err) = cli(&["data", "profile", p]);
     assert!(ok, "{err}");
-    assert!(out.contains("150 rows") && out.contains("petal_width") && out.contains("numeric"), "{out}");
+    assert!(
+        out.contains("150 rows") && out.contains("petal_width") && out.contains("numeric"),
+        "{out}"
+    );
     let (ok, out, err) = cli(&["data", "upload", p, "--json"]);
     assert!(ok, "{err}");
     let file: Value = serde_json::from_str(&out).unwrap();
@@ -624,27 +855,70 @@ fn cli_upload_profile_train_eval_predict() {
     assert!(ok && out.contains("petal_length"), "{out}");
     // Train and follow (not a terminal: plain lines on stderr).
     let (ok, out, err) = cli(&[
-        "train", "--file", id, "--target", "target", "--name", "cli-iris", "--hidden", "8",
-        "--epochs", "40", "--learning-rate", "0.05", "--eval", "kfold:3",
+        "train",
+        "--file",
+        id,
+        "--target",
+        "target",
+        "--name",
+        "cli-iris",
+        "--hidden",
+        "8",
+        "--epochs",
+        "40",
+        "--learning-rate",
+        "0.05",
+        "--eval",
+        "kfold:3",
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("epoch 40/40"), "{err}");
     assert!(err.contains("status: succeeded"), "{err}");
-    assert!(out.contains("weighted avg") && out.contains("cross-validation") && out.contains("model: cli-iris"), "{out}");
+    assert!(
+        out.contains("weighted avg")
+            && out.contains("cross-validation")
+            && out.contains("model: cli-iris"),
+        "{out}"
+    );
     let jobs = fixture().server.get("/v1/training/jobs").json();
-    let jid = jobs["data"].as_array().unwrap().iter().find(|j| j["model"] == "cli-iris").unwrap()["id"].as_str().unwrap().to_string();
+    let jid = jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["model"] == "cli-iris")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (ok, out, err) = cli(&["eval", &jid]);
     assert!(ok, "{err}");
     assert!(out.contains("setosa") && out.contains("accuracy"), "{out}");
     // Predict from a JSON Lines file.
     let recs = fixture().home.join("cli-records.jsonl");
     let (r, labels) = iris_records();
-    std::fs::write(&recs, r[..10].iter().map(|v| v.to_string() + "\n").collect::<String>()).unwrap();
+    std::fs::write(
+        &recs,
+        r[..10]
+            .iter()
+            .map(|v| v.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
     let (ok, out, err) = cli(&["predict", "cli-iris", "--records", recs.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let preds: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let preds: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(preds.len(), 10);
-    assert!(preds.iter().zip(&labels).filter(|(p, l)| p["prediction"] == l.as_str()).count() >= 8);
+    assert!(
+        preds
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| p["prediction"] == l.as_str())
+            .count()
+            >= 8
+    );
     // `ferry list` shows the trained model; errors are the server's messages.
     let (ok, out, _) = cli(&["list"]);
     assert!(ok && out.contains("cli-iris"), "{out}");
@@ -699,7 +973,11 @@ fn text_classifier_on_sentence_embeddings() {
     ];
     let mut csv = String::from("text,length,topic\n");
     for (a, b) in sports.iter().zip(&cooking) {
-        csv.push_str(&format!("\"{a}\",{},sports\n\"{b}\",{},cooking\n", a.len(), b.len()));
+        csv.push_str(&format!(
+            "\"{a}\",{},sports\n\"{b}\",{},cooking\n",
+            a.len(),
+            b.len()
+        ));
     }
     let file = upload_ok(&s, "topics.csv", csv.as_bytes(), "dataset");
     let spec = json!({
@@ -714,12 +992,21 @@ fn text_classifier_on_sentence_embeddings() {
     let id = r.json()["id"].as_str().unwrap().to_string();
     let done = wait_job(&s, &id, Duration::from_secs(300));
     assert_eq!(done["status"], "succeeded", "{done}");
-    assert!(done["result"]["test"]["accuracy"].as_f64().unwrap() >= 0.875, "{}", done["result"]);
-    assert!(events(&s, &id).iter().any(|e| e["message"].as_str().unwrap().contains("384 dimensions")));
-    let r = s.post("/v1/predictions", &json!({"model": "topics", "records": [
-        {"text": "The winger crossed the ball and the forward headed it in", "length": 55},
-        {"text": "Add a pinch of nutmeg to the white sauce", "length": 40},
-    ]}));
+    assert!(
+        done["result"]["test"]["accuracy"].as_f64().unwrap() >= 0.875,
+        "{}",
+        done["result"]
+    );
+    assert!(events(&s, &id)
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains("384 dimensions")));
+    let r = s.post(
+        "/v1/predictions",
+        &json!({"model": "topics", "records": [
+            {"text": "The winger crossed the ball and the forward headed it in", "length": 55},
+            {"text": "Add a pinch of nutmeg to the white sauce", "length": 40},
+        ]}),
+    );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let d = r.json()["data"].clone();
     assert_eq!(d[0]["prediction"], "sports", "{d}");

@@ -73,8 +73,7 @@ pub fn detect_format(filename: &str, bytes: &[u8]) -> Format {
     let first = bytes
         .iter()
         .copied()
-        .skip_while(|b| b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF)
-        .next();
+        .find(|b| !(b.is_ascii_whitespace() || *b == 0xEF || *b == 0xBB || *b == 0xBF));
     if first == Some(b'{') {
         Format::Jsonl
     } else {
@@ -90,7 +89,10 @@ fn looks_tabular(filename: &str) -> bool {
 }
 
 /// Parse a dataset file with `ferry-ml`.
-pub fn parse_dataset(filename: &str, bytes: &[u8]) -> std::result::Result<(Format, Dataset), MlError> {
+pub fn parse_dataset(
+    filename: &str,
+    bytes: &[u8],
+) -> std::result::Result<(Format, Dataset), MlError> {
     let f = detect_format(filename, bytes);
     let ds = match f {
         Format::Csv => Dataset::from_csv_bytes(bytes, &CsvOptions::default())?,
@@ -206,13 +208,14 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Result<Res
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
                 let d = dir.clone();
                 // Disk writes on a blocking thread; the channel bounds what is in memory.
-                let writer = tokio::task::spawn_blocking(move || -> ferry_store::Result<BlobWriter> {
-                    let mut w = BlobWriter::new(&d)?;
-                    while let Some(c) = rx.blocking_recv() {
-                        w.write(&c)?;
-                    }
-                    Ok(w)
-                });
+                let writer =
+                    tokio::task::spawn_blocking(move || -> ferry_store::Result<BlobWriter> {
+                        let mut w = BlobWriter::new(&d)?;
+                        while let Some(c) = rx.blocking_recv() {
+                            w.write(&c)?;
+                        }
+                        Ok(w)
+                    });
                 let mut n: u64 = 0;
                 while let Some(c) = mp.chunk().await.map_err(mp_error)? {
                     n += c.len() as u64;
@@ -229,11 +232,19 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Result<Res
                     Ok(Ok(w)) => w,
                     Ok(Err(e)) => {
                         tracing::error!("writing an upload: {e}");
-                        return Err(ApiError::new(ErrorCode::InternalError, "Storing the file failed.").into());
+                        return Err(ApiError::new(
+                            ErrorCode::InternalError,
+                            "Storing the file failed.",
+                        )
+                        .into());
                     }
                     Err(e) => {
                         tracing::error!("upload writer: {e}");
-                        return Err(ApiError::new(ErrorCode::InternalError, "Storing the file failed.").into());
+                        return Err(ApiError::new(
+                            ErrorCode::InternalError,
+                            "Storing the file failed.",
+                        )
+                        .into());
                     }
                 };
                 upload = Some((filename, w));
@@ -251,11 +262,15 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Result<Res
             return Err(too_large(limit).into());
         }
     }
-    let purpose = purpose.ok_or_else(|| ApiError::invalid("purpose", "Missing required parameter `purpose`."))?;
+    let purpose = purpose
+        .ok_or_else(|| ApiError::invalid("purpose", "Missing required parameter `purpose`."))?;
     if !PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::invalid(
             "purpose",
-            format!("Invalid purpose `{purpose}`: expected one of {}.", PURPOSES.join(", ")),
+            format!(
+                "Invalid purpose `{purpose}`: expected one of {}.",
+                PURPOSES.join(", ")
+            ),
         )
         .into());
     }
@@ -271,7 +286,10 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Result<Res
             match parse_dataset(&filename, &bytes) {
                 Ok((f, ds)) => Some(profile_json(f, &ds).to_string()),
                 Err(e) if dataset => {
-                    return Err(ApiError::invalid("file", format!("The dataset does not parse: {e}")))
+                    return Err(ApiError::invalid(
+                        "file",
+                        format!("The dataset does not parse: {e}"),
+                    ))
                 }
                 Err(_) => None,
             }
@@ -285,7 +303,9 @@ pub async fn create(State(st): State<Arc<AppState>>, req: Request) -> Result<Res
         store
             .insert_file(&filename, &purpose, &sha, bytes, profile.as_deref())
             .map_err(|e| match e {
-                ferry_store::Error::Invalid(m) => ApiError::new(ErrorCode::ServiceUnavailable, m).with_retry_after(1),
+                ferry_store::Error::Invalid(m) => {
+                    ApiError::new(ErrorCode::ServiceUnavailable, m).with_retry_after(1)
+                }
                 e => {
                     tracing::error!("recording an upload: {e}");
                     ApiError::new(ErrorCode::InternalError, "The metadata store failed.")
@@ -305,7 +325,10 @@ fn check_query(q: &HashMap<String, String>, allowed: &[&str]) -> std::result::Re
         if !allowed.contains(&k.as_str()) {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedParameter,
-                format!("Unknown query parameter `{k}`; expected one of {}.", allowed.join(", ")),
+                format!(
+                    "Unknown query parameter `{k}`; expected one of {}.",
+                    allowed.join(", ")
+                ),
             )
             .with_param(k));
         }
@@ -324,12 +347,20 @@ pub async fn list(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "`limit` must be an integer from 1 to 10000."))?,
+            .ok_or_else(|| {
+                ApiError::invalid("limit", "`limit` must be an integer from 1 to 10000.")
+            })?,
     };
     let asc = match q.get("order").map(String::as_str) {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(o) => return Err(ApiError::invalid("order", format!("`order` must be asc or desc, not `{o}`.")).into()),
+        Some(o) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("`order` must be asc or desc, not `{o}`."),
+            )
+            .into())
+        }
     };
     let store = st.lifecycle.store()?;
     let purpose = q.get("purpose").cloned();
@@ -364,11 +395,17 @@ pub(crate) async fn get_row(st: &AppState, id: &str) -> std::result::Result<File
         .ok_or_else(|| not_found(id))
 }
 
-pub async fn get_one(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>> {
+pub async fn get_one(
+    State(st): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>> {
     Ok(Json(file_json(&get_row(&st, &id).await?)))
 }
 
-pub async fn delete_one(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>> {
+pub async fn delete_one(
+    State(st): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>> {
     let store = st.lifecycle.store()?;
     let i = id.clone();
     if !blocking(move || store.delete_file(&i)).await? {
@@ -394,7 +431,10 @@ fn stream_file(path: PathBuf) -> Body {
             match f.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -422,7 +462,10 @@ pub async fn content(
     let Some(format) = q.get("format") else {
         let mut r = stream_file(path).into_response();
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(row.bytes));
         return Ok(r);
     };
@@ -430,7 +473,11 @@ pub async fn content(
         "csv" => Format::Csv,
         "jsonl" => Format::Jsonl,
         f => {
-            return Err(ApiError::invalid("format", format!("`format` must be csv or jsonl, not `{f}`.")).into())
+            return Err(ApiError::invalid(
+                "format",
+                format!("`format` must be csv or jsonl, not `{f}`."),
+            )
+            .into())
         }
     };
     let filename = row.filename.clone();
@@ -440,7 +487,10 @@ pub async fn content(
             ApiError::new(ErrorCode::InternalError, "Reading the file failed.")
         })?;
         let (_, ds) = parse_dataset(&filename, &bytes).map_err(|e| {
-            ApiError::invalid("format", format!("The file is not a dataset, so it cannot be converted: {e}"))
+            ApiError::invalid(
+                "format",
+                format!("The file is not a dataset, so it cannot be converted: {e}"),
+            )
         })?;
         Ok(match to {
             Format::Csv => ds.to_csv(b','),

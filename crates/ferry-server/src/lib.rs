@@ -61,9 +61,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/keys/{id}", delete(admin::revoke))
         .route("/v1/admin/keys/{id}/usage", get(admin::usage))
         .route("/v1/files", get(files::list).post(files::create))
-        .route("/v1/files/{id}", get(files::get_one).delete(files::delete_one))
+        .route(
+            "/v1/files/{id}",
+            get(files::get_one).delete(files::delete_one),
+        )
         .route("/v1/files/{id}/content", get(files::content))
-        .route("/v1/training/jobs", get(training::list).post(training::create))
+        .route(
+            "/v1/training/jobs",
+            get(training::list).post(training::create),
+        )
         .route("/v1/training/jobs/{id}", get(training::get_one))
         .route("/v1/training/jobs/{id}/cancel", post(training::cancel))
         .route("/v1/training/jobs/{id}/events", get(training::events))

@@ -86,7 +86,9 @@ pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
     match store.fail_interrupted_jobs() {
         Ok(ids) => {
             for id in ids {
-                tracing::warn!("training job {id} was running when the server stopped; marked failed");
+                tracing::warn!(
+                    "training job {id} was running when the server stopped; marked failed"
+                );
             }
         }
         Err(e) => tracing::error!("recovering training jobs: {e}"),

@@ -156,7 +156,11 @@ impl Multipart {
                         return Ok(None);
                     }
                     // Transport padding (spaces, tabs) may precede the CRLF.
-                    let pad = self.buf.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+                    let pad = self
+                        .buf
+                        .iter()
+                        .take_while(|&&b| b == b' ' || b == b'\t')
+                        .count();
                     if self.buf.len() < pad + 2 {
                         if !self.fill().await? {
                             return Err(invalid("the multipart body ends inside a delimiter"));
@@ -227,7 +231,9 @@ impl Multipart {
         while let Some(c) = self.chunk().await? {
             out.extend_from_slice(&c);
             if out.len() > limit {
-                return Err(invalid(format!("a form field is longer than {limit} bytes")));
+                return Err(invalid(format!(
+                    "a form field is longer than {limit} bytes"
+                )));
             }
         }
         String::from_utf8(out).map_err(|_| invalid("a form field is not UTF-8"))
@@ -334,7 +340,9 @@ mod tests {
     #[tokio::test]
     async fn a_body_cut_off_is_an_error() {
         let mut mp = Multipart::new(
-            body_of(vec![b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc"]),
+            body_of(vec![
+                b"--B\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
+            ]),
             "B",
         );
         let p = mp.next_part().await.unwrap().unwrap();

@@ -84,12 +84,21 @@ async fn load(st: &AppState, name: &str) -> std::result::Result<Arc<Artifact>, A
             )
             .with_param("model")
         })?;
-    let path = st.lifecycle.home()?.join(&row.artifact_dir).join("model.json");
+    let path = st
+        .lifecycle
+        .home()?
+        .join(&row.artifact_dir)
+        .join("model.json");
     let art = tokio::task::spawn_blocking(move || -> std::result::Result<Artifact, String> {
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let a: Artifact = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let a: Artifact =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if a.format != ARTIFACT_FORMAT {
-            return Err(format!("{}: artifact format {} is not {ARTIFACT_FORMAT}", path.display(), a.format));
+            return Err(format!(
+                "{}: artifact format {} is not {ARTIFACT_FORMAT}",
+                path.display(),
+                a.format
+            ));
         }
         Ok(a)
     })
@@ -97,7 +106,10 @@ async fn load(st: &AppState, name: &str) -> std::result::Result<Arc<Artifact>, A
     .map_err(|_| ApiError::new(ErrorCode::InternalError, "Loading the model failed."))?
     .map_err(|e| {
         tracing::error!("loading trained model {name}: {e}");
-        ApiError::new(ErrorCode::InternalError, format!("Loading the model `{name}` failed."))
+        ApiError::new(
+            ErrorCode::InternalError,
+            format!("Loading the model `{name}` failed."),
+        )
     })?;
     let art = Arc::new(art);
     st.lifecycle
@@ -116,21 +128,34 @@ fn bad_record(i: usize, col: &str, msg: String) -> ApiError {
 fn to_records(a: &Artifact, recs: &[Value]) -> std::result::Result<Vec<Record>, ApiError> {
     let mut out = Vec::with_capacity(recs.len());
     for (i, r) in recs.iter().enumerate() {
-        let obj = r
-            .as_object()
-            .ok_or_else(|| ApiError::invalid(&format!("records[{i}]"), format!("Record {i} is not a JSON object.")))?;
+        let obj = r.as_object().ok_or_else(|| {
+            ApiError::invalid(
+                &format!("records[{i}]"),
+                format!("Record {i} is not a JSON object."),
+            )
+        })?;
         for k in obj.keys() {
             if !a.input_columns.contains(k) && k != &a.target {
-                return Err(bad_record(i, k, format!(
-                    "Record {i} has the unknown column `{k}`; the model takes {}.",
-                    a.input_columns.join(", ")
-                )));
+                return Err(bad_record(
+                    i,
+                    k,
+                    format!(
+                        "Record {i} has the unknown column `{k}`; the model takes {}.",
+                        a.input_columns.join(", ")
+                    ),
+                ));
             }
         }
         let mut rec = Record::new();
         for c in &a.input_columns {
             let v = obj.get(c).ok_or_else(|| {
-                bad_record(i, c, format!("Record {i} is missing the column `{c}` (send null for a missing value)."))
+                bad_record(
+                    i,
+                    c,
+                    format!(
+                        "Record {i} is missing the column `{c}` (send null for a missing value)."
+                    ),
+                )
             })?;
             let cell = match v {
                 Value::Null => Cell::Missing,
@@ -178,13 +203,18 @@ struct PredictRequest {
     records: Vec<Value>,
 }
 
-pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Json<Value>> {
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
     if let Some(o) = body.as_object() {
         for k in o.keys() {
             if k != "model" && k != "records" {
                 return Err(ApiError::new(
                     ErrorCode::UnsupportedParameter,
-                    format!("Unknown parameter `{k}`: a prediction request has `model` and `records`."),
+                    format!(
+                        "Unknown parameter `{k}`: a prediction request has `model` and `records`."
+                    ),
                 )
                 .with_param(k)
                 .into());
@@ -192,51 +222,69 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
         }
         for r in ["model", "records"] {
             if o.get(r).is_none_or(Value::is_null) {
-                return Err(ApiError::invalid(r, format!("Missing required parameter `{r}`.")).into());
+                return Err(
+                    ApiError::invalid(r, format!("Missing required parameter `{r}`.")).into(),
+                );
             }
         }
     }
     let req: PredictRequest = serde_json::from_value(body).map_err(|e| {
         let m = e.to_string();
-        let p = if m.contains("records") { "records" } else { "model" };
+        let p = if m.contains("records") {
+            "records"
+        } else {
+            "model"
+        };
         ApiError::invalid(p, format!("Invalid request: {m}"))
     })?;
     if req.records.is_empty() || req.records.len() > MAX_RECORDS {
-        return Err(ApiError::invalid("records", format!("Send 1 to {MAX_RECORDS} records.")).into());
+        return Err(
+            ApiError::invalid("records", format!("Send 1 to {MAX_RECORDS} records.")).into(),
+        );
     }
     let a = load(&st, &req.model).await?;
     let mut recs = to_records(&a, &req.records)?;
     if let Some(te) = &a.text_embeddings {
         let (st2, te2, a2) = (st.clone(), te.clone(), a.clone());
-        recs = tokio::task::spawn_blocking(move || -> std::result::Result<Vec<Record>, ApiError> {
-            for c in &te2.columns {
-                let texts: Vec<Option<String>> = recs
-                    .iter()
-                    .map(|r| match r.get(c) {
-                        Some(Cell::Missing) | None => None,
-                        Some(x) => Some(x.to_string()),
-                    })
-                    .collect();
-                let vecs = crate::runner::embed_blocking(&st2, &te2.model, &texts).map_err(|m| {
-                    ApiError::new(ErrorCode::ServiceUnavailable, format!("Embedding `{c}` failed: {m}"))
-                })?;
-                for (r, v) in recs.iter_mut().zip(vecs) {
-                    r.remove(c);
-                    for k in 0..a2.embedding_dim {
-                        let cell = match &v {
-                            Some(v) => Cell::Number(f64::from(v.get(k).copied().unwrap_or(f32::NAN))),
-                            None => Cell::Missing,
-                        };
-                        r.insert(crate::runner::emb_name(c, k), cell);
+        recs =
+            tokio::task::spawn_blocking(move || -> std::result::Result<Vec<Record>, ApiError> {
+                for c in &te2.columns {
+                    let texts: Vec<Option<String>> = recs
+                        .iter()
+                        .map(|r| match r.get(c) {
+                            Some(Cell::Missing) | None => None,
+                            Some(x) => Some(x.to_string()),
+                        })
+                        .collect();
+                    let vecs =
+                        crate::runner::embed_blocking(&st2, &te2.model, &texts).map_err(|m| {
+                            ApiError::new(
+                                ErrorCode::ServiceUnavailable,
+                                format!("Embedding `{c}` failed: {m}"),
+                            )
+                        })?;
+                    for (r, v) in recs.iter_mut().zip(vecs) {
+                        r.remove(c);
+                        for k in 0..a2.embedding_dim {
+                            let cell = match &v {
+                                Some(v) => {
+                                    Cell::Number(f64::from(v.get(k).copied().unwrap_or(f32::NAN)))
+                                }
+                                None => Cell::Missing,
+                            };
+                            r.insert(crate::runner::emb_name(c, k), cell);
+                        }
                     }
                 }
-            }
-            Ok(recs)
-        })
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::InternalError, "Embedding failed."))??;
+                Ok(recs)
+            })
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::InternalError, "Embedding failed."))??;
     }
-    let x = a.pipeline.transform_records(&recs).map_err(ml_record_error)?;
+    let x = a
+        .pipeline
+        .transform_records(&recs)
+        .map_err(ml_record_error)?;
     let pred = a.model.predict(&x).map_err(ml_record_error)?;
     let data: Vec<Value> = match pred {
         Prediction::Values(v) => v
@@ -264,5 +312,7 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
                 .collect()
         }
     };
-    Ok(Json(json!({"object": "list", "model": req.model, "data": data})))
+    Ok(Json(
+        json!({"object": "list", "model": req.model, "data": data}),
+    ))
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use ferry_ml::data::{Column, ColumnData};
 use ferry_ml::metrics::{self, Average, CvStrategy, Scores, ZeroDivision};
-use ferry_ml::model::{EarlyStopping, EpochReport, Flow, Model, Prediction, TrainConfig, TrainData, TrainObserver};
+use ferry_ml::model::{
+    EarlyStopping, EpochReport, Flow, Model, Prediction, TrainConfig, TrainData, TrainObserver,
+};
 use ferry_ml::preprocess::{self, Pipeline, PipelineSpec, Target, Task};
 use ferry_ml::split::{self, SplitOptions};
 use ferry_ml::{Dataset, MlError};
@@ -34,7 +36,9 @@ pub(crate) fn spawn(st: Arc<AppState>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("ferry-trainer".into())
         .spawn(move || loop {
-            let Ok(store) = st.lifecycle.store() else { return };
+            let Ok(store) = st.lifecycle.store() else {
+                return;
+            };
             match store.claim_next_job() {
                 Ok(Some(job)) => run(&st, &store, job),
                 Ok(None) => st.lifecycle.wait(Duration::from_secs(2)),
@@ -146,7 +150,9 @@ struct JobObserver<'a> {
 impl TrainObserver for JobObserver<'_> {
     fn on_epoch(&mut self, r: &EpochReport) -> Flow {
         // At most ~20 events a second (the full history is in report.json), always the last.
-        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_millis(50));
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(50));
         if due || r.epoch == self.epochs || r.epoch == 1 {
             self.last = Some(Instant::now());
             let data = json!({
@@ -156,10 +162,19 @@ impl TrainObserver for JobObserver<'_> {
                 "valid_loss": r.val_loss,
             });
             let msg = match r.val_loss {
-                Some(v) => format!("epoch {}/{}: train loss {:.6}, validation loss {v:.6}", r.epoch, self.epochs, r.train_loss),
-                None => format!("epoch {}/{}: train loss {:.6}", r.epoch, self.epochs, r.train_loss),
+                Some(v) => format!(
+                    "epoch {}/{}: train loss {:.6}, validation loss {v:.6}",
+                    r.epoch, self.epochs, r.train_loss
+                ),
+                None => format!(
+                    "epoch {}/{}: train loss {:.6}",
+                    r.epoch, self.epochs, r.train_loss
+                ),
             };
-            if let Err(e) = self.store.add_job_event(self.job, "epoch", &msg, Some(&data.to_string())) {
+            if let Err(e) =
+                self.store
+                    .add_job_event(self.job, "epoch", &msg, Some(&data.to_string()))
+            {
                 tracing::warn!("job {}: writing an event: {e}", self.job);
             }
         }
@@ -200,7 +215,9 @@ pub(crate) fn embed_blocking(
         let rx = loop {
             match engine.submit(seqs.clone()) {
                 Ok(rx) => break rx,
-                Err(ferry_engine::SubmitError::QueueFull(_)) => std::thread::sleep(Duration::from_millis(50)),
+                Err(ferry_engine::SubmitError::QueueFull(_)) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => return Err(format!("embedding with `{model}`: {e}")),
             }
         };
@@ -301,7 +318,14 @@ fn scores(pipe: &Pipeline, model: &Model, test: &Dataset) -> Result<Scores, MlEr
         (Target::Classes(t), Prediction::Classes(p)) => {
             s.insert("accuracy".into(), metrics::accuracy(&t, &p)?);
             for (name, avg) in [("macro", Average::Macro), ("weighted", Average::Weighted)] {
-                let a = metrics::precision_recall_fscore_average(&t, &p, None, &avg, 1.0, ZeroDivision::Warn)?;
+                let a = metrics::precision_recall_fscore_average(
+                    &t,
+                    &p,
+                    None,
+                    &avg,
+                    1.0,
+                    ZeroDivision::Warn,
+                )?;
                 s.insert(format!("precision_{name}"), a.precision);
                 s.insert(format!("recall_{name}"), a.recall);
                 s.insert(format!("f1_{name}"), a.f_score);
@@ -313,31 +337,62 @@ fn scores(pipe: &Pipeline, model: &Model, test: &Dataset) -> Result<Scores, MlEr
             s.insert("mae".into(), metrics::mean_absolute_error(&t, &p)?);
             s.insert("r2".into(), metrics::r2_score(&t, &p)?);
         }
-        _ => return Err(MlError::InvalidData("prediction and target kinds differ".into())),
+        _ => {
+            return Err(MlError::InvalidData(
+                "prediction and target kinds differ".into(),
+            ))
+        }
     }
     Ok(s)
 }
 
 /// The full evaluation on the test split: metrics JSON and (classification) the text report
 /// and confusion matrix.
-fn evaluate(pipe: &Pipeline, model: &Model, test: &Dataset) -> Result<(Value, Option<String>), MlError> {
+fn evaluate(
+    pipe: &Pipeline,
+    model: &Model,
+    test: &Dataset,
+) -> Result<(Value, Option<String>), MlError> {
     let x = pipe.transform(test)?;
     match (pipe.transform_target(test)?, model.predict(&x)?) {
         (Target::Classes(t), Prediction::Classes(p)) => {
             let classes = pipe.classes().to_vec();
             let codes: Vec<usize> = (0..classes.len()).collect();
-            let per = metrics::precision_recall_fscore_support(&t, &p, Some(&codes), 1.0, ZeroDivision::Warn)?;
+            let per = metrics::precision_recall_fscore_support(
+                &t,
+                &p,
+                Some(&codes),
+                1.0,
+                ZeroDivision::Warn,
+            )?;
             let mut per_class = serde_json::Map::new();
             for (i, c) in classes.iter().enumerate() {
-                per_class.insert(c.clone(), json!({
-                    "precision": per.precision[i], "recall": per.recall[i],
-                    "f1": per.f_score[i], "support": per.support[i],
-                }));
+                per_class.insert(
+                    c.clone(),
+                    json!({
+                        "precision": per.precision[i], "recall": per.recall[i],
+                        "f1": per.f_score[i], "support": per.support[i],
+                    }),
+                );
             }
             let mut avgs = serde_json::Map::new();
-            for (name, avg) in [("micro", Average::Micro), ("macro", Average::Macro), ("weighted", Average::Weighted)] {
-                let a = metrics::precision_recall_fscore_average(&t, &p, Some(&codes), &avg, 1.0, ZeroDivision::Warn)?;
-                avgs.insert(name.into(), json!({"precision": a.precision, "recall": a.recall, "f1": a.f_score}));
+            for (name, avg) in [
+                ("micro", Average::Micro),
+                ("macro", Average::Macro),
+                ("weighted", Average::Weighted),
+            ] {
+                let a = metrics::precision_recall_fscore_average(
+                    &t,
+                    &p,
+                    Some(&codes),
+                    &avg,
+                    1.0,
+                    ZeroDivision::Warn,
+                )?;
+                avgs.insert(
+                    name.into(),
+                    json!({"precision": a.precision, "recall": a.recall, "f1": a.f_score}),
+                );
             }
             let (_, cm) = metrics::confusion_matrix(&t, &p, Some(&codes))?;
             let roc_auc = if classes.len() == 2 {
@@ -347,7 +402,14 @@ fn evaluate(pipe: &Pipeline, model: &Model, test: &Dataset) -> Result<(Value, Op
                 None
             };
             let names: Vec<&str> = classes.iter().map(String::as_str).collect();
-            let report = metrics::classification_report(&t, &p, Some(&codes), Some(&names), 2, ZeroDivision::Warn)?;
+            let report = metrics::classification_report(
+                &t,
+                &p,
+                Some(&codes),
+                Some(&names),
+                2,
+                ZeroDivision::Warn,
+            )?;
             Ok((
                 json!({
                     "task": "classification",
@@ -373,17 +435,29 @@ fn evaluate(pipe: &Pipeline, model: &Model, test: &Dataset) -> Result<(Value, Op
             }),
             None,
         )),
-        _ => Err(MlError::InvalidData("prediction and target kinds differ".into())),
+        _ => Err(MlError::InvalidData(
+            "prediction and target kinds differ".into(),
+        )),
     }
 }
 
-fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &AtomicBool) -> Result<(Task, Value), Fail> {
-    let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|e| Fail::Failed(format!("stored spec: {e}")))?;
+fn execute(
+    st: &Arc<AppState>,
+    store: &Arc<Store>,
+    job: &JobRow,
+    cancel: &AtomicBool,
+) -> Result<(Task, Value), Fail> {
+    let spec: JobSpec =
+        serde_json::from_str(&job.spec).map_err(|e| Fail::Failed(format!("stored spec: {e}")))?;
     let home = store.home();
-    let file = store
-        .get_file(&spec.training_file)?
-        .ok_or_else(|| Fail::Failed(format!("the training file {} was deleted", spec.training_file)))?;
-    let bytes = crate::files::read_content(&home, &file).map_err(|e| Fail::Failed(format!("reading the training file: {e}")))?;
+    let file = store.get_file(&spec.training_file)?.ok_or_else(|| {
+        Fail::Failed(format!(
+            "the training file {} was deleted",
+            spec.training_file
+        ))
+    })?;
+    let bytes = crate::files::read_content(&home, &file)
+        .map_err(|e| Fail::Failed(format!("reading the training file: {e}")))?;
     let (_, mut ds) = crate::files::parse_dataset(&file.filename, &bytes)?;
     drop(bytes);
     let p = &spec.preprocessing;
@@ -392,26 +466,52 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
     }
     // Rows without a target cannot be learned from or scored.
     let tcol = ds.column(&spec.target)?;
-    let keep: Vec<usize> = (0..ds.n_rows()).filter(|&i| !tcol.data.is_missing(i)).collect();
+    let keep: Vec<usize> = (0..ds.n_rows())
+        .filter(|&i| !tcol.data.is_missing(i))
+        .collect();
     if keep.len() < ds.n_rows() {
         let n = ds.n_rows() - keep.len();
         ds = ds.take_rows(&keep)?;
-        event(store, &job.id, "message", &format!("dropped {n} rows without a target value"), Some(json!({"dropped_rows": n})));
+        event(
+            store,
+            &job.id,
+            "message",
+            &format!("dropped {n} rows without a target value"),
+            Some(json!({"dropped_rows": n})),
+        );
     }
     if p.drop_missing_rows {
         let before = ds.n_rows();
         ds = preprocess::drop_missing_rows(&ds, None)?;
-        event(store, &job.id, "message", &format!("dropped {} rows with missing values", before - ds.n_rows()), None);
+        event(
+            store,
+            &job.id,
+            "message",
+            &format!("dropped {} rows with missing values", before - ds.n_rows()),
+            None,
+        );
     }
     if p.drop_duplicates {
         let before = ds.n_rows();
         ds = preprocess::drop_duplicate_rows(&ds)?;
-        event(store, &job.id, "message", &format!("dropped {} duplicate rows", before - ds.n_rows()), None);
+        event(
+            store,
+            &job.id,
+            "message",
+            &format!("dropped {} duplicate rows", before - ds.n_rows()),
+            None,
+        );
     }
-    let task = crate::training::check_against_data(&spec, &ds).map_err(|e| Fail::Failed(e.message))?;
+    let task =
+        crate::training::check_against_data(&spec, &ds).map_err(|e| Fail::Failed(e.message))?;
     let input_columns: Vec<String> = match &spec.features {
         Some(f) => f.clone(),
-        None => ds.names().into_iter().filter(|n| *n != spec.target).map(String::from).collect(),
+        None => ds
+            .names()
+            .into_iter()
+            .filter(|n| *n != spec.target)
+            .map(String::from)
+            .collect(),
     };
     // Text columns become embedding features (a pure function of each row: no leakage).
     let mut embedding_dim = 0;
@@ -429,10 +529,18 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
                 }
             })
             .collect();
-        event(store, &job.id, "message", &format!(
-            "embedded {} text column(s) with {} ({embedding_dim} dimensions) in {:.2}s",
-            te.columns.len(), te.model, t.elapsed().as_secs_f64()
-        ), None);
+        event(
+            store,
+            &job.id,
+            "message",
+            &format!(
+                "embedded {} text column(s) with {} ({embedding_dim} dimensions) in {:.2}s",
+                te.columns.len(),
+                te.model,
+                t.elapsed().as_secs_f64()
+            ),
+            None,
+        );
     }
     if cancel.load(Ordering::Relaxed) {
         return Err(Fail::Cancelled);
@@ -441,15 +549,24 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
     pspec.features = Some(features);
     let n = ds.n_rows();
     let labels: Option<Vec<String>> = (task == Task::Classification).then(|| {
-        let c = &ds.column(&spec.target).map(|c| c.data.clone()).unwrap_or(ColumnData::Numeric(vec![]));
+        let c = &ds
+            .column(&spec.target)
+            .map(|c| c.data.clone())
+            .unwrap_or(ColumnData::Numeric(vec![]));
         (0..n).map(|i| c.text(i).unwrap_or_default()).collect()
     });
     let stratify = spec.split.stratify.unwrap_or(task == Task::Classification);
     if stratify && labels.is_none() {
-        return Err(Fail::Failed("stratify needs a classification target".into()));
+        return Err(Fail::Failed(
+            "stratify needs a classification target".into(),
+        ));
     }
     let strat = if stratify { labels.as_deref() } else { None };
-    let (test_f, val_f, seed) = (spec.split.test_fraction, spec.split.validation_fraction, spec.seed);
+    let (test_f, val_f, seed) = (
+        spec.split.test_fraction,
+        spec.split.validation_fraction,
+        spec.seed,
+    );
     let (train_idx, val_idx, test_idx) = if test_f > 0.0 && val_f > 0.0 {
         let s = split::train_val_test_split(n, val_f, test_f, seed, strat)?;
         (s.train, s.validation, s.test)
@@ -462,9 +579,20 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
     } else {
         ((0..n).collect(), vec![], vec![])
     };
-    event(store, &job.id, "message", &format!(
-        "split {n} rows: {} train, {} validation, {} test", train_idx.len(), val_idx.len(), test_idx.len()
-    ), Some(json!({"train": train_idx.len(), "validation": val_idx.len(), "test": test_idx.len()})));
+    event(
+        store,
+        &job.id,
+        "message",
+        &format!(
+            "split {n} rows: {} train, {} validation, {} test",
+            train_idx.len(),
+            val_idx.len(),
+            test_idx.len()
+        ),
+        Some(
+            json!({"train": train_idx.len(), "validation": val_idx.len(), "test": test_idx.len()}),
+        ),
+    );
 
     // Cross-validation / bootstrap over the rows outside the test split.
     let cv = if matches!(spec.evaluation, EvaluationSpec::Holdout) {
@@ -478,20 +606,44 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
             scores(&pipe, &model, &ted)
         };
         let on_fold = |i: usize, s: &Scores| {
-            event(store, &job.id, "fold", &format!("fold {}: {}", i + 1, s.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")), Some(json!({"fold": i + 1, "scores": s})));
+            event(
+                store,
+                &job.id,
+                "fold",
+                &format!(
+                    "fold {}: {}",
+                    i + 1,
+                    s.iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(json!({"fold": i + 1, "scores": s})),
+            );
         };
         let report = match spec.evaluation {
-            EvaluationSpec::Bootstrap { n_resamples, confidence } => {
-                metrics::bootstrap_evaluate(dev.len(), n_resamples, seed, confidence, |i, s| {
-                    let r = fold_score(&s.sample, &s.out_of_bag)?;
-                    on_fold(i, &r);
-                    Ok(r)
-                })?
-            }
+            EvaluationSpec::Bootstrap {
+                n_resamples,
+                confidence,
+            } => metrics::bootstrap_evaluate(dev.len(), n_resamples, seed, confidence, |i, s| {
+                let r = fold_score(&s.sample, &s.out_of_bag)?;
+                on_fold(i, &r);
+                Ok(r)
+            })?,
             ref e => {
                 let strategy = match *e {
-                    EvaluationSpec::Kfold { n_splits, shuffle } => CvStrategy::KFold { n_splits, shuffle, random_state: seed },
-                    EvaluationSpec::StratifiedKfold { n_splits, shuffle } => CvStrategy::StratifiedKFold { n_splits, shuffle, random_state: seed },
+                    EvaluationSpec::Kfold { n_splits, shuffle } => CvStrategy::KFold {
+                        n_splits,
+                        shuffle,
+                        random_state: seed,
+                    },
+                    EvaluationSpec::StratifiedKfold { n_splits, shuffle } => {
+                        CvStrategy::StratifiedKFold {
+                            n_splits,
+                            shuffle,
+                            random_state: seed,
+                        }
+                    }
                     _ => CvStrategy::LeaveOneOut,
                 };
                 let codes: Option<Vec<usize>> = labels.as_ref().map(|l| {
@@ -511,7 +663,11 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
 
     // The model: pipeline fitted on the training split only.
     let train = ds.take_rows(&train_idx)?;
-    let valid = if val_idx.is_empty() { None } else { Some(ds.take_rows(&val_idx)?) };
+    let valid = if val_idx.is_empty() {
+        None
+    } else {
+        Some(ds.take_rows(&val_idx)?)
+    };
     let mut obs = JobObserver {
         store,
         job: &job.id,
@@ -547,7 +703,12 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
         ferry_store::files::write_atomic(&dir.join(name), data)?;
         Ok(())
     };
-    write("model.json", serde_json::to_string(&artifact).map_err(|e| Fail::Failed(e.to_string()))?.as_bytes())?;
+    write(
+        "model.json",
+        serde_json::to_string(&artifact)
+            .map_err(|e| Fail::Failed(e.to_string()))?
+            .as_bytes(),
+    )?;
     let summary = json!({
         "task": match task { Task::Classification => "classification", Task::Regression => "regression" },
         "split": {"train": train_idx.len(), "validation": val_idx.len(), "test": test_idx.len()},
@@ -568,7 +729,12 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
         "cross_validation": cv,
         "feature_names": artifact.pipeline.feature_names,
     });
-    write("report.json", serde_json::to_string_pretty(&report).map_err(|e| Fail::Failed(e.to_string()))?.as_bytes())?;
+    write(
+        "report.json",
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| Fail::Failed(e.to_string()))?
+            .as_bytes(),
+    )?;
     if let Some(r) = &text_report {
         write("classification_report.txt", r.as_bytes())?;
     }
@@ -576,6 +742,12 @@ fn execute(st: &Arc<AppState>, store: &Arc<Store>, job: &JobRow, cancel: &Atomic
     // title)` -> `loss_curve.svg` (from `history.epochs`) and, for classification,
     // `ferry_ml::plot::confusion_matrix_svg(&classes, &matrix)` -> `confusion_matrix.svg`
     // (from `test_metrics["confusion_matrix"]`), both written here with `write(...)`.
-    event(store, &job.id, "metrics", "evaluation finished", Some(summary.clone()));
+    event(
+        store,
+        &job.id,
+        "metrics",
+        "evaluation finished",
+        Some(summary.clone()),
+    );
     Ok((task, summary))
 }

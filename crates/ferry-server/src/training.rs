@@ -25,7 +25,7 @@ use axum::Json;
 use ferry_ml::data::ColumnKind;
 use ferry_ml::model::{Activation, Init, ModelKind, Optimizer};
 use ferry_ml::preprocess::{
-    ConvertTo, HandleUnknown, ImputeStrategy, OneHotDrop, OnError, PipelineSpec, ScalerKind, Task,
+    ConvertTo, HandleUnknown, ImputeStrategy, OnError, OneHotDrop, PipelineSpec, ScalerKind, Task,
 };
 use ferry_ml::Dataset;
 use ferry_store::JobRow;
@@ -397,7 +397,9 @@ fn bad(param: &str, m: impl Into<String>) -> ApiError {
 
 /// Parse and check a spec without the data (types, ranges, combinations).
 pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
-    let obj = body.as_object().ok_or_else(|| bad("", "The body must be a JSON object."))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("", "The body must be a JSON object."))?;
     let unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -408,7 +410,11 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
             ErrorCode::UnsupportedParameter,
             format!(
                 "Unknown field(s) {}; a job spec has {}.",
-                unknown.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 TOP_FIELDS.join(", ")
             ),
         )
@@ -421,7 +427,14 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
     }
     // serde does not refuse extra fields of unit variants (`{"type": "sgd", "momentum": 1}`).
     for (field, units) in [
-        ("model", &["linear_regression", "logistic_regression", "softmax_regression"][..]),
+        (
+            "model",
+            &[
+                "linear_regression",
+                "logistic_regression",
+                "softmax_regression",
+            ][..],
+        ),
         ("optimizer", &["sgd"][..]),
         ("evaluation", &["holdout", "leave_one_out"][..]),
     ] {
@@ -431,7 +444,9 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
                 if let Some(k) = o.keys().find(|k| *k != "type") {
                     return Err(ApiError::new(
                         ErrorCode::UnsupportedParameter,
-                        format!("`{field}` of type `{ty}` takes no parameters; unknown field `{k}`."),
+                        format!(
+                            "`{field}` of type `{ty}` takes no parameters; unknown field `{k}`."
+                        ),
                     )
                     .with_param(&format!("{field}.{k}")));
                 }
@@ -445,39 +460,69 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
     })?;
     let h = &spec.hyperparameters;
     if !(h.learning_rate > 0.0 && h.learning_rate.is_finite()) {
-        return Err(bad("hyperparameters.learning_rate", "`learning_rate` must be positive."));
+        return Err(bad(
+            "hyperparameters.learning_rate",
+            "`learning_rate` must be positive.",
+        ));
     }
     if h.epochs == 0 || h.epochs > 1_000_000 {
-        return Err(bad("hyperparameters.epochs", "`epochs` must be from 1 to 1000000."));
+        return Err(bad(
+            "hyperparameters.epochs",
+            "`epochs` must be from 1 to 1000000.",
+        ));
     }
     if h.batch_size == Some(0) {
-        return Err(bad("hyperparameters.batch_size", "`batch_size` must be positive (null for full batch)."));
+        return Err(bad(
+            "hyperparameters.batch_size",
+            "`batch_size` must be positive (null for full batch).",
+        ));
     }
     if !(h.l2 >= 0.0 && h.l2.is_finite()) {
         return Err(bad("hyperparameters.l2", "`l2` must be >= 0."));
     }
     let s = &spec.split;
-    if !(0.0..1.0).contains(&s.test_fraction) || !(0.0..1.0).contains(&s.validation_fraction) || s.test_fraction + s.validation_fraction >= 1.0 {
-        return Err(bad("split", "`test_fraction` and `validation_fraction` must be in [0, 1) and sum to less than 1."));
+    if !(0.0..1.0).contains(&s.test_fraction)
+        || !(0.0..1.0).contains(&s.validation_fraction)
+        || s.test_fraction + s.validation_fraction >= 1.0
+    {
+        return Err(bad(
+            "split",
+            "`test_fraction` and `validation_fraction` must be in [0, 1) and sum to less than 1.",
+        ));
     }
     if matches!(spec.evaluation, EvaluationSpec::Holdout) && s.test_fraction == 0.0 {
         return Err(bad("split.test_fraction", "Holdout evaluation needs a test split: set `test_fraction` > 0 or choose another `evaluation`."));
     }
     if let ModelSpec::Mlp { hidden, .. } = &spec.model {
         if hidden.is_empty() || hidden.iter().any(|&h| h == 0 || h > 4096) {
-            return Err(bad("model.hidden", "`hidden` must list 1..4096 units per layer (at least one layer)."));
+            return Err(bad(
+                "model.hidden",
+                "`hidden` must list 1..4096 units per layer (at least one layer).",
+            ));
         }
     }
     match spec.evaluation {
-        EvaluationSpec::Kfold { n_splits, .. } | EvaluationSpec::StratifiedKfold { n_splits, .. } if n_splits < 2 => {
+        EvaluationSpec::Kfold { n_splits, .. }
+        | EvaluationSpec::StratifiedKfold { n_splits, .. }
+            if n_splits < 2 =>
+        {
             return Err(bad("evaluation.n_splits", "`n_splits` must be at least 2."))
         }
-        EvaluationSpec::Bootstrap { n_resamples, confidence } => {
+        EvaluationSpec::Bootstrap {
+            n_resamples,
+            confidence,
+        } => {
             if n_resamples == 0 || n_resamples > 10_000 {
-                return Err(bad("evaluation.n_resamples", "`n_resamples` must be from 1 to 10000."));
+                return Err(bad(
+                    "evaluation.n_resamples",
+                    "`n_resamples` must be from 1 to 10000.",
+                ));
             }
             if !(confidence > 0.0 && confidence < 1.0) {
-                return Err(bad("evaluation.confidence", "`confidence` must be in (0, 1)."));
+                return Err(bad(
+                    "evaluation.confidence",
+                    "`confidence` must be in (0, 1).",
+                ));
             }
         }
         _ => {}
@@ -492,8 +537,16 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
         _ => {}
     }
     if let Some(n) = &spec.name {
-        if n.is_empty() || n.len() > 128 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-            return Err(bad("name", "`name` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`."));
+        if n.is_empty()
+            || n.len() > 128
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return Err(bad(
+                "name",
+                "`name` must be 1-128 characters of letters, digits, `-`, `_`, `.`, `:`.",
+            ));
         }
     }
     Ok(spec)
@@ -502,34 +555,56 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
 /// Check the spec against the data (columns exist, task fits the target and the model).
 pub fn check_against_data(spec: &JobSpec, ds: &Dataset) -> std::result::Result<Task, ApiError> {
     let names = ds.names();
-    let col = ds
-        .column(&spec.target)
-        .map_err(|_| bad("target", format!("The training file has no column `{}`; it has {}.", spec.target, names.join(", "))))?;
+    let col = ds.column(&spec.target).map_err(|_| {
+        bad(
+            "target",
+            format!(
+                "The training file has no column `{}`; it has {}.",
+                spec.target,
+                names.join(", ")
+            ),
+        )
+    })?;
     if let Some(f) = &spec.features {
         if f.is_empty() {
             return Err(bad("features", "`features` must name at least one column."));
         }
         for c in f {
             if ds.column(c).is_err() {
-                return Err(bad("features", format!("The training file has no column `{c}`.")));
+                return Err(bad(
+                    "features",
+                    format!("The training file has no column `{c}`."),
+                ));
             }
             if c == &spec.target {
-                return Err(bad("features", format!("`{c}` is the target; it cannot also be a feature.")));
+                return Err(bad(
+                    "features",
+                    format!("`{c}` is the target; it cannot also be a feature."),
+                ));
             }
         }
     }
     for c in spec.preprocessing.convert.keys() {
         if ds.column(c).is_err() {
-            return Err(bad("preprocessing.convert", format!("The training file has no column `{c}`.")));
+            return Err(bad(
+                "preprocessing.convert",
+                format!("The training file has no column `{c}`."),
+            ));
         }
     }
     if let Some(t) = &spec.preprocessing.text_embeddings {
         for c in &t.columns {
             if ds.column(c).is_err() {
-                return Err(bad("preprocessing.text_embeddings.columns", format!("The training file has no column `{c}`.")));
+                return Err(bad(
+                    "preprocessing.text_embeddings.columns",
+                    format!("The training file has no column `{c}`."),
+                ));
             }
             if c == &spec.target {
-                return Err(bad("preprocessing.text_embeddings.columns", format!("`{c}` is the target.")));
+                return Err(bad(
+                    "preprocessing.text_embeddings.columns",
+                    format!("`{c}` is the target."),
+                ));
             }
         }
     }
@@ -543,22 +618,44 @@ pub fn check_against_data(spec: &JobSpec, ds: &Dataset) -> std::result::Result<T
     let task = spec.task_for(col.data.kind());
     match (&spec.model, task) {
         (ModelSpec::LinearRegression, Task::Classification) => {
-            return Err(bad("model", "linear_regression needs a numeric (regression) target."))
+            return Err(bad(
+                "model",
+                "linear_regression needs a numeric (regression) target.",
+            ))
         }
         (ModelSpec::LogisticRegression | ModelSpec::SoftmaxRegression, Task::Regression) => {
-            return Err(bad("model", "This model is a classifier; the task is regression."))
+            return Err(bad(
+                "model",
+                "This model is a classifier; the task is regression.",
+            ))
         }
         _ => {}
     }
     if task == Task::Regression && col.data.kind() != ColumnKind::Numeric {
-        return Err(bad("target", format!("Regression needs a numeric target; `{}` is {}.", spec.target, col.data.kind())));
+        return Err(bad(
+            "target",
+            format!(
+                "Regression needs a numeric target; `{}` is {}.",
+                spec.target,
+                col.data.kind()
+            ),
+        ));
     }
     if task == Task::Classification {
-        let mut classes: Vec<String> = (0..col.data.len()).filter_map(|i| col.data.text(i)).collect();
+        let mut classes: Vec<String> = (0..col.data.len())
+            .filter_map(|i| col.data.text(i))
+            .collect();
         classes.sort();
         classes.dedup();
         if classes.len() < 2 {
-            return Err(bad("target", format!("Classification needs at least 2 classes; `{}` has {}.", spec.target, classes.len())));
+            return Err(bad(
+                "target",
+                format!(
+                    "Classification needs at least 2 classes; `{}` has {}.",
+                    spec.target,
+                    classes.len()
+                ),
+            ));
         }
         if matches!(spec.model, ModelSpec::LogisticRegression) && classes.len() != 2 {
             return Err(bad("model", format!("logistic_regression is binary; the target has {} classes: use softmax_regression or mlp.", classes.len())));
@@ -591,18 +688,30 @@ pub(crate) fn job_json(j: &JobRow) -> Value {
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::new(ErrorCode::NotFound, format!("No such training job: `{id}`.")).with_param("id")
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("No such training job: `{id}`."),
+    )
+    .with_param("id")
 }
 
-pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -> Result<Json<Value>> {
+pub async fn create(
+    State(st): State<Arc<AppState>>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
     let spec = parse_spec(body)?;
     let store = st.lifecycle.store()?;
     let file = crate::files::get_row(&st, &spec.training_file)
         .await
-        .map_err(|e| if e.code == ErrorCode::NotFound {
-            bad("training_file", format!("No such file: `{}`.", spec.training_file))
-        } else {
-            e
+        .map_err(|e| {
+            if e.code == ErrorCode::NotFound {
+                bad(
+                    "training_file",
+                    format!("No such file: `{}`.", spec.training_file),
+                )
+            } else {
+                e
+            }
         })?;
     if let Some(t) = &spec.preprocessing.text_embeddings {
         st.embedding_model(&t.model).map_err(|mut e| {
@@ -615,16 +724,24 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
     tokio::task::spawn_blocking(move || -> std::result::Result<(), ApiError> {
         let bytes = crate::files::read_content(&home, &file).map_err(|e| {
             tracing::error!("reading {}: {e}", file.id);
-            ApiError::new(ErrorCode::InternalError, "Reading the training file failed.")
+            ApiError::new(
+                ErrorCode::InternalError,
+                "Reading the training file failed.",
+            )
         })?;
-        let (_, ds) = crate::files::parse_dataset(&file.filename, &bytes)
-            .map_err(|e| bad("training_file", format!("The training file is not a dataset: {e}")))?;
+        let (_, ds) = crate::files::parse_dataset(&file.filename, &bytes).map_err(|e| {
+            bad(
+                "training_file",
+                format!("The training file is not a dataset: {e}"),
+            )
+        })?;
         check_against_data(&s2, &ds)?;
         Ok(())
     })
     .await
     .map_err(|_| ApiError::new(ErrorCode::InternalError, "Checking the spec failed."))??;
-    let text = serde_json::to_string(&spec).map_err(|_| ApiError::new(ErrorCode::InternalError, "spec"))?;
+    let text = serde_json::to_string(&spec)
+        .map_err(|_| ApiError::new(ErrorCode::InternalError, "spec"))?;
     let (tf, name) = (spec.training_file.clone(), spec.name.clone());
     let job = blocking(move || store.create_job(&text, &tf, name.as_deref()))
         .await
@@ -638,44 +755,77 @@ pub async fn create(State(st): State<Arc<AppState>>, JsonBody(body): JsonBody) -
     Ok(Json(job_json(&job)))
 }
 
-pub async fn list(State(st): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>> {
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>> {
     for k in q.keys() {
         if k != "limit" {
-            return Err(ApiError::new(ErrorCode::UnsupportedParameter, format!("Unknown query parameter `{k}`.")).with_param(k).into());
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedParameter,
+                format!("Unknown query parameter `{k}`."),
+            )
+            .with_param(k)
+            .into());
         }
     }
     let limit = match q.get("limit") {
         None => 100,
-        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n))
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
             .ok_or_else(|| bad("limit", "`limit` must be an integer from 1 to 10000."))?,
     };
     let store = st.lifecycle.store()?;
     let jobs = blocking(move || store.list_jobs(limit)).await?;
-    Ok(Json(json!({"object": "list", "data": jobs.iter().map(job_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"object": "list", "data": jobs.iter().map(job_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn job_row(st: &AppState, id: &str) -> std::result::Result<JobRow, ApiError> {
     let store = st.lifecycle.store()?;
     let i = id.to_string();
-    blocking(move || store.get_job(&i)).await?.ok_or_else(|| not_found(id))
+    blocking(move || store.get_job(&i))
+        .await?
+        .ok_or_else(|| not_found(id))
 }
 
-pub async fn get_one(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>> {
+pub async fn get_one(
+    State(st): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>> {
     Ok(Json(job_json(&job_row(&st, &id).await?)))
 }
 
-pub async fn cancel(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Result<Json<Value>> {
+pub async fn cancel(
+    State(st): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>> {
     let store = st.lifecycle.store()?;
     let i = id.clone();
-    let job = blocking(move || store.cancel_job(&i)).await?.ok_or_else(|| not_found(&id))?;
-    if let Some(flag) = st.lifecycle.cancels.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+    let job = blocking(move || store.cancel_job(&i))
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    if let Some(flag) = st
+        .lifecycle
+        .cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+    {
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     Ok(Json(job_json(&job)))
 }
 
 fn event_json(e: &ferry_store::JobEvent) -> Value {
-    let data: Value = e.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+    let data: Value = e
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
     json!({
         "object": "training.job.event",
         "id": format!("{}:{}", e.job_id, e.seq),
@@ -694,16 +844,26 @@ pub async fn events(
 ) -> Result<Response> {
     for k in q.keys() {
         if !["stream", "after", "limit"].contains(&k.as_str()) {
-            return Err(ApiError::new(ErrorCode::UnsupportedParameter, format!("Unknown query parameter `{k}`; expected stream, after, limit.")).with_param(k).into());
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedParameter,
+                format!("Unknown query parameter `{k}`; expected stream, after, limit."),
+            )
+            .with_param(k)
+            .into());
         }
     }
     let after = match q.get("after") {
         None => 0,
-        Some(a) => a.parse::<u64>().map_err(|_| bad("after", "`after` must be an event sequence number."))?,
+        Some(a) => a
+            .parse::<u64>()
+            .map_err(|_| bad("after", "`after` must be an event sequence number."))?,
     };
     let limit = match q.get("limit") {
         None => 10_000,
-        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=100_000).contains(n))
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
             .ok_or_else(|| bad("limit", "`limit` must be an integer from 1 to 100000."))?,
     };
     let stream = match q.get("stream").map(String::as_str) {
@@ -725,37 +885,59 @@ pub async fn events(
         .into_response());
     }
     // SSE: one message per event, polling the store until the job ends; then `[DONE]`.
-    type St = (Arc<ferry_store::Store>, String, u64, std::collections::VecDeque<String>, bool);
+    type St = (
+        Arc<ferry_store::Store>,
+        String,
+        u64,
+        std::collections::VecDeque<String>,
+        bool,
+    );
     let init: St = (store, id, after, Default::default(), false);
-    let s = futures_util::stream::unfold(init, |(store, id, mut after, mut pending, done)| async move {
-        loop {
-            if let Some(p) = pending.pop_front() {
-                return Some((Ok::<_, std::convert::Infallible>(SseEvent::default().data(p)), (store, id, after, pending, done)));
-            }
-            if done {
-                return None;
-            }
-            let (s2, i2) = (store.clone(), id.clone());
-            let got = blocking(move || { let j = s2.get_job(&i2)?; Ok((s2.job_events(&i2, after, 1000)?, j)) }).await;
-            let (ev, job) = match got {
-                Ok(v) => v,
-                Err(e) => {
-                    pending.push_back(json!({"error": e.body().error}).to_string());
-                    return Some((Ok(SseEvent::default().data(pending.pop_front().unwrap_or_default())), (store, id, after, pending, true)));
+    let s = futures_util::stream::unfold(
+        init,
+        |(store, id, mut after, mut pending, done)| async move {
+            loop {
+                if let Some(p) = pending.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(SseEvent::default().data(p)),
+                        (store, id, after, pending, done),
+                    ));
                 }
-            };
-            // The job is read before its events: when it was terminal, every event is read.
-            let terminal = job.as_ref().is_none_or(|j| j.is_terminal());
-            after = ev.last().map_or(after, |e| e.seq);
-            pending.extend(ev.iter().map(|e| event_json(e).to_string()));
-            if terminal && ev.len() < 1000 {
-                pending.push_back("[DONE]".into());
-                return Some((Ok(SseEvent::default().data(pending.pop_front().unwrap_or_default())), (store, id, after, pending, true)));
+                if done {
+                    return None;
+                }
+                let (s2, i2) = (store.clone(), id.clone());
+                let got = blocking(move || {
+                    let j = s2.get_job(&i2)?;
+                    Ok((s2.job_events(&i2, after, 1000)?, j))
+                })
+                .await;
+                let (ev, job) = match got {
+                    Ok(v) => v,
+                    Err(e) => {
+                        pending.push_back(json!({"error": e.body().error}).to_string());
+                        return Some((
+                            Ok(SseEvent::default().data(pending.pop_front().unwrap_or_default())),
+                            (store, id, after, pending, true),
+                        ));
+                    }
+                };
+                // The job is read before its events: when it was terminal, every event is read.
+                let terminal = job.as_ref().is_none_or(|j| j.is_terminal());
+                after = ev.last().map_or(after, |e| e.seq);
+                pending.extend(ev.iter().map(|e| event_json(e).to_string()));
+                if terminal && ev.len() < 1000 {
+                    pending.push_back("[DONE]".into());
+                    return Some((
+                        Ok(SseEvent::default().data(pending.pop_front().unwrap_or_default())),
+                        (store, id, after, pending, true),
+                    ));
+                }
+                if pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
-            if pending.is_empty() {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    });
+        },
+    );
     Ok(Sse::new(s).keep_alive(KeepAlive::default()).into_response())
 }

@@ -83,9 +83,10 @@ impl BlobWriter {
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let f = self.file.as_mut().ok_or_else(|| {
-            Error::Invalid("write after commit".into())
-        })?;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("write after commit".into()))?;
         f.write_all(chunk).map_err(|e| io(&self.tmp, e))?;
         self.hasher.update(chunk);
         self.bytes += chunk.len() as u64;
@@ -312,7 +313,9 @@ mod tests {
         assert_eq!(n, 8);
         assert_eq!(std::fs::read(&path).unwrap(), b"a,b\n1,2\n");
         assert_eq!(sha, crate::api_keys::hex(&Sha256::digest(b"a,b\n1,2\n")));
-        let a = s.insert_file("x.csv", "dataset", &sha, n, Some("[]")).unwrap();
+        let a = s
+            .insert_file("x.csv", "dataset", &sha, n, Some("[]"))
+            .unwrap();
         let b = s.insert_file("y.csv", "assistants", &sha, n, None).unwrap();
         assert_eq!(s.get_file(&a.id).unwrap().unwrap(), a);
         assert_eq!(s.list_files(None).unwrap().len(), 2);

@@ -274,10 +274,18 @@ impl Store {
                 params![name, id, now, task, dir],
             )?;
         }
-        add_event_tx(&tx, id, "status", out.status, out.error.map(|e| {
-            // JSON string of the error, for clients that read `data`.
-            format!("{{\"error\":{}}}", json_string(e))
-        }).as_deref())?;
+        add_event_tx(
+            &tx,
+            id,
+            "status",
+            out.status,
+            out.error
+                .map(|e| {
+                    // JSON string of the error, for clients that read `data`.
+                    format!("{{\"error\":{}}}", json_string(e))
+                })
+                .as_deref(),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -304,19 +312,16 @@ impl Store {
             "SELECT job_id, seq, created_at, kind, message, data FROM training_events
              WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = st.query_map(
-            params![job_id, after as i64, limit as i64],
-            |r| {
-                Ok(JobEvent {
-                    job_id: r.get(0)?,
-                    seq: r.get::<_, i64>(1)?.max(0) as u64,
-                    created_at: r.get::<_, i64>(2)?.max(0) as u64,
-                    kind: r.get(3)?,
-                    message: r.get(4)?,
-                    data: r.get(5)?,
-                })
-            },
-        )?;
+        let rows = st.query_map(params![job_id, after as i64, limit as i64], |r| {
+            Ok(JobEvent {
+                job_id: r.get(0)?,
+                seq: r.get::<_, i64>(1)?.max(0) as u64,
+                created_at: r.get::<_, i64>(2)?.max(0) as u64,
+                kind: r.get(3)?,
+                message: r.get(4)?,
+                data: r.get(5)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -409,11 +414,17 @@ mod tests {
         let s = Store::open_in(&d.0).unwrap();
         let a = s.create_job("{}", "file-1", Some("iris")).unwrap();
         assert_eq!(a.status, "queued");
-        assert!(s.create_job("{}", "file-1", Some("iris")).is_err(), "name in use");
+        assert!(
+            s.create_job("{}", "file-1", Some("iris")).is_err(),
+            "name in use"
+        );
         let b = s.create_job("{}", "file-1", None).unwrap();
         assert_eq!(b.model_name, b.id);
         let c = s.claim_next_job().unwrap().unwrap();
-        assert_eq!((c.id.as_str(), c.status.as_str()), (a.id.as_str(), "running"));
+        assert_eq!(
+            (c.id.as_str(), c.status.as_str()),
+            (a.id.as_str(), "running")
+        );
         s.add_job_event(&a.id, "epoch", "epoch 1", Some("{\"epoch\":1}"))
             .unwrap();
         // Cancelling a queued job ends it; a running one is flagged.
@@ -431,12 +442,25 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(s.finish_job(&a.id, &Outcome { status: "failed", error: None, result: None, register: None }).is_err());
+        assert!(s
+            .finish_job(
+                &a.id,
+                &Outcome {
+                    status: "failed",
+                    error: None,
+                    result: None,
+                    register: None
+                }
+            )
+            .is_err());
         let m = s.get_trained_model("iris").unwrap().unwrap();
         assert_eq!(m.job_id, a.id);
         assert_eq!(s.list_trained_models().unwrap().len(), 1);
         let ev = s.job_events(&a.id, 0, 100).unwrap();
-        let kinds: Vec<_> = ev.iter().map(|e| (e.kind.as_str(), e.message.as_str())).collect();
+        let kinds: Vec<_> = ev
+            .iter()
+            .map(|e| (e.kind.as_str(), e.message.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -466,6 +490,9 @@ mod tests {
         assert_eq!(j.error.as_deref(), Some("interrupted by restart"));
         assert_eq!(s.get_job(&q.id).unwrap().unwrap().status, "queued");
         let last = s.job_events(&a.id, 0, 10).unwrap().pop().unwrap();
-        assert_eq!(last.data.as_deref(), Some("{\"error\":\"interrupted by restart\"}"));
+        assert_eq!(
+            last.data.as_deref(),
+            Some("{\"error\":\"interrupted by restart\"}")
+        );
     }
 }
