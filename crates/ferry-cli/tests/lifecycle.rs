@@ -600,6 +600,9 @@ fn bad_specs_are_refused_by_name() {
             "n_splits",
             "evaluation.n_splits",
         ),
+        (json!({"training_file": id, "target": "petal_length", "model": {"type": "linear_regression"}, "split": {"stratify": true}}), "Stratified", "split.stratify"),
+        (json!({"training_file": id, "target": "petal_length", "model": {"type": "mlp"}, "evaluation": {"type": "stratified_kfold"}}), "kfold", "evaluation"),
+        (with("optimizer", json!({"type": "sgd", "momentum": 0.9})), "momentum", "optimizer.momentum"),
     ];
     for (spec, word, param) in cases {
         let r = s.post("/v1/training/jobs", &spec);

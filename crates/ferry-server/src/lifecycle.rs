@@ -5,6 +5,10 @@
 //! Rooms: `files.rs` (uploads, `multipart.rs` parses them while streaming to disk),
 //! `training.rs` (job spec and routes), `runner.rs` (the training thread), `predictions.rs`
 //! (trained models and predictions).
+//!
+//! Auth: these routes need a key of `inference` scope when keys are on (like the generation
+//! routes; `admin` is only for key management). Files and jobs are shared by every key of a
+//! server, not isolated per key.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

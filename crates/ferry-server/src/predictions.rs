@@ -312,6 +312,10 @@ pub async fn create(
                 .collect()
         }
     };
+    // Count the request against the caller's key (usage per model).
+    if let Some(c) = crate::auth::Caller::current() {
+        c.record_request(&req.model);
+    }
     Ok(Json(
         json!({"object": "list", "model": req.model, "data": data}),
     ))

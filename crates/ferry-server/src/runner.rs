@@ -149,10 +149,11 @@ struct JobObserver<'a> {
 
 impl TrainObserver for JobObserver<'_> {
     fn on_epoch(&mut self, r: &EpochReport) -> Flow {
-        // At most ~20 events a second (the full history is in report.json), always the last.
+        // At most ~10 events a second (the full history is in report.json); the first and the
+        // last epoch always.
         let due = self
             .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(50));
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
         if due || r.epoch == self.epochs || r.epoch == 1 {
             self.last = Some(Instant::now());
             let data = json!({
