@@ -741,8 +741,24 @@ fn cancel_stops_a_running_job() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let jid = r.json()["id"].as_str().unwrap().to_string();
     wait_epoch_event(s, &jid);
+    // Follow the live event stream, cancel, and see the stream end with the cancellation.
+    let mut st = s.open_stream("GET", &format!("/v1/training/jobs/{jid}/events?stream=true"), &[], None);
+    assert_eq!(st.status, 200);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &Value| e["type"] == "epoch") {
+        seen.push(serde_json::from_str(&st.next_data().expect("event")).unwrap());
+    }
     let r = s.post(&format!("/v1/training/jobs/{jid}/cancel"), &json!({}));
     assert_eq!(r.status, 200);
+    let mut last = Value::Null;
+    loop {
+        let d = st.next_data().expect("stream ended without [DONE]");
+        if d == "[DONE]" {
+            break;
+        }
+        last = serde_json::from_str(&d).unwrap();
+    }
+    assert_eq!((last["type"].as_str(), last["message"].as_str()), (Some("status"), Some("cancelled")), "{last}");
     let t = Instant::now();
     let done = wait_job(s, &jid, Duration::from_secs(30));
     assert_eq!(done["status"], "cancelled");
