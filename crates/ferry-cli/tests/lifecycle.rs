@@ -600,9 +600,21 @@ fn bad_specs_are_refused_by_name() {
             "n_splits",
             "evaluation.n_splits",
         ),
-        (json!({"training_file": id, "target": "petal_length", "model": {"type": "linear_regression"}, "split": {"stratify": true}}), "Stratified", "split.stratify"),
-        (json!({"training_file": id, "target": "petal_length", "model": {"type": "mlp"}, "evaluation": {"type": "stratified_kfold"}}), "kfold", "evaluation"),
-        (with("optimizer", json!({"type": "sgd", "momentum": 0.9})), "momentum", "optimizer.momentum"),
+        (
+            json!({"training_file": id, "target": "petal_length", "model": {"type": "linear_regression"}, "split": {"stratify": true}}),
+            "Stratified",
+            "split.stratify",
+        ),
+        (
+            json!({"training_file": id, "target": "petal_length", "model": {"type": "mlp"}, "evaluation": {"type": "stratified_kfold"}}),
+            "kfold",
+            "evaluation",
+        ),
+        (
+            with("optimizer", json!({"type": "sgd", "momentum": 0.9})),
+            "momentum",
+            "optimizer.momentum",
+        ),
     ];
     for (spec, word, param) in cases {
         let r = s.post("/v1/training/jobs", &spec);
@@ -742,7 +754,12 @@ fn cancel_stops_a_running_job() {
     let jid = r.json()["id"].as_str().unwrap().to_string();
     wait_epoch_event(s, &jid);
     // Follow the live event stream, cancel, and see the stream end with the cancellation.
-    let mut st = s.open_stream("GET", &format!("/v1/training/jobs/{jid}/events?stream=true"), &[], None);
+    let mut st = s.open_stream(
+        "GET",
+        &format!("/v1/training/jobs/{jid}/events?stream=true"),
+        &[],
+        None,
+    );
     assert_eq!(st.status, 200);
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &Value| e["type"] == "epoch") {
@@ -758,7 +775,11 @@ fn cancel_stops_a_running_job() {
         }
         last = serde_json::from_str(&d).unwrap();
     }
-    assert_eq!((last["type"].as_str(), last["message"].as_str()), (Some("status"), Some("cancelled")), "{last}");
+    assert_eq!(
+        (last["type"].as_str(), last["message"].as_str()),
+        (Some("status"), Some("cancelled")),
+        "{last}"
+    );
     let t = Instant::now();
     let done = wait_job(s, &jid, Duration::from_secs(30));
     assert_eq!(done["status"], "cancelled");

@@ -633,10 +633,16 @@ pub fn check_against_data(spec: &JobSpec, ds: &Dataset) -> std::result::Result<T
     }
     if task == Task::Regression {
         if spec.split.stratify == Some(true) {
-            return Err(bad("split.stratify", "Stratified splits need a classification target."));
+            return Err(bad(
+                "split.stratify",
+                "Stratified splits need a classification target.",
+            ));
         }
         if matches!(spec.evaluation, EvaluationSpec::StratifiedKfold { .. }) {
-            return Err(bad("evaluation", "stratified_kfold needs a classification target; use kfold."));
+            return Err(bad(
+                "evaluation",
+                "stratified_kfold needs a classification target; use kfold.",
+            ));
         }
     }
     if task == Task::Regression && col.data.kind() != ColumnKind::Numeric {
