@@ -5,7 +5,9 @@
 
 mod bench;
 mod chat;
+mod client;
 mod keys;
+mod lifecycle;
 mod progress;
 mod pull;
 mod registry_cmds;
@@ -107,6 +109,27 @@ enum Cmd {
     /// Manage API keys: create, list, revoke, usage.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Upload and profile datasets (on a running server).
+    #[command(subcommand)]
+    Data(lifecycle::DataCmd),
+    /// Train a model on an uploaded dataset and follow the job.
+    Train(Box<lifecycle::TrainArgs>),
+    /// Print a finished training job's evaluation report.
+    Eval {
+        job: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: lifecycle::Conn,
+    },
+    /// Predict with a trained model from raw records (JSON Lines).
+    Predict {
+        model: String,
+        #[arg(long)]
+        records: std::path::PathBuf,
+        #[command(flatten)]
+        conn: lifecycle::Conn,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +176,9 @@ struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Largest accepted file upload (POST /v1/files), bytes; uploads stream to disk.
+    #[arg(long, default_value_t = 512 << 20)]
+    max_upload_bytes: u64,
     /// Exit when standard input reaches end of file (for supervisors and tests that hold a
     /// pipe to the server: the server cannot outlive them).
     #[arg(long, hide = true)]
@@ -273,6 +299,14 @@ fn main() {
         } => run(&model, &prompt, max_tokens, temperature, &engine),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Keys(k) => keys::run(k),
+        Cmd::Data(d) => lifecycle::data(d),
+        Cmd::Train(t) => lifecycle::train(*t),
+        Cmd::Eval { job, json, conn } => lifecycle::eval(&job, json, &conn),
+        Cmd::Predict {
+            model,
+            records,
+            conn,
+        } => lifecycle::predict(&model, &records, &conn),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -322,7 +356,7 @@ fn list() -> Result<()> {
             &m.blob[..19.min(m.blob.len())]
         );
     }
-    Ok(())
+    lifecycle::list_trained()
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
@@ -356,6 +390,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             max_body_bytes: a.max_body_bytes,
             store: Some(db),
             require_auth: a.require_auth,
+            max_upload_bytes: a.max_upload_bytes,
         });
         // `--model` paths are served under their names; registered names resolve at each load.
         let pinned = a
@@ -374,6 +409,8 @@ fn serve(a: ServeArgs) -> Result<()> {
             .models
             .configure(source::StoreSource::new(pinned, a.engine.config()), limits)
             .map_err(anyhow::Error::msg)?;
+        // Jobs left running by a killed server are marked failed; the training thread starts.
+        ferry_server::lifecycle::start(&state).context("starting the training runner")?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         if !local.ip().is_loopback() && !state.auth.enabled() {

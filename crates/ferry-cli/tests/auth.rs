@@ -179,6 +179,13 @@ fn every_route_against_every_kind_of_key() {
             let success: Option<u16> = match (method.as_str(), template.as_str()) {
                 ("POST", "/v1/admin/keys") => Some(201),
                 (_, "/v1/embeddings") => None,
+                // The lifecycle service (inference scope): lists answer 200; a JSON body is no
+                // upload and `{}` no job or prediction (400); the placeholder id `x` is unknown.
+                ("GET", "/v1/files" | "/v1/training/jobs" | "/v1/training/models") => Some(200),
+                ("POST", "/v1/files" | "/v1/training/jobs" | "/v1/predictions") => Some(400),
+                (_, t) if t.starts_with("/v1/files/") || t.starts_with("/v1/training/jobs/") => {
+                    Some(404)
+                }
                 (_, t) if routes_known().contains(&t) => Some(200),
                 _ => None,
             };

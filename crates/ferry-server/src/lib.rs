@@ -6,6 +6,9 @@
 //! `admin.rs`), `GET /metrics` (`metrics.rs`), request ids and access logs (`trace.rs`), and
 //! graceful drain (`drain.rs`), as middleware around every route.
 //!
+//! The model lifecycle service (`lifecycle.rs`): files (`files.rs`), training jobs
+//! (`training.rs`, run by `runner.rs`) and predictions from trained models (`predictions.rs`).
+//!
 //! One module per resource. Handlers validate, translate to `ferry_engine::GenerateRequest`,
 //! and turn engine events into JSON or SSE. Every error leaves through `ApiError` (see
 //! `error.rs`), which gives OpenAI's shape and the right status.
@@ -18,14 +21,20 @@ mod completions;
 mod drain;
 mod embeddings;
 mod error;
+mod files;
 mod health;
+pub mod lifecycle;
 mod metrics;
 mod models;
+mod multipart;
+mod predictions;
 mod registry;
+mod runner;
 mod sse;
 mod state;
 mod tokenize;
 mod trace;
+mod training;
 
 use std::sync::Arc;
 
@@ -55,6 +64,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/keys", get(admin::list).post(admin::create))
         .route("/v1/admin/keys/{id}", delete(admin::revoke))
         .route("/v1/admin/keys/{id}/usage", get(admin::usage))
+        .route("/v1/files", get(files::list).post(files::create))
+        .route(
+            "/v1/files/{id}",
+            get(files::get_one).delete(files::delete_one),
+        )
+        .route("/v1/files/{id}/content", get(files::content))
+        .route(
+            "/v1/training/jobs",
+            get(training::list).post(training::create),
+        )
+        .route("/v1/training/jobs/{id}", get(training::get_one))
+        .route("/v1/training/jobs/{id}/cancel", post(training::cancel))
+        .route("/v1/training/jobs/{id}/events", get(training::events))
+        .route("/v1/training/models", get(predictions::list_models))
+        .route("/v1/predictions", post(predictions::create))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         // Outermost last: request id, span and HTTP metrics; then drain; then keys.

@@ -14,6 +14,8 @@ pub struct ServerConfig {
     pub store: Option<Arc<ferry_store::Store>>,
     /// Require API keys even while the store holds none.
     pub require_auth: bool,
+    /// Largest accepted file upload (`POST /v1/files`), bytes; streamed to disk.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -22,6 +24,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             store: None,
             require_auth: false,
+            max_upload_bytes: 512 << 20,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub drain: crate::drain::Drain,
+    /// Files, training jobs and trained models (`lifecycle.rs`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl AppState {
@@ -73,6 +78,7 @@ impl AppState {
         let metrics: Arc<crate::metrics::Metrics> = Default::default();
         Arc::new(Self {
             auth: crate::auth::Auth::new(&config),
+            lifecycle: crate::lifecycle::Lifecycle::new(&config),
             config,
             models: Arc::new(crate::registry::Registry::new(metrics.clone())),
             metrics,

@@ -58,7 +58,58 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX model_files_blob ON model_files (blob);
     ",
     },
-];
+Migration {
+    version: 3,
+    name: "files",
+    sql: "
+        CREATE TABLE files (
+            id         TEXT PRIMARY KEY,         -- file-<hex>
+            filename   TEXT NOT NULL,
+            purpose    TEXT NOT NULL,
+            bytes      INTEGER NOT NULL CHECK (bytes >= 0),
+            sha256     TEXT NOT NULL,            -- content under files/<sha256>
+            created_at INTEGER NOT NULL,         -- unix seconds
+            profile    TEXT                      -- dataset profile, JSON; NULL for other files
+        );
+        CREATE INDEX files_sha256 ON files (sha256);
+    ",
+},
+Migration {
+    version: 4,
+    name: "training jobs, events and trained models",
+    sql: "
+        CREATE TABLE training_jobs (
+            id               TEXT PRIMARY KEY,   -- job-<hex>
+            status           TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            spec             TEXT NOT NULL,      -- validated spec, JSON
+            training_file    TEXT NOT NULL,      -- files.id (the file may be deleted later)
+            model_name       TEXT NOT NULL,
+            created_at       INTEGER NOT NULL,
+            started_at       INTEGER,
+            finished_at      INTEGER,
+            error            TEXT,
+            result           TEXT,               -- metrics summary, JSON
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX training_jobs_status ON training_jobs (status, created_at);
+        CREATE TABLE training_events (
+            job_id     TEXT NOT NULL REFERENCES training_jobs(id),
+            seq        INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            kind       TEXT NOT NULL,            -- status, epoch, fold, metrics, message
+            message    TEXT NOT NULL,
+            data       TEXT,                     -- JSON
+            PRIMARY KEY (job_id, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE trained_models (
+            name         TEXT PRIMARY KEY,
+            job_id       TEXT NOT NULL UNIQUE REFERENCES training_jobs(id),
+            created_at   INTEGER NOT NULL,
+            task         TEXT NOT NULL CHECK (task IN ('classification', 'regression')),
+            artifact_dir TEXT NOT NULL           -- relative to the data directory
+        );
+    ",
+}];
 
 /// The schema version this program writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -68,6 +119,12 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     name    TEXT NOT NULL,
     applied INTEGER NOT NULL
 )";
+
+/// How many migrations this program knows (versions may skip numbers reserved elsewhere).
+#[cfg(test)]
+pub(crate) fn count() -> usize {
+    MIGRATIONS.len()
+}
 
 pub fn version(conn: &Connection) -> Result<u32> {
     conn.execute(CREATE_TABLE, [])?;
