@@ -15,6 +15,7 @@
 //! * [`model`]: linear, logistic, softmax regression and an MLP trained by
 //!   seeded, deterministic gradient methods (GD, SGD, momentum, Nesterov,
 //!   Adam, AdamW), with early stopping, progress callbacks and cancellation.
+//! * [`plot`]: loss curves and confusion matrices as standalone SVG.
 //! * [`metrics`]: classification and regression metrics with scikit-learn's
 //!   zero-division rules, `classification_report`, cross-validation and
 //!   bootstrap confidence intervals.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod preprocess;
 pub mod split;
 
