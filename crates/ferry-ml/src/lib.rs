@@ -24,6 +24,8 @@
 
 pub mod data;
 pub mod error;
+mod lbfgs;
+mod linalg;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
