@@ -1,58 +1,51 @@
-//! Dense kernels for training: register-blocked matrix products in safe,
-//! portable Rust.
+//! Dense kernels for training: register-blocked matrix products in portable
+//! Rust, with an AVX2 instance of the same code picked at run time.
 //!
 //! Every output element is accumulated in a fixed order (ascending over the
 //! shared dimension, starting from the value already in the output), so the
 //! results do not depend on the blocking, on the CPU's vector width or on
 //! the number of rows in a call: the same inputs give the same bits, which
 //! keeps training deterministic. No fused multiply-add is used (Rust never
-//! contracts `a * b + c` on its own).
-
-/// Rows per block.
-const MR: usize = 4;
-/// Columns per block.
-const NR: usize = 8;
+//! contracts `a * b + c` on its own), so the AVX2 path (picked at run time)
+//! and the portable SSE2 path give identical results.
 
 /// `c[i][j] += Σ_k a[i][k] · b[k][j]` for `a` (`m × kd`), `b` (`kd × n`),
 /// `c` (`m × n`), all row-major; `k` ascends for every element.
 pub(crate) fn matmul_acc(a: &[f64], b: &[f64], c: &mut [f64], m: usize, kd: usize, n: usize) {
-    debug_assert!(a.len() >= m * kd && b.len() >= kd * n && c.len() >= m * n);
-    let mut i = 0;
-    while i + MR <= m {
-        let mut j = 0;
-        while j + NR <= n {
-            let mut acc = [[0.0f64; NR]; MR];
-            for (r, row) in acc.iter_mut().enumerate() {
-                row.copy_from_slice(&c[(i + r) * n + j..(i + r) * n + j + NR]);
-            }
-            for k in 0..kd {
-                let bk: &[f64; NR] = b[k * n + j..k * n + j + NR].try_into().unwrap();
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let x = a[(i + r) * kd + k];
-                    for (cv, bv) in row.iter_mut().zip(bk) {
-                        *cv += x * bv;
-                    }
-                }
-            }
-            for (r, row) in acc.iter().enumerate() {
-                c[(i + r) * n + j..(i + r) * n + j + NR].copy_from_slice(row);
-            }
-            j += NR;
-        }
-        if j < n {
-            for r in i..i + MR {
-                row_tail(
-                    &a[r * kd..(r + 1) * kd],
-                    b,
-                    &mut c[r * n..(r + 1) * n],
-                    j,
-                    n,
-                );
-            }
-        }
-        i += MR;
+    assert!(a.len() >= m * kd && b.len() >= kd * n && c.len() >= m * n);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above), the only requirement
+        // of this function; it performs the same operations in the same
+        // order as the portable path, so the results are identical.
+        unsafe { matmul_acc_avx2(a, b, c, m, kd, n) };
+        return;
     }
-    for r in i..m {
+    matmul_acc_blocked::<4, 4>(a, b, c, m, kd, n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn matmul_acc_avx2(a: &[f64], b: &[f64], c: &mut [f64], m: usize, kd: usize, n: usize) {
+    matmul_acc_blocked::<4, 8>(a, b, c, m, kd, n);
+}
+
+/// [`matmul_acc`] in `MR × NR` register blocks, then narrower blocks for
+/// the last columns and single rows for the last rows.
+#[inline(always)]
+fn matmul_acc_blocked<const MR: usize, const NR: usize>(
+    a: &[f64],
+    b: &[f64],
+    c: &mut [f64],
+    m: usize,
+    kd: usize,
+    n: usize,
+) {
+    let j = acc_cols::<MR, NR>(a, b, c, (m, kd, n), 0);
+    let j = acc_cols::<MR, 4>(a, b, c, (m, kd, n), j);
+    let j = acc_cols::<MR, 2>(a, b, c, (m, kd, n), j);
+    acc_cols::<MR, 1>(a, b, c, (m, kd, n), j);
+    for r in m - m % MR..m {
         row_tail(
             &a[r * kd..(r + 1) * kd],
             b,
@@ -63,7 +56,47 @@ pub(crate) fn matmul_acc(a: &[f64], b: &[f64], c: &mut [f64], m: usize, kd: usiz
     }
 }
 
+/// Whole `MR`-row blocks of [`matmul_acc`] over the `NR`-wide column blocks
+/// that fit from `j0`; returns the first column not done.
+#[inline(always)]
+fn acc_cols<const MR: usize, const NR: usize>(
+    a: &[f64],
+    b: &[f64],
+    c: &mut [f64],
+    (m, kd, n): (usize, usize, usize),
+    j0: usize,
+) -> usize {
+    let j_end = j0 + (n - j0) / NR * NR;
+    let mut i = 0;
+    while i + MR <= m {
+        let rows: [&[f64]; MR] = std::array::from_fn(|r| &a[(i + r) * kd..(i + r + 1) * kd]);
+        let mut j = j0;
+        while j < j_end {
+            let mut acc = [[0.0f64; NR]; MR];
+            for (r, row) in acc.iter_mut().enumerate() {
+                row.copy_from_slice(&c[(i + r) * n + j..(i + r) * n + j + NR]);
+            }
+            for k in 0..kd {
+                let bk: &[f64; NR] = b[k * n + j..k * n + j + NR].try_into().unwrap();
+                for (row, ar) in acc.iter_mut().zip(&rows) {
+                    let x = ar[k];
+                    for (cv, bv) in row.iter_mut().zip(bk) {
+                        *cv += x * bv;
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                c[(i + r) * n + j..(i + r) * n + j + NR].copy_from_slice(row);
+            }
+            j += NR;
+        }
+        i += MR;
+    }
+    j_end
+}
+
 /// One row of [`matmul_acc`] for columns `j0..n` (`k` ascending).
+#[inline(always)]
 fn row_tail(a_row: &[f64], b: &[f64], c_row: &mut [f64], j0: usize, n: usize) {
     let out = &mut c_row[j0..n];
     for (k, &x) in a_row.iter().enumerate() {
@@ -80,24 +113,74 @@ pub(crate) fn matmul_at_b_acc(
     a: &[f64],
     d: &[f64],
     c: &mut [f64],
-    m: usize,
-    kd: usize,
-    n: usize,
+    (m, kd, n): (usize, usize, usize),
     s: f64,
 ) {
-    debug_assert!(a.len() >= m * kd && d.len() >= m * n && c.len() >= kd * n);
+    assert!(a.len() >= m * kd && d.len() >= m * n && c.len() >= kd * n);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: as in `matmul_acc`.
+        unsafe { matmul_at_b_acc_avx2(a, d, c, (m, kd, n), s) };
+        return;
+    }
+    matmul_at_b_acc_blocked::<4, 4>(a, d, c, (m, kd, n), s);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn matmul_at_b_acc_avx2(
+    a: &[f64],
+    d: &[f64],
+    c: &mut [f64],
+    dims: (usize, usize, usize),
+    s: f64,
+) {
+    matmul_at_b_acc_blocked::<4, 8>(a, d, c, dims, s);
+}
+
+/// [`matmul_at_b_acc`] in `MR × NR` register blocks, then narrower blocks
+/// for the last columns and single rows for the last rows of `c`.
+#[inline(always)]
+fn matmul_at_b_acc_blocked<const MR: usize, const NR: usize>(
+    a: &[f64],
+    d: &[f64],
+    c: &mut [f64],
+    dims: (usize, usize, usize),
+    s: f64,
+) {
+    let j = at_cols::<MR, NR>(a, d, c, dims, 0, s);
+    let j = at_cols::<MR, 4>(a, d, c, dims, j, s);
+    let j = at_cols::<MR, 2>(a, d, c, dims, j, s);
+    at_cols::<MR, 1>(a, d, c, dims, j, s);
+    let kd = dims.1;
+    at_tail(a, d, c, dims, kd - kd % MR..kd, 0, s);
+}
+
+/// Whole `MR`-row blocks of `c` in [`matmul_at_b_acc`] over the `NR`-wide
+/// column blocks that fit from `j0`; returns the first column not done.
+#[inline(always)]
+fn at_cols<const MR: usize, const NR: usize>(
+    a: &[f64],
+    d: &[f64],
+    c: &mut [f64],
+    (m, kd, n): (usize, usize, usize),
+    j0: usize,
+    s: f64,
+) -> usize {
+    let j_end = j0 + (n - j0) / NR * NR;
     let mut k = 0;
     while k + MR <= kd {
-        let mut j = 0;
-        while j + NR <= n {
+        let mut j = j0;
+        while j < j_end {
             let mut acc = [[0.0f64; NR]; MR];
             for (r, row) in acc.iter_mut().enumerate() {
                 row.copy_from_slice(&c[(k + r) * n + j..(k + r) * n + j + NR]);
             }
             for i in 0..m {
                 let di: &[f64; NR] = d[i * n + j..i * n + j + NR].try_into().unwrap();
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let x = a[i * kd + k + r] * s;
+                let ai: &[f64; MR] = a[i * kd + k..i * kd + k + MR].try_into().unwrap();
+                for (row, &av) in acc.iter_mut().zip(ai) {
+                    let x = av * s;
                     for (cv, dv) in row.iter_mut().zip(di) {
                         *cv += x * dv;
                     }
@@ -108,15 +191,13 @@ pub(crate) fn matmul_at_b_acc(
             }
             j += NR;
         }
-        if j < n {
-            at_tail(a, d, c, (m, kd, n), k..k + MR, j, s);
-        }
         k += MR;
     }
-    at_tail(a, d, c, (m, kd, n), k..kd, 0, s);
+    j_end
 }
 
 /// Rows `ks` of [`matmul_at_b_acc`] for columns `j0..n` (`i` ascending).
+#[inline(always)]
 fn at_tail(
     a: &[f64],
     d: &[f64],
@@ -198,7 +279,7 @@ mod tests {
             let d = values(m * n, 4);
             let g0 = values(kd * n, 5);
             let mut g = g0.clone();
-            matmul_at_b_acc(&a, &d, &mut g, m, kd, n, 0.25);
+            matmul_at_b_acc(&a, &d, &mut g, (m, kd, n), 0.25);
             let at: Vec<f64> = transpose(&a, m, kd).iter().map(|x| x * 0.25).collect();
             let want = reference(&at, &d, &g0, kd, m, n);
             assert!(

@@ -639,7 +639,7 @@ impl Model {
                     *g += dj * inv_b;
                 }
             }
-            linalg::matmul_at_b_acc(prev, &delta, &mut gw[li], b, l.n_in, l.n_out, inv_b);
+            linalg::matmul_at_b_acc(prev, &delta, &mut gw[li], (b, l.n_in, l.n_out), inv_b);
             if l2 != 0.0 {
                 for (g, w) in gw[li].iter_mut().zip(&l.weights) {
                     *g += l2 * w;
