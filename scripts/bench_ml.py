@@ -137,18 +137,18 @@ def sklearn_worker(a):
                     ss = StandardScaler().fit(X[tr])
                     Xtr, Xte = ss.transform(X[tr]), ss.transform(X[te])
                     est = make(task, len(tr))
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     est.fit(Xtr, y[tr])
-                    secs = time.perf_counter() - t0
-                    line = dict(dataset=name, task=task, seconds=secs,
+                    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    line = dict(dataset=name, task=task, seconds=secs, cpu_seconds=cpu,
                                 accuracy=float(est.score(Xte, y[te])), epochs=iters(est))
                 else:
                     est = make_pipeline(StandardScaler(), make(task, len(y) * 4 // 5))
                     cv = KFold(n_splits=5, shuffle=True, random_state=0)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     scores = cross_val_score(est, X, y, cv=cv, scoring="accuracy")
-                    secs = time.perf_counter() - t0
-                    line = dict(dataset=name, task=task, seconds=secs,
+                    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    line = dict(dataset=name, task=task, seconds=secs, cpu_seconds=cpu,
                                 accuracy=float(np.mean(scores)))
                 print(json.dumps(line), flush=True)
 
@@ -266,8 +266,9 @@ def main():
                               for l in runs[side][-1]), file=sys.stderr, flush=True)
 
     def med(side, ds, task, key="seconds"):
-        vals = [l[key] for run in runs[side] for l in run if l["dataset"] == ds and l["task"] == task]
-        return statistics.median(vals)
+        vals = [l[key] for run in runs[side] for l in run
+                if l["dataset"] == ds and l["task"] == task and l.get(key) is not None]
+        return statistics.median(vals) if vals else float("nan")
 
     def first(side, ds, task, key):
         for l in runs[side][0]:
@@ -279,7 +280,9 @@ def main():
         for task in a.tasks.split(","):
             f, s = med("ferry", ds, task), med("sklearn", ds, task)
             fe, se = first("ferry", ds, task, "epochs"), first("sklearn", ds, task, "epochs")
+            fc, sc = med("ferry", ds, task, "cpu_seconds"), med("sklearn", ds, task, "cpu_seconds")
             rows.append(dict(dataset=ds, task=task, ferry_s=f, sklearn_s=s, ratio=f / s,
+                             ferry_cpu_s=fc, sklearn_cpu_s=sc, cpu_ratio=fc / sc,
                              ferry_acc=med("ferry", ds, task, "accuracy"),
                              sklearn_acc=med("sklearn", ds, task, "accuracy"),
                              ferry_epochs=fe, sklearn_iters=se))
@@ -290,15 +293,17 @@ def main():
           f"BLAS: {blas}")
     print(f"medians of {a.repeats} alternating repeats; load average during the runs: "
           f"median {statistics.median(loads):.2f}, max {max(loads):.2f} on {os.cpu_count()} CPUs")
-    print("ratio = Ferry time / scikit-learn time (below 1: Ferry faster)\n")
-    print("| dataset | task | Ferry | scikit-learn | ratio | Ferry acc | sklearn acc | epochs (Ferry / sklearn) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("ratio = Ferry time / scikit-learn time (below 1: Ferry faster); wall-clock medians, "
+          "and the same for CPU time (steadier on a shared machine)\n")
+    print("| dataset | task | Ferry | scikit-learn | ratio | CPU ratio | Ferry acc | sklearn acc "
+          "| iterations (Ferry / sklearn) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ep = ""
         if r["task"].startswith("fit"):
             ep = f"{r['ferry_epochs']} / {r['sklearn_iters']}"
         print(f"| {r['dataset']} | {r['task']} | {fmt_s(r['ferry_s'])} | {fmt_s(r['sklearn_s'])} | "
-              f"{r['ratio']:.2f}x | {r['ferry_acc']:.4f} | {r['sklearn_acc']:.4f} | {ep} |")
+              f"{r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['ferry_acc']:.4f} | {r['sklearn_acc']:.4f} | {ep} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(meta=meta, loads=loads, runs=runs, rows=rows, args=vars(a)), f, indent=1)

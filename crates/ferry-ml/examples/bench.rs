@@ -12,7 +12,7 @@
 //!
 //! `DIR/<name>.csv` has a header, numeric features and an integer `target`
 //! as the last column. Each measurement is one JSON line on stdout:
-//! `{"dataset", "task", "seconds", "accuracy", "epochs", ...}`. Loading and
+//! `{"dataset", "task", "seconds", "cpu_seconds", "accuracy", "epochs", ...}`. Loading and
 //! scaling the data are outside the timer of `fit_*` (as they are on the
 //! scikit-learn side); `cv_*` times the whole loop (per-fold scaler fit,
 //! model fit, prediction and scoring), like `cross_val_score`.
@@ -26,6 +26,15 @@ use ferry_ml::model::{
 use ferry_ml::preprocess::{self, StandardScaler, Target};
 use ferry_ml::split::{self, SplitOptions};
 use ferry_ml::{Dataset, Matrix};
+
+/// CPU time of this (single-threaded) process so far, in seconds, from
+/// Linux's `/proc/self/schedstat`; `None` elsewhere. On a shared machine it
+/// is steadier than wall time.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
 
 struct Args {
     data: String,
@@ -247,16 +256,18 @@ fn run() -> Result<(), String> {
                     n_classes,
                     validation: None,
                 };
-                let t0 = Instant::now();
+                let (t0, c0) = (Instant::now(), cpu_seconds());
                 let (model, hist) = Model::fit(&kind, data, &cfg, &mut NoObserver).map_err(e)?;
                 let secs = t0.elapsed().as_secs_f64();
+                let cpu = c0.zip(cpu_seconds()).map(|(a, b)| b - a);
                 let pred = match model.predict(&xte).map_err(e)? {
                     Prediction::Classes(c) => c,
                     Prediction::Values(_) => return Err("regression output".into()),
                 };
                 let acc = metrics::accuracy(&yte, &pred).map_err(e)?;
                 serde_json::json!({
-                    "dataset": name, "task": task, "seconds": secs, "accuracy": acc,
+                    "dataset": name, "task": task, "seconds": secs, "cpu_seconds": cpu,
+                    "accuracy": acc,
                     "epochs": hist.epochs.len(), "n_train": tt.train.len(),
                     "final_loss": hist.epochs.last().map(|r| r.train_loss),
                 })
@@ -273,7 +284,7 @@ fn run() -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
                 let mut epochs = Vec::new();
                 let mut failure = None;
-                let t0 = Instant::now();
+                let (t0, c0) = (Instant::now(), cpu_seconds());
                 let report = metrics::cross_validate(&folds, |_, f| {
                     let mut s = Scores::new();
                     match fit_score(&args, mlp, &x, &y, n_classes, &f.train, &f.test) {
@@ -287,11 +298,12 @@ fn run() -> Result<(), String> {
                 })
                 .map_err(|e| e.to_string())?;
                 let secs = t0.elapsed().as_secs_f64();
+                let cpu = c0.zip(cpu_seconds()).map(|(a, b)| b - a);
                 if let Some(e) = failure {
                     return Err(e);
                 }
                 serde_json::json!({
-                    "dataset": name, "task": task, "seconds": secs,
+                    "dataset": name, "task": task, "seconds": secs, "cpu_seconds": cpu,
                     "accuracy": report.summary["accuracy"].mean, "epochs": epochs,
                 })
             };

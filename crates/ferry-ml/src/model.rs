@@ -15,7 +15,8 @@
 //!   model.
 //! * Optimisation ([`Optimizer`]): plain gradient steps (full batch when
 //!   `batch_size` is `None`, SGD with `Some(1)`, mini-batch otherwise),
-//!   momentum, Nesterov, Adam, AdamW; L2 penalty on weights; per-epoch seeded
+//!   momentum, Nesterov, Adam, AdamW, and full-batch L-BFGS with a strong
+//!   Wolfe line search (`lbfgs.rs`); L2 penalty on weights; per-epoch seeded
 //!   shuffling; early stopping on a validation set (or on the training loss
 //!   when none is given) with `patience` and `tol`, restoring the best
 //!   weights.
