@@ -115,7 +115,7 @@ impl Lbfgs {
                 (theta, f, g)
             }
         };
-        if !f0.is_finite() {
+        if !f0.is_finite() || g0.iter().any(|v| !v.is_finite()) {
             return Err(MlError::Diverged { epoch: 0, loss: f0 });
         }
         if g0.iter().fold(0.0f64, |m, v| m.max(v.abs())) <= self.tol {
@@ -128,7 +128,8 @@ impl Lbfgs {
         }
         let mut d = self.direction(&g0);
         let mut gd = dot(&g0, &d);
-        if !(gd < 0.0) || !gd.is_finite() {
+        // (`gd` NaN also lands here.)
+        if gd >= 0.0 || !gd.is_finite() {
             // Not a descent direction (curvature information went stale): restart.
             self.s.clear();
             self.y.clear();
@@ -190,10 +191,10 @@ impl Lbfgs {
             let gamma = dot(s, y) / dot(y, y);
             q.iter_mut().for_each(|v| *v *= gamma);
         }
-        for i in 0..k {
+        for (i, ai) in a.iter().enumerate() {
             let b = self.rho[i] * dot(&self.y[i], &q);
             for (qj, sj) in q.iter_mut().zip(&self.s[i]) {
-                *qj += (a[i] - b) * sj;
+                *qj += (ai - b) * sj;
             }
         }
         q.iter_mut().for_each(|v| *v = -*v);
