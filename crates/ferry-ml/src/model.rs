@@ -199,6 +199,7 @@ pub enum Optimizer {
     /// decreasing (relative change at most 64 ε), as scikit-learn's `lbfgs`
     /// does. `learning_rate` is the length of the very first trial step (1.0
     /// is scipy's choice); later steps start at the quasi-Newton step (1).
+    /// Every evaluation uses all rows in order, so `shuffle` does not apply.
     Lbfgs {
         /// Number of past updates kept (scipy's `maxcor`; 10).
         memory: usize,

@@ -466,7 +466,7 @@ fn short_label(s: &str, max: usize) -> String {
 /// `matrix[i][j]` (the count of samples of true class `i` predicted as `j`),
 /// shaded from white (0) to dark blue (the largest count) with a colour bar.
 /// Counts are written in dark text on light cells and white text on dark
-/// ones (the threshold is the middle of the range, as scikit-learn does).
+/// ones (those past the middle of the colour scale).
 ///
 /// `matrix` must be `labels.len()` rows of `labels.len()` counts; otherwise
 /// the document only states the mismatch. Labels longer than 20 characters
@@ -500,7 +500,6 @@ pub fn confusion_matrix_svg(labels: &[String], matrix: &[Vec<u64>]) -> String {
     let longest = shown.iter().map(|l| l.chars().count()).max().unwrap_or(1) as f64;
     let cell = (560.0 / n as f64).clamp(28.0, 72.0);
     let max = matrix.iter().flatten().copied().max().unwrap_or(0);
-    let min = matrix.iter().flatten().copied().min().unwrap_or(0);
     let digits = max.to_string().len() as f64;
     let font = (cell * 0.32)
         .min(cell * 1.5 / digits.max(1.0))
@@ -539,7 +538,6 @@ pub fn confusion_matrix_svg(labels: &[String], matrix: &[Vec<u64>]) -> String {
     }
     out.push_str("</linearGradient></defs>\n");
 
-    let mid = (max as f64 + min as f64) / 2.0;
     out.push_str("<g class=\"cells\">\n");
     for (i, row) in matrix.iter().enumerate() {
         for (j, &count) in row.iter().enumerate() {
@@ -549,11 +547,7 @@ pub fn confusion_matrix_svg(labels: &[String], matrix: &[Vec<u64>]) -> String {
                 count as f64 / max as f64
             };
             let (x, y) = (left + j as f64 * cell, top + i as f64 * cell);
-            let text_color = if max > min && count as f64 > mid {
-                "#ffffff"
-            } else {
-                "#1a1a1a"
-            };
+            let text_color = if t > 0.5 { "#ffffff" } else { "#1a1a1a" };
             let _ = writeln!(
                 out,
                 "<g class=\"cell\"><title>true {}, predicted {}: {count}</title><rect x=\"{}\" y=\"{}\" width=\"{c}\" height=\"{c}\" fill=\"{}\" stroke=\"#ffffff\" stroke-width=\"1\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" dominant-baseline=\"central\" font-size=\"{}\" fill=\"{text_color}\">{count}</text></g>",

@@ -574,6 +574,34 @@ fn confusion_matrix_of_all_zeros_and_bad_shapes() {
 }
 
 #[test]
+fn confusion_matrix_counts_stay_readable() {
+    // Equal counts: every cell is the darkest colour, so the text is white.
+    let els = parse(&confusion_matrix_svg(
+        &labels(&["a", "b"]),
+        &[vec![5, 5], vec![5, 5]],
+    ));
+    let fills: Vec<&str> = els
+        .iter()
+        .filter(|e| e.name == "text" && e.attr("font-size").is_some())
+        .filter(|e| e.ancestors.last().map(String::as_str) == Some("g"))
+        .map(|e| e.attr("fill").unwrap())
+        .collect();
+    assert_eq!(fills, ["#ffffff"; 4]);
+    // Light cells get dark text.
+    let els = parse(&confusion_matrix_svg(
+        &labels(&["a", "b"]),
+        &[vec![9, 1], vec![0, 9]],
+    ));
+    let fills: Vec<&str> = els
+        .iter()
+        .filter(|e| e.name == "text" && e.attr("font-size").is_some())
+        .filter(|e| e.ancestors.last().map(String::as_str) == Some("g"))
+        .map(|e| e.attr("fill").unwrap())
+        .collect();
+    assert_eq!(fills, ["#ffffff", "#1a1a1a", "#1a1a1a", "#ffffff"]);
+}
+
+#[test]
 fn confusion_matrix_is_deterministic() {
     let names = labels(&["x", "y", "z"]);
     let m = vec![vec![5, 1, 0], vec![2, 9, 1], vec![0, 0, 4]];
