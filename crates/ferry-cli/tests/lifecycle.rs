@@ -346,6 +346,26 @@ fn upload_profile_train_evaluate_predict() {
         .sum();
     assert_eq!(total, 30);
     assert!(dir.join("model.json").exists());
+    // Artifacts through the API: the figures are SVG images; unknown names are refused.
+    let arts = s.get(&format!("/v1/training/jobs/{jid}/artifacts")).json();
+    let names: Vec<&str> = arts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for n in ["model.json", "report.json", "loss_curve.svg", "confusion_matrix.svg"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    for (n, marker) in [("loss_curve.svg", "epoch"), ("confusion_matrix.svg", "virginica")] {
+        let r = s.get(&format!("/v1/training/jobs/{jid}/artifacts/{n}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("image/svg+xml"));
+        let svg = String::from_utf8(r.body.clone()).unwrap();
+        assert!(svg.contains("<svg") && svg.contains(marker), "{n}: {svg}");
+    }
+    let r = s.get(&format!("/v1/training/jobs/{jid}/artifacts/..%2Fferry.db"));
+    assert_eq!(r.status, 404);
 
     // Registered; predictions from raw records.
     let models = s.get("/v1/training/models").json();
@@ -614,6 +634,16 @@ fn bad_specs_are_refused_by_name() {
             with("optimizer", json!({"type": "sgd", "momentum": 0.9})),
             "momentum",
             "optimizer.momentum",
+        ),
+        (
+            with("optimizer", json!({"type": "lbfgs"})),
+            "batch_size",
+            "hyperparameters.batch_size",
+        ),
+        (
+            json!({"training_file": id, "target": "target", "optimizer": {"type": "lbfgs", "tol": 0}, "hyperparameters": {"batch_size": null}}),
+            "tol",
+            "optimizer.tol",
         ),
     ];
     for (spec, word, param) in cases {

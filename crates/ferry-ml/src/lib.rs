@@ -14,7 +14,10 @@
 //!   bootstrap that select exactly scikit-learn's rows.
 //! * [`model`]: linear, logistic, softmax regression and an MLP trained by
 //!   seeded, deterministic gradient methods (GD, SGD, momentum, Nesterov,
-//!   Adam, AdamW), with early stopping, progress callbacks and cancellation.
+//!   Adam, AdamW) or L-BFGS (scikit-learn's default solver), with early
+//!   stopping, progress callbacks and cancellation; the dense products run in
+//!   register-blocked kernels whose results do not depend on the CPU path.
+//! * [`plot`]: loss curves and confusion matrices as standalone SVG.
 //! * [`metrics`]: classification and regression metrics with scikit-learn's
 //!   zero-division rules, `classification_report`, cross-validation and
 //!   bootstrap confidence intervals.
@@ -23,9 +26,12 @@
 
 pub mod data;
 pub mod error;
+mod lbfgs;
+mod linalg;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 pub mod preprocess;
 pub mod split;
 

@@ -15,7 +15,8 @@
 //!   model.
 //! * Optimisation ([`Optimizer`]): plain gradient steps (full batch when
 //!   `batch_size` is `None`, SGD with `Some(1)`, mini-batch otherwise),
-//!   momentum, Nesterov, Adam, AdamW; L2 penalty on weights; per-epoch seeded
+//!   momentum, Nesterov, Adam, AdamW, and full-batch L-BFGS with a strong
+//!   Wolfe line search (`lbfgs.rs`); L2 penalty on weights; per-epoch seeded
 //!   shuffling; early stopping on a validation set (or on the training loss
 //!   when none is given) with `patience` and `tol`, restoring the best
 //!   weights.
@@ -29,6 +30,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, shape, MlError, Result};
+use crate::lbfgs::Lbfgs;
+use crate::linalg;
 use crate::matrix::Matrix;
 use crate::preprocess::Target;
 use crate::split::RandomState;
@@ -188,6 +191,21 @@ pub enum Optimizer {
         /// Decoupled weight decay.
         weight_decay: f64,
     },
+    /// Limited-memory BFGS, scikit-learn's default solver for logistic
+    /// regression (and `MLPClassifier(solver="lbfgs")`): full batch only
+    /// (`batch_size` must be `None`), one quasi-Newton step with a strong
+    /// Wolfe line search per epoch. Training stops before `epochs` once the
+    /// largest gradient component is at most `tol`, or the loss stops
+    /// decreasing (relative change at most 64 ε), as scikit-learn's `lbfgs`
+    /// does. `learning_rate` is the length of the very first trial step (1.0
+    /// is scipy's choice); later steps start at the quasi-Newton step (1).
+    /// Every evaluation uses all rows in order, so `shuffle` does not apply.
+    Lbfgs {
+        /// Number of past updates kept (scipy's `maxcor`; 10).
+        memory: usize,
+        /// Gradient tolerance (scikit-learn's `tol`; 1e-4).
+        tol: f64,
+    },
 }
 
 impl Optimizer {
@@ -197,6 +215,14 @@ impl Optimizer {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+        }
+    }
+
+    /// L-BFGS with scikit-learn's defaults (memory 10, tol 1e-4).
+    pub fn lbfgs() -> Self {
+        Optimizer::Lbfgs {
+            memory: 10,
+            tol: 1e-4,
         }
     }
 }
@@ -301,6 +327,9 @@ pub struct TrainHistory {
     pub stopped_early: bool,
     /// The observer asked to stop.
     pub stopped_by_observer: bool,
+    /// The solver met its convergence criterion (L-BFGS only).
+    #[serde(default)]
+    pub converged: bool,
 }
 
 /// One dense layer: `out = act(in · W + b)`, `W` is `n_in × n_out` row-major.
@@ -368,7 +397,7 @@ fn check_finite(x: &Matrix, what: &str) -> Result<()> {
 }
 
 /// Dense per-row targets used by the loss.
-enum Y<'a> {
+pub(crate) enum Y<'a> {
     Classes(&'a [usize]),
     Values(&'a [f64]),
 }
@@ -380,9 +409,19 @@ fn y_of(t: &Target) -> Y<'_> {
     }
 }
 
-struct Grads {
+pub(crate) struct Grads {
     w: Vec<Vec<f64>>,
     b: Vec<Vec<f64>>,
+}
+
+impl Grads {
+    /// In [`Model::params`]' order.
+    pub(crate) fn flatten(&self) -> impl Iterator<Item = f64> + '_ {
+        self.w
+            .iter()
+            .zip(&self.b)
+            .flat_map(|(w, b)| w.iter().chain(b.iter()).copied())
+    }
 }
 
 impl Model {
@@ -498,7 +537,7 @@ impl Model {
 
     /// Forward pass on `rows` of `x`; returns every layer's activations
     /// (index 0 = input, last = output logits).
-    fn forward(&self, x: &Matrix, rows: &[usize]) -> Vec<Vec<f64>> {
+    pub(crate) fn forward(&self, x: &Matrix, rows: &[usize]) -> Vec<Vec<f64>> {
         let b = rows.len();
         let mut acts: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len() + 1);
         let mut input = Vec::with_capacity(b * self.n_features);
@@ -508,25 +547,17 @@ impl Model {
         acts.push(input);
         let last = self.layers.len() - 1;
         for (li, l) in self.layers.iter().enumerate() {
-            let prev = &acts[li];
-            let mut out = vec![0.0; b * l.n_out];
-            for i in 0..b {
-                let o = &mut out[i * l.n_out..(i + 1) * l.n_out];
-                o.copy_from_slice(&l.biases);
-                let p = &prev[i * l.n_in..(i + 1) * l.n_in];
-                for (k, &pk) in p.iter().enumerate() {
-                    if pk == 0.0 {
-                        continue;
-                    }
-                    let wrow = &l.weights[k * l.n_out..(k + 1) * l.n_out];
-                    for (oj, wj) in o.iter_mut().zip(wrow) {
-                        *oj += pk * wj;
-                    }
-                }
-                if li != last {
-                    for v in o.iter_mut() {
-                        *v = self.activation.apply(*v);
-                    }
+            let mut out = Vec::with_capacity(b * l.n_out);
+            for _ in 0..b {
+                out.extend_from_slice(&l.biases);
+            }
+            linalg::matmul_acc(&acts[li], &l.weights, &mut out, b, l.n_in, l.n_out);
+            if li != last {
+                let act = self.activation;
+                match act {
+                    Activation::Identity => {}
+                    Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    _ => out.iter_mut().for_each(|v| *v = act.apply(*v)),
                 }
             }
             acts.push(out);
@@ -535,7 +566,7 @@ impl Model {
     }
 
     /// Data loss of logits and output-layer delta (∂loss/∂logits, per row).
-    fn loss_and_delta(
+    pub(crate) fn loss_and_delta(
         &self,
         logits: &[f64],
         y: &Y,
@@ -586,7 +617,13 @@ impl Model {
         (loss / b as f64, delta)
     }
 
-    fn backward(&self, acts: &[Vec<f64>], mut delta: Vec<f64>, b: usize, l2: f64) -> Grads {
+    pub(crate) fn backward(
+        &self,
+        acts: &[Vec<f64>],
+        mut delta: Vec<f64>,
+        b: usize,
+        l2: f64,
+    ) -> Grads {
         let n = self.layers.len();
         let mut gw: Vec<Vec<f64>> = self
             .layers
@@ -603,33 +640,20 @@ impl Model {
                 for (g, dj) in gb[li].iter_mut().zip(d) {
                     *g += dj * inv_b;
                 }
-                let p = &prev[i * l.n_in..(i + 1) * l.n_in];
-                for (k, &pk) in p.iter().enumerate() {
-                    if pk == 0.0 {
-                        continue;
-                    }
-                    let s = pk * inv_b;
-                    let g = &mut gw[li][k * l.n_out..(k + 1) * l.n_out];
-                    for (gj, dj) in g.iter_mut().zip(d) {
-                        *gj += s * dj;
-                    }
-                }
             }
+            linalg::matmul_at_b_acc(prev, &delta, &mut gw[li], (b, l.n_in, l.n_out), inv_b);
             if l2 != 0.0 {
                 for (g, w) in gw[li].iter_mut().zip(&l.weights) {
                     *g += l2 * w;
                 }
             }
             if li > 0 {
+                // δ_prev = (δ · Wᵀ) ⊙ act'(a_prev)
+                let wt = linalg::transpose(&l.weights, l.n_in, l.n_out);
                 let mut nd = vec![0.0; b * l.n_in];
-                for i in 0..b {
-                    let d = &delta[i * l.n_out..(i + 1) * l.n_out];
-                    let a = &prev[i * l.n_in..(i + 1) * l.n_in];
-                    for k in 0..l.n_in {
-                        let wrow = &l.weights[k * l.n_out..(k + 1) * l.n_out];
-                        let s: f64 = wrow.iter().zip(d).map(|(w, dj)| w * dj).sum();
-                        nd[i * l.n_in + k] = s * self.activation.derivative(a[k]);
-                    }
+                linalg::matmul_acc(&delta, &wt, &mut nd, b, l.n_out, l.n_in);
+                for (v, a) in nd.iter_mut().zip(prev.iter()) {
+                    *v *= self.activation.derivative(*a);
                 }
                 delta = nd;
             }
@@ -637,7 +661,40 @@ impl Model {
         Grads { w: gw, b: gb }
     }
 
-    fn l2_term(&self, l2: f64) -> f64 {
+    /// All parameters, layer by layer: weights (row-major), then biases.
+    pub(crate) fn params(&self) -> Vec<f64> {
+        let mut p = Vec::new();
+        for l in &self.layers {
+            p.extend_from_slice(&l.weights);
+            p.extend_from_slice(&l.biases);
+        }
+        p
+    }
+
+    /// Sets the parameters from [`Model::params`]' layout.
+    pub(crate) fn set_params(&mut self, p: &[f64]) {
+        let mut at = 0;
+        for l in &mut self.layers {
+            let (nw, nb) = (l.weights.len(), l.biases.len());
+            l.weights.copy_from_slice(&p[at..at + nw]);
+            l.biases.copy_from_slice(&p[at + nw..at + nw + nb]);
+            at += nw + nb;
+        }
+    }
+
+    /// Adds `l2 · W` to the weight entries of a flat gradient (biases are not penalised).
+    pub(crate) fn add_l2_grad(&self, p: &[f64], g: &mut [f64], l2: f64) {
+        let mut at = 0;
+        for l in &self.layers {
+            let nw = l.weights.len();
+            for (gi, w) in g[at..at + nw].iter_mut().zip(&p[at..at + nw]) {
+                *gi += l2 * w;
+            }
+            at += nw + l.biases.len();
+        }
+    }
+
+    pub(crate) fn l2_term(&self, l2: f64) -> f64 {
         if l2 == 0.0 {
             return 0.0;
         }
@@ -710,6 +767,23 @@ impl Model {
             }
             None => None,
         };
+        let mut lbfgs = match cfg.optimizer {
+            Optimizer::Lbfgs { memory, tol } => {
+                if cfg.batch_size.is_some() {
+                    return Err(invalid(
+                        "lbfgs is a full-batch method: leave batch_size unset",
+                    ));
+                }
+                if memory == 0 {
+                    return Err(invalid("lbfgs memory must be at least 1"));
+                }
+                if !(tol >= 0.0 && tol.is_finite()) {
+                    return Err(invalid("lbfgs tol must be finite and >= 0"));
+                }
+                Some(Lbfgs::new(memory, tol, cfg.l2, cfg.learning_rate))
+            }
+            _ => None,
+        };
         let mut rng = RandomState::from_u64(cfg.seed);
         model.init(cfg.init, &mut rng)?;
         let mut state = OptState::new(&model);
@@ -720,22 +794,34 @@ impl Model {
         let mut best = (f64::INFINITY, model.layers.clone(), 0usize);
         let mut wait = 0usize;
         for epoch in 1..=cfg.epochs {
-            if cfg.shuffle {
-                rng.shuffle(&mut order);
-            }
-            let mut epoch_loss = 0.0;
-            for batch in order.chunks(bs) {
-                if observer.is_cancelled() {
-                    return Err(MlError::Cancelled);
+            let mut converged = false;
+            let train_loss = if let Some(lb) = lbfgs.as_mut() {
+                let step = lb
+                    .iterate(&mut model, x, &y, observer)
+                    .map_err(|e| match e {
+                        MlError::Diverged { loss, .. } => MlError::Diverged { epoch, loss },
+                        e => e,
+                    })?;
+                converged = step.converged;
+                step.loss
+            } else {
+                if cfg.shuffle {
+                    rng.shuffle(&mut order);
                 }
-                let acts = model.forward(x, batch);
-                let (loss, delta) =
-                    model.loss_and_delta(acts.last().map_or(&[][..], |v| v), &y, batch, true);
-                epoch_loss += (loss + model.l2_term(cfg.l2)) * batch.len() as f64;
-                let grads = model.backward(&acts, delta, batch.len(), cfg.l2);
-                state.step(&mut model, &grads, cfg);
-            }
-            let train_loss = epoch_loss / n as f64;
+                let mut epoch_loss = 0.0;
+                for batch in order.chunks(bs) {
+                    if observer.is_cancelled() {
+                        return Err(MlError::Cancelled);
+                    }
+                    let acts = model.forward(x, batch);
+                    let (loss, delta) =
+                        model.loss_and_delta(acts.last().map_or(&[][..], |v| v), &y, batch, true);
+                    epoch_loss += (loss + model.l2_term(cfg.l2)) * batch.len() as f64;
+                    let grads = model.backward(&acts, delta, batch.len(), cfg.l2);
+                    state.step(&mut model, &grads, cfg);
+                }
+                epoch_loss / n as f64
+            };
             if !train_loss.is_finite() {
                 return Err(MlError::Diverged {
                     epoch,
@@ -772,6 +858,10 @@ impl Model {
             }
             if observer.on_epoch(&report) == Flow::Stop {
                 history.stopped_by_observer = true;
+                stop = true;
+            }
+            if converged {
+                history.converged = true;
                 stop = true;
             }
             if stop {
@@ -949,6 +1039,8 @@ impl OptState {
                     (&mut self.m_b[li], &mut self.v_b[li])
                 };
                 match cfg.optimizer {
+                    // Full batch, stepped by `lbfgs::Lbfgs` instead.
+                    Optimizer::Lbfgs { .. } => {}
                     Optimizer::Sgd => {
                         for (pi, gi) in p.iter_mut().zip(grad) {
                             *pi -= lr * gi;
@@ -976,13 +1068,16 @@ impl OptState {
                         };
                         let c1 = 1.0 - beta1.powi(self.t.min(i32::MAX as u64) as i32);
                         let c2 = 1.0 - beta2.powi(self.t.min(i32::MAX as u64) as i32);
-                        for i in 0..p.len() {
-                            let gi = grad[i];
-                            m[i] = beta1 * m[i] + (1.0 - beta1) * gi;
-                            v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi;
-                            let mh = m[i] / c1;
-                            let vh = v[i] / c2;
-                            p[i] -= lr * (mh / (vh.sqrt() + eps) + wd * p[i]);
+                        // Zipped (no bounds checks) so it vectorises; same
+                        // operations, same order, same bits.
+                        for (((pi, &gi), mi), vi) in
+                            p.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            *mi = beta1 * *mi + (1.0 - beta1) * gi;
+                            *vi = beta2 * *vi + (1.0 - beta2) * gi * gi;
+                            let mh = *mi / c1;
+                            let vh = *vi / c2;
+                            *pi -= lr * (mh / (vh.sqrt() + eps) + wd * *pi);
                         }
                     }
                 }

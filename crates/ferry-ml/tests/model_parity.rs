@@ -1,5 +1,6 @@
 //! Ferry's logistic regression and MLP against scikit-learn's on the same
-//! split and preprocessing: test accuracy within 2 points.
+//! split and preprocessing: test accuracy within 2 points; and Ferry's L-BFGS
+//! reaches the penalised objective scikit-learn's lbfgs solver reaches.
 mod common;
 
 use common::*;
@@ -95,6 +96,58 @@ fn logistic_and_mlp_match_sklearn_accuracy() {
         let (lr, _) = Model::fit(&kind, data, &cfg, &mut NoObserver).unwrap();
         let lr_acc = accuracy(&lr, &p);
         let sk_lr = r["logreg_acc"].as_f64().unwrap();
+
+        // The same objective by L-BFGS, sklearn's own solver family: it must
+        // reach sklearn's minimum (both stop at max |gradient| <= 1e-4) in a
+        // comparable number of iterations, and the same accuracy.
+        let cfg_lbfgs = TrainConfig {
+            optimizer: Optimizer::lbfgs(),
+            learning_rate: 1.0,
+            epochs: 1000,
+            batch_size: None,
+            l2: 1.0 / n_train,
+            seed: 0,
+            ..Default::default()
+        };
+        let (lb, hist) = Model::fit(&kind, data, &cfg_lbfgs, &mut NoObserver).unwrap();
+        let lb_acc = accuracy(&lb, &p);
+        let objective = hist.epochs.last().unwrap().train_loss;
+        let sk_objective = r["logreg_objective"].as_f64().unwrap();
+        let sk_iter = r["logreg_n_iter"].as_u64().unwrap() as usize;
+        assert!(hist.converged, "{name}: L-BFGS did not converge");
+        // Both stop at a gradient of 1e-4, which leaves ~1e-5 of objective.
+        assert!(
+            (objective - sk_objective).abs() <= 1e-5,
+            "{name}: L-BFGS objective {objective} vs sklearn's {sk_objective}"
+        );
+        // Run to a tight tolerance, Ferry reaches the true minimum: no higher
+        // than sklearn's point, and not lower by more than sklearn's slack.
+        let tight = TrainConfig {
+            optimizer: ferry_ml::model::Optimizer::Lbfgs {
+                memory: 10,
+                tol: 1e-9,
+            },
+            ..cfg_lbfgs.clone()
+        };
+        let (_, th) = Model::fit(&kind, data, &tight, &mut NoObserver).unwrap();
+        let min = th.epochs.last().unwrap().train_loss;
+        assert!(
+            min <= sk_objective + 1e-12 && min >= sk_objective - 1e-5,
+            "{name}: minimum {min} vs sklearn's {sk_objective}"
+        );
+        assert!(
+            hist.epochs.len() <= 3 * sk_iter + 10,
+            "{name}: {} L-BFGS iterations, sklearn needed {sk_iter}",
+            hist.epochs.len()
+        );
+        assert!(
+            (lb_acc - sk_lr).abs() <= 0.02 + 1e-9,
+            "{name} logistic (L-BFGS): ferry {lb_acc} vs sklearn {sk_lr}"
+        );
+        lines.push(format!(
+            "{name}: L-BFGS objective ferry {objective:.10} sklearn {sk_objective:.10}, iterations ferry {} sklearn {sk_iter}, accuracy {lb_acc:.4}",
+            hist.epochs.len()
+        ));
 
         // sklearn MLPClassifier(hidden=(32,), relu, adam 1e-3, alpha=1e-4, batch 32, 300 epochs).
         let mut accs = Vec::new();

@@ -77,6 +77,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/training/jobs/{id}", get(training::get_one))
         .route("/v1/training/jobs/{id}/cancel", post(training::cancel))
         .route("/v1/training/jobs/{id}/events", get(training::events))
+        .route("/v1/training/jobs/{id}/artifacts", get(training::artifacts))
+        .route(
+            "/v1/training/jobs/{id}/artifacts/{name}",
+            get(training::artifact),
+        )
         .route("/v1/training/models", get(predictions::list_models))
         .route("/v1/predictions", post(predictions::create))
         .fallback(error::not_found)

@@ -750,10 +750,37 @@ fn execute(
     if let Some(r) = &text_report {
         write("classification_report.txt", r.as_bytes())?;
     }
-    // PLOTS: the lead wires in `ferry_ml::plot::loss_curve_svg(&train_losses, valid_losses,
-    // title)` -> `loss_curve.svg` (from `history.epochs`) and, for classification,
-    // `ferry_ml::plot::confusion_matrix_svg(&classes, &matrix)` -> `confusion_matrix.svg`
-    // (from `test_metrics["confusion_matrix"]`), both written here with `write(...)`.
+    // Figures: the loss curve (train, and validation when there is one) and, for a classifier
+    // with a test split, the confusion matrix (rows true, columns predicted).
+    let train_losses: Vec<f64> = history.epochs.iter().map(|e| e.train_loss).collect();
+    let valid_losses: Option<Vec<f64>> = history
+        .epochs
+        .iter()
+        .map(|e| e.val_loss)
+        .collect::<Option<Vec<f64>>>()
+        .filter(|v| !v.is_empty());
+    write(
+        "loss_curve.svg",
+        ferry_ml::plot::loss_curve_svg(
+            &train_losses,
+            valid_losses.as_deref(),
+            &format!("{} — loss per epoch", job.model_name),
+        )
+        .as_bytes(),
+    )?;
+    if let (Some(classes), Some(cm)) = (
+        test_metrics.get("classes").and_then(|c| {
+            serde_json::from_value::<Vec<String>>(c.clone()).ok()
+        }),
+        test_metrics
+            .get("confusion_matrix")
+            .and_then(|m| serde_json::from_value::<Vec<Vec<u64>>>(m.clone()).ok()),
+    ) {
+        write(
+            "confusion_matrix.svg",
+            ferry_ml::plot::confusion_matrix_svg(&classes, &cm).as_bytes(),
+        )?;
+    }
     event(
         store,
         &job.id,

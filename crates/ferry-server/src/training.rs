@@ -9,7 +9,8 @@
 //! target column), `preprocessing`, `model` (`{"type": "linear_regression" |
 //! "logistic_regression" | "softmax_regression" | "mlp", "hidden": [..], "activation": ..}`),
 //! `optimizer` (`sgd` — full-batch GD with `batch_size: null`, mini-batch otherwise —,
-//! `momentum`, `nesterov`, `adam`, `adamw`), `hyperparameters` (learning rate, epochs,
+//! `momentum`, `nesterov`, `adam`, `adamw`, `lbfgs` — full batch, scikit-learn's default
+//! solver family; `batch_size` must be null), `hyperparameters` (learning rate, epochs,
 //! batch size, l2, shuffle, init, early stopping), `seed`, `split` (test / validation
 //! fractions, stratify) and `evaluation` (`holdout`, `kfold`, `stratified_kfold`,
 //! `leave_one_out`, `bootstrap`).
@@ -197,6 +198,20 @@ pub enum OptimizerSpec {
         #[serde(default = "d_wd")]
         weight_decay: f64,
     },
+    /// Limited-memory BFGS over the whole training split (scikit-learn's `lbfgs`).
+    Lbfgs {
+        #[serde(default = "d_lbfgs_memory")]
+        memory: usize,
+        #[serde(default = "d_lbfgs_tol")]
+        tol: f64,
+    },
+}
+
+fn d_lbfgs_memory() -> usize {
+    10
+}
+fn d_lbfgs_tol() -> f64 {
+    1e-4
 }
 
 impl OptimizerSpec {
@@ -217,6 +232,7 @@ impl OptimizerSpec {
                 eps,
                 weight_decay,
             },
+            OptimizerSpec::Lbfgs { memory, tol } => Optimizer::Lbfgs { memory, tol },
         }
     }
 }
@@ -470,6 +486,20 @@ pub fn parse_spec(body: Value) -> std::result::Result<JobSpec, ApiError> {
             "hyperparameters.epochs",
             "`epochs` must be from 1 to 1000000.",
         ));
+    }
+    if let OptimizerSpec::Lbfgs { memory, tol } = spec.optimizer {
+        if h.batch_size.is_some() {
+            return Err(bad(
+                "hyperparameters.batch_size",
+                "`lbfgs` uses the whole training split at each step: set `batch_size` to null.",
+            ));
+        }
+        if memory == 0 || memory > 1000 {
+            return Err(bad("optimizer.memory", "`memory` must be from 1 to 1000."));
+        }
+        if !(tol > 0.0 && tol.is_finite()) {
+            return Err(bad("optimizer.tol", "`tol` must be positive."));
+        }
     }
     if h.batch_size == Some(0) {
         return Err(bad(
@@ -954,4 +984,71 @@ pub async fn events(
         },
     );
     Ok(Sse::new(s).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// The files a job may leave in `jobs/<id>/`, with their media types. Only these names are
+/// served, so no path from the request reaches the filesystem.
+const ARTIFACTS: &[(&str, &str)] = &[
+    ("model.json", "application/json"),
+    ("report.json", "application/json"),
+    ("classification_report.txt", "text/plain; charset=utf-8"),
+    ("loss_curve.svg", "image/svg+xml"),
+    ("confusion_matrix.svg", "image/svg+xml"),
+];
+
+/// `GET /v1/training/jobs/{id}/artifacts`: the job's artifacts and their sizes.
+pub async fn artifacts(
+    State(st): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>> {
+    let job = job_row(&st, &id).await?;
+    let dir = st.lifecycle.store()?.home().join("jobs").join(&job.id);
+    let data: Vec<Value> = ARTIFACTS
+        .iter()
+        .filter_map(|(name, media)| {
+            let meta = std::fs::metadata(dir.join(name)).ok()?;
+            Some(json!({
+                "name": name,
+                "bytes": meta.len(),
+                "content_type": media,
+                "url": format!("/v1/training/jobs/{}/artifacts/{name}", job.id),
+            }))
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /v1/training/jobs/{id}/artifacts/{name}`: one artifact's content.
+pub async fn artifact(
+    State(st): State<Arc<AppState>>,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+) -> Result<Response> {
+    let job = job_row(&st, &id).await?;
+    let Some((name, media)) = ARTIFACTS.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = ARTIFACTS.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("No artifact `{name}`; artifacts are named {}.", known.join(", ")),
+        )
+        .with_param("name")
+        .into());
+    };
+    let path = st.lifecycle.store()?.home().join("jobs").join(&job.id).join(name);
+    let p2 = path.clone();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(p2))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match read {
+        Ok(bytes) => Ok(([(axum::http::header::CONTENT_TYPE, *media)], bytes).into_response()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("Job `{}` has no `{name}` (it has not succeeded, or the artifact does not apply to its task).", job.id),
+        )
+        .with_param("name")
+        .into()),
+        Err(e) => {
+            tracing::error!("reading {}: {e}", path.display());
+            Err(ApiError::new(ErrorCode::InternalError, "Reading the artifact failed.").into())
+        }
+    }
 }
