@@ -261,7 +261,15 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
     }
     let mut attempt = 0u32;
     loop {
-        match fetch_once(http, w, &mut f, &mut hasher, &mut have, &mut validator, &meta)? {
+        match fetch_once(
+            http,
+            w,
+            &mut f,
+            &mut hasher,
+            &mut have,
+            &mut validator,
+            &meta,
+        )? {
             Attempt::Done => break,
             Attempt::Interrupted(e) => {
                 f.sync_all()?;

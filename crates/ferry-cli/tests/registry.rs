@@ -675,7 +675,11 @@ fn an_interrupted_download_resumes_with_range() {
     *hub.etag.lock().unwrap() = "\"v1\"".into();
     let home4 = common::temp_home("reg-ifrange");
     *hub.cut_once.lock().unwrap() = Some(cut);
-    fails(&home4, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA, "--retries", "0"]);
+    fails(
+        &home4,
+        Some(&hub),
+        &["pull", &url, "--sha256", GGUF_SHA, "--retries", "0"],
+    );
     *hub.etag.lock().unwrap() = "\"v2\"".into();
     let o = run(&home4, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -684,7 +688,10 @@ fn an_interrupted_download_resumes_with_range() {
     assert_eq!(last.if_range.as_deref(), Some("\"v1\""), "{last:?}");
     assert!(last.range.is_some());
     assert_eq!(names(&home4), ["smol"]);
-    assert!(!home4.join("blobs").join(format!(".partial-sha256-{GGUF_SHA}.validator")).exists());
+    assert!(!home4
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}.validator"))
+        .exists());
     for h in [home, home2, home3, home4] {
         let _ = std::fs::remove_dir_all(h);
     }
