@@ -13,8 +13,9 @@
 //! Every path in the listing is validated (one bad path refuses the whole listing: a hub that
 //! names `../../etc/passwd` is not trusted for the rest). Downloads stream into
 //! `blobs/.partial-<sha256 or url hash>`, locked against a concurrent pull of the same file;
-//! an interrupted download is resumed with `Range: bytes=N-` (kept only if the server answers
-//! 206 with a matching `Content-Range`, else restarted), retried `--retries` times within one
+//! an interrupted download is resumed with `Range: bytes=N-` and `If-Range` (the ETag or
+//! Last-Modified the partial came from; kept only if the server answers 206 with a matching
+//! `Content-Range`, else restarted), retried `--retries` times within one
 //! run and resumable by running the command again. The sha256 is checked (the hub's LFS sha,
 //! or `--sha256`) before the file is renamed to its blob; the model is registered only after
 //! all its blobs are in place.
@@ -81,6 +82,7 @@ impl Http {
         url: &str,
         token: Option<&str>,
         range_from: Option<u64>,
+        if_range: Option<&str>,
     ) -> Result<ureq::http::Response<ureq::Body>> {
         let mut req = self.agent.get(url);
         if let Some(t) = token {
@@ -88,13 +90,17 @@ impl Http {
         }
         if let Some(n) = range_from {
             req = req.header("Range", format!("bytes={n}-"));
+            // The range only applies if the file is still the one the partial came from.
+            if let Some(v) = if_range {
+                req = req.header("If-Range", v);
+            }
         }
         req.call().map_err(|e| anyhow!("GET {url}: {e}"))
     }
 
     /// GET a JSON document; non-2xx answers become errors naming `what`.
     fn json(&self, url: &str, token: Option<&str>, what: &str) -> Result<(Value, Option<String>)> {
-        let resp = self.get(url, token, None)?;
+        let resp = self.get(url, token, None, None)?;
         let status = resp.status().as_u16();
         let next = resp
             .headers()
@@ -230,6 +236,11 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
         );
     }
     let mut hasher = Sha256::new();
+    // The validator (strong ETag or Last-Modified) of the response the partial file came from.
+    let meta = partial.with_extension("validator");
+    let mut validator = std::fs::read_to_string(&meta)
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() < 1024 && !v.chars().any(|c| c.is_control()));
     let mut have = f.metadata()?.len();
     if w.size.is_some_and(|s| have > s) {
         f.set_len(0)?;
@@ -250,7 +261,15 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
     }
     let mut attempt = 0u32;
     loop {
-        match fetch_once(http, w, &mut f, &mut hasher, &mut have)? {
+        match fetch_once(
+            http,
+            w,
+            &mut f,
+            &mut hasher,
+            &mut have,
+            &mut validator,
+            &meta,
+        )? {
             Attempt::Done => break,
             Attempt::Interrupted(e) => {
                 f.sync_all()?;
@@ -274,6 +293,7 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
     if let Some(want) = &w.sha {
         if *want != hex {
             let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&meta);
             bail!(
                 "sha256 mismatch for {}: expected {want}, got {hex}; the download was deleted",
                 w.label
@@ -283,9 +303,11 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
     if let Some(s) = w.size {
         if have != s {
             let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&meta);
             bail!("{}: got {have} bytes, expected {s}", w.label);
         }
     }
+    let _ = std::fs::remove_file(&meta);
     Ok((partial, hex, have))
 }
 
@@ -297,6 +319,8 @@ fn fetch_once(
     f: &mut std::fs::File,
     hasher: &mut Sha256,
     have: &mut u64,
+    validator: &mut Option<String>,
+    meta: &Path,
 ) -> Result<Attempt> {
     let restart = |f: &mut std::fs::File, hasher: &mut Sha256, have: &mut u64| -> Result<()> {
         f.set_len(0)?;
@@ -305,7 +329,7 @@ fn fetch_once(
         Ok(())
     };
     let from = (*have > 0).then_some(*have);
-    let resp = match http.get(&w.url, w.token.as_deref(), from) {
+    let resp = match http.get(&w.url, w.token.as_deref(), from, validator.as_deref()) {
         Ok(r) => r,
         Err(e) => return Ok(Attempt::Interrupted(e)),
     };
@@ -370,6 +394,20 @@ fn fetch_once(
                 &text,
             ));
         }
+    }
+    // Remember what this body is a version of, for an If-Range on resume.
+    let v = header("etag")
+        .filter(|e| !e.starts_with("W/"))
+        .or_else(|| header("last-modified"))
+        .filter(|v| !v.is_empty() && v.len() < 1024 && !v.chars().any(|c| c.is_control()));
+    if v != *validator {
+        match &v {
+            Some(v) => std::fs::write(meta, v)?,
+            None => {
+                let _ = std::fs::remove_file(meta);
+            }
+        }
+        *validator = v;
     }
     if let (Some(t), Some(s)) = (total, w.size) {
         if t != s {

@@ -51,6 +51,7 @@ struct Logged {
     path: String,
     range: Option<String>,
     auth: Option<String>,
+    if_range: Option<String>,
 }
 
 #[derive(Default)]
@@ -65,6 +66,8 @@ struct Hub {
     stall_after: Mutex<Option<u64>>,
     ignore_range: AtomicBool,
     forbidden_hit: AtomicBool,
+    /// The ETag of every file; a request whose If-Range differs gets the whole file.
+    etag: Mutex<String>,
 }
 
 fn sha_hex(b: &[u8]) -> String {
@@ -186,7 +189,9 @@ async fn handle(State(h): State<Arc<Hub>>, req: Request) -> Response {
         path: path.clone(),
         range: range.clone(),
         auth: hdr("authorization"),
+        if_range: hdr("if-range"),
     });
+    let if_range = hdr("if-range");
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let parts: Vec<&str> = rest.splitn(4, '/').collect();
         if parts.len() != 4 {
@@ -254,14 +259,14 @@ async fn handle(State(h): State<Arc<Hub>>, req: Request) -> Response {
             .find(|f| f.lfs.as_deref() == Some(sha))
             .cloned();
         return match f {
-            Some(f) => serve(&h, &f, range.as_deref()),
+            Some(f) => serve(&h, &f, range.as_deref(), if_range.as_deref()),
             None => StatusCode::NOT_FOUND.into_response(),
         };
     }
     if let Some(name) = path.strip_prefix("/files/") {
         let f = h.plain.lock().unwrap().get(name).cloned();
         return match f {
-            Some(f) => serve(&h, &f, range.as_deref()),
+            Some(f) => serve(&h, &f, range.as_deref(), if_range.as_deref()),
             None => StatusCode::NOT_FOUND.into_response(),
         };
     }
@@ -280,14 +285,16 @@ async fn handle(State(h): State<Arc<Hub>>, req: Request) -> Response {
                 .header("location", format!("{}/cdn/{s}", h.url()))
                 .body(Body::empty())
                 .unwrap(),
-            Some(f) => serve(&h, &f, range.as_deref()),
+            Some(f) => serve(&h, &f, range.as_deref(), if_range.as_deref()),
             None => json_response(StatusCode::NOT_FOUND, json!({"error": "Entry not found"})),
         };
     }
     StatusCode::NOT_FOUND.into_response()
 }
 
-fn serve(h: &Hub, f: &HubFile, range: Option<&str>) -> Response {
+fn serve(h: &Hub, f: &HubFile, range: Option<&str>, if_range: Option<&str>) -> Response {
+    let etag = h.etag.lock().unwrap().clone();
+    let stale = if_range.is_some_and(|v| v != etag);
     let total = f.size;
     let bytes: Option<Vec<u8>> = match &f.data {
         Data::Forbidden => {
@@ -298,7 +305,7 @@ fn serve(h: &Hub, f: &HubFile, range: Option<&str>) -> Response {
         Data::File(_) => None,
     };
     let from = range
-        .filter(|_| !h.ignore_range.load(Ordering::SeqCst))
+        .filter(|_| !h.ignore_range.load(Ordering::SeqCst) && !stale)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<u64>().ok());
@@ -372,7 +379,8 @@ fn serve(h: &Hub, f: &HubFile, range: Option<&str>) -> Response {
     });
     let mut b = Response::builder()
         .header("content-length", (total - start).to_string())
-        .header("accept-ranges", "bytes");
+        .header("accept-ranges", "bytes")
+        .header("etag", etag);
     b = if from.is_some() {
         b.status(206).header(
             "content-range",
@@ -596,6 +604,7 @@ fn hf_pulls_are_served_by_ferry_serve_and_listed_by_ps() {
 fn an_interrupted_download_resumes_with_range() {
     let hub = Hub::start();
     hub.add_plain("smol.gguf", gguf_file("smol.gguf"));
+    *hub.etag.lock().unwrap() = "\"v0\"".into();
     let home = common::temp_home("reg-resume");
     let url = format!("{}/files/smol.gguf", hub.url());
     let cut = 10 << 20;
@@ -618,6 +627,7 @@ fn an_interrupted_download_resumes_with_range() {
     ok(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
     let last = hub.log().last().unwrap().clone();
     assert_eq!(last.range.as_deref(), Some(&*format!("bytes={have}-")));
+    assert_eq!(last.if_range.as_deref(), Some("\"v0\""));
     assert_eq!(names(&home), ["smol"]);
     assert!(!partial.exists());
     let blob = home.join("blobs").join(format!("sha256-{GGUF_SHA}"));
@@ -658,7 +668,31 @@ fn an_interrupted_download_resumes_with_range() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("restarting"));
     assert_eq!(names(&home3), ["smol"]);
-    for h in [home, home2, home3] {
+
+    // The file changed on the server since the partial was written: If-Range makes the
+    // server send it whole, and the download restarts.
+    hub.ignore_range.store(false, Ordering::SeqCst);
+    *hub.etag.lock().unwrap() = "\"v1\"".into();
+    let home4 = common::temp_home("reg-ifrange");
+    *hub.cut_once.lock().unwrap() = Some(cut);
+    fails(
+        &home4,
+        Some(&hub),
+        &["pull", &url, "--sha256", GGUF_SHA, "--retries", "0"],
+    );
+    *hub.etag.lock().unwrap() = "\"v2\"".into();
+    let o = run(&home4, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("restarting"));
+    let last = hub.log().last().unwrap().clone();
+    assert_eq!(last.if_range.as_deref(), Some("\"v1\""), "{last:?}");
+    assert!(last.range.is_some());
+    assert_eq!(names(&home4), ["smol"]);
+    assert!(!home4
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}.validator"))
+        .exists());
+    for h in [home, home2, home3, home4] {
         let _ = std::fs::remove_dir_all(h);
     }
 }
