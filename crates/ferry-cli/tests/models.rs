@@ -10,11 +10,28 @@ use std::time::{Duration, Instant};
 use common::{chat, ferry, start_in, temp_home, Server, MODEL};
 use serde_json::{json, Value};
 
+/// A data directory, removed when the test is done (declare it before the server, so the
+/// server stops first).
+struct Home(std::path::PathBuf);
+
+impl std::ops::Deref for Home {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A data directory with the default GGUF imported under each of `gguf_names`, MiniLM as
 /// `minilm` if asked, and `broken`: a well-formed GGUF without a tokenizer or weights (it
 /// imports, since the file parses, but cannot load).
-fn home_with(tag: &str, gguf_names: &[&str], minilm: bool, broken: bool) -> std::path::PathBuf {
-    let home = temp_home(tag);
+fn home_with(tag: &str, gguf_names: &[&str], minilm: bool, broken: bool) -> Home {
+    let home = Home(temp_home(tag));
     let gguf = common::model_path();
     for n in gguf_names {
         ferry(&home, &["pull", gguf.to_str().unwrap(), "--name", n]);

@@ -77,6 +77,9 @@ struct Entry {
     done: Option<watch::Receiver<bool>>,
     /// Seconds the last successful load took.
     load_seconds: Option<f64>,
+    /// Requests waiting for this model's load: a model just loaded for them counts as busy
+    /// until they have it, so another load cannot evict it under their feet.
+    waiters: usize,
 }
 
 impl Entry {
@@ -88,6 +91,7 @@ impl Entry {
             used: 0,
             done: None,
             load_seconds: None,
+            waiters: 0,
         }
     }
     fn is_loaded(&self) -> bool {
@@ -98,11 +102,12 @@ impl Entry {
     }
     /// Requests hold a clone of the engine's `Arc` while they run.
     fn busy(&self) -> bool {
-        match &self.state {
-            ModelState::Loaded(m) => Arc::strong_count(m) > 1,
-            ModelState::LoadedEmbedding(m) => Arc::strong_count(m) > 1,
-            _ => false,
-        }
+        self.waiters > 0
+            || match &self.state {
+                ModelState::Loaded(m) => Arc::strong_count(m) > 1,
+                ModelState::LoadedEmbedding(m) => Arc::strong_count(m) > 1,
+                _ => false,
+            }
     }
 }
 
@@ -278,6 +283,7 @@ impl Registry {
     ) -> Result<ModelState, ApiError> {
         let deadline = Instant::now() + self.limits().load_timeout;
         let mut relisted = false;
+        let mut _waiting: Option<Waiting<'_>> = None;
         loop {
             let step = {
                 let mut t = self.lock();
@@ -293,12 +299,16 @@ impl Registry {
                         ModelState::Failed(why) if !retry_failed => {
                             return Err(failed_error(name, why));
                         }
-                        ModelState::Loading => Step::Wait(
-                            e.done.clone().expect("a loading model has a receiver"),
-                            e.load_seconds,
-                        ),
+                        ModelState::Loading => {
+                            e.waiters += 1;
+                            Step::Wait(
+                                e.done.clone().expect("a loading model has a receiver"),
+                                e.load_seconds,
+                            )
+                        }
                         ModelState::Available | ModelState::Failed(_) => {
                             retry_failed = false;
+                            e.waiters += 1;
                             let secs = e.load_seconds;
                             Step::Wait(self.start_load(&mut t, name), secs)
                         }
@@ -314,7 +324,11 @@ impl Registry {
                 }
                 Step::Wait(mut rx, secs) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let waited = tokio::time::timeout(left, rx.wait_for(|d| *d)).await;
+                    // Counted until this request has the engine (or gives up): see `waiters`.
+                    _waiting = Some(Waiting(self, name));
+                    let waited = tokio::time::timeout(left, rx.wait_for(|d| *d))
+                        .await
+                        .map(|r| r.map(|_| ()));
                     if let Ok(Err(_)) = waited {
                         return Err(loader_gone(name));
                     }
@@ -531,6 +545,18 @@ impl Registry {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One request waiting for a load; dropping it (woken, timed out, or the client gone) counts
+/// the wait as over.
+struct Waiting<'a>(&'a Registry, &'a str);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.lock().entries.get_mut(self.1) {
+            e.waiters = e.waiters.saturating_sub(1);
         }
     }
 }
