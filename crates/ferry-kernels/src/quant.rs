@@ -203,6 +203,12 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 }
 
 /// Convert a row of activations to `ty` (a `vec_dot_type`). `dst` must be `row_bytes` long.
+///
+/// Q8_0 and Q8_1 follow ggml-cpu's x86 `quantize_row_q8_0`/`quantize_row_q8_1` (the code
+/// llama.cpp runs on AVX/AVX2/AVX-512 machines), not ggml's portable `*_ref` quantizer: the
+/// inverse scale is `127 / amax` (not `1 / (amax / 127)`) and values round half to even
+/// (`_mm256_round_ps(_MM_ROUND_NEAREST)`), not half away from zero. Q8_K follows
+/// `quantize_row_q8_K_ref`, which x86 also runs, whose `nearest_int` rounds half to even.
 pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bs = ty.block_size();
     let ts = ty.type_size();
@@ -229,10 +235,10 @@ pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(ts)) {
                 let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 let mut sum = 0i32;
                 for j in 0..32 {
-                    let q = (x[j] * id).round() as i32;
+                    let q = (x[j] * id).round_ties_even() as i32;
                     sum += q;
                     b[qoff + j] = q as i8 as u8;
                 }
@@ -319,6 +325,47 @@ mod tests {
                 assert!((p - q).abs() < 0.01, "{p} vs {q}");
             }
         }
+    }
+
+    /// The bytes ggml-cpu's x86 `quantize_row_q8_0` writes for one block, transliterated.
+    fn ggml_x86_q8_0(x: &[f32; 32]) -> [i8; 32] {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        std::array::from_fn(|j| (x[j] * id).round_ties_even() as i8)
+    }
+
+    #[test]
+    fn q8_quantizer_follows_ggml_x86() {
+        // amax 127 gives id 1: halves round to even, as `_mm256_round_ps(_MM_ROUND_NEAREST)`.
+        let mut x = [0f32; 32];
+        x[..8].copy_from_slice(&[127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -1.5]);
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1] {
+            let mut b = vec![0u8; ty.type_size()];
+            quantize_row_act(ty, &x, &mut b);
+            let off = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+            let q: Vec<i8> = b[off..off + 8].iter().map(|&v| v as i8).collect();
+            assert_eq!(q, [127, 2, 4, -2, 0, 0, 2, -2], "{ty:?}");
+        }
+        // Blocks where `1 / (amax / 127)` and `127 / amax` round differently: the quantizer
+        // must take ggml's x86 choice, `127 / amax`.
+        let mut differing = 0;
+        for i in 0..4000u32 {
+            let amax = 0.37 + i as f32 * 1.37e-4;
+            let mut x = [0f32; 32];
+            x[0] = amax;
+            for (j, v) in x.iter_mut().enumerate().skip(1) {
+                *v = amax * ((j as f32 * 3.9 + i as f32 * 0.01) % 127.0 + 0.5) / 127.0;
+            }
+            let recip = 1.0 / (amax / 127.0);
+            if x.iter().any(|v| (v * recip).round() != (v * (127.0 / amax)).round_ties_even()) {
+                differing += 1;
+            }
+            let mut b = vec![0u8; 34];
+            quantize_row_act(GgmlType::Q8_0, &x, &mut b);
+            let got: Vec<i8> = b[2..].iter().map(|&v| v as i8).collect();
+            assert_eq!(got, ggml_x86_q8_0(&x), "amax {amax}");
+        }
+        assert!(differing > 0, "the test data never separates the two formulas");
     }
 
     #[test]
