@@ -81,6 +81,9 @@ pub(crate) fn tile(ty: GgmlType) -> TileKernel {
             max_r: 1,
             max_t: 1,
         },
+        // No SIMD kernel yet: the scalar reference (llama.cpp's quantizer picks these for
+        // K-quant mixes whose rows are not a multiple of 256).
+        GgmlType::Q5_0 | GgmlType::Q5_1 => crate::dot::scalar_tile(ty),
         other => panic!("{} is not a weight type", other.name()),
     }
 }
