@@ -420,7 +420,9 @@ mod tests {
                 *v = amax * ((j as f32 * 3.9 + i as f32 * 0.01) % 127.0 + 0.5) / 127.0;
             }
             let recip = 1.0 / (amax / 127.0);
-            if x.iter().any(|v| (v * recip).round() != (v * (127.0 / amax)).round_ties_even()) {
+            if x.iter()
+                .any(|v| (v * recip).round() != (v * (127.0 / amax)).round_ties_even())
+            {
                 differing += 1;
             }
             let mut b = vec![0u8; 34];
@@ -428,7 +430,10 @@ mod tests {
             let got: Vec<i8> = b[2..].iter().map(|&v| v as i8).collect();
             assert_eq!(got, ggml_x86_q8_0(&x), "amax {amax}");
         }
-        assert!(differing > 0, "the test data never separates the two formulas");
+        assert!(
+            differing > 0,
+            "the test data never separates the two formulas"
+        );
     }
 
     #[test]
@@ -470,7 +475,10 @@ mod tests {
             dequantize_row(at, &a, &mut xa);
             let want: f32 = y.iter().zip(&xa).map(|(p, q)| p * q).sum();
             let got = vec_dot_ref(ty, 32, &b, &a);
-            assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "{ty:?}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "{ty:?}: {got} vs {want}"
+            );
         }
     }
 

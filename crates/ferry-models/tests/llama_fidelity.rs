@@ -40,7 +40,8 @@ struct Env {
 }
 
 fn load(path: &std::path::Path) -> Env {
-    let g = Arc::new(GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())));
+    let g =
+        Arc::new(GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())));
     let model = Llama::load(g).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     Env {
         model,
@@ -474,12 +475,20 @@ fn quants() -> Option<Vec<(String, PathBuf, Vec<Case>)>> {
     for (name, info) in files {
         let golden = data_dir().join(format!("llama_goldens.{name}.json"));
         if !golden.exists() {
-            println!("{name}: no goldens committed ({}), not checked", golden.display());
+            println!(
+                "{name}: no goldens committed ({}), not checked",
+                golden.display()
+            );
             continue;
         }
         let want = info["sha256"].as_str().unwrap();
         let (made_from, cases) = goldens_at(&golden);
-        assert_eq!(made_from, want, "{}: made from another file", golden.display());
+        assert_eq!(
+            made_from,
+            want,
+            "{}: made from another file",
+            golden.display()
+        );
         let path = dir.join(format!("SmolLM2-135M-Instruct.{name}.gguf"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| {
             panic!(
@@ -493,7 +502,11 @@ fn quants() -> Option<Vec<(String, PathBuf, Vec<Case>)>> {
         assert_eq!(got, want, "{}: sha256", path.display());
         out.push((name.clone(), path, cases));
     }
-    assert!(!out.is_empty(), "no per-type goldens in {}", data_dir().display());
+    assert!(
+        !out.is_empty(),
+        "no per-type goldens in {}",
+        data_dir().display()
+    );
     Some(out)
 }
 
