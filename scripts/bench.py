@@ -18,6 +18,13 @@ Builds nothing. Measures, alternating Ferry and llama.cpp on every repeat, and p
 
 Run it with a Python that has numpy (and llama_cpp for --llama-python). Standard library
 otherwise. Any peer that is not given is skipped (its column reads "-").
+
+Per quantization type (`--types`): pp512 and tg128 of Ferry and llama-bench on each GGUF made by
+`scripts/make-quants.py` (`--quants-dir`, default $FERRY_QUANTS_DIR), alternating, medians,
+one table; Q4_1 is the `--gguf` file. `--types all` takes every type in the directory:
+
+    python3 scripts/bench.py --llama-bench /path/llama-bench --no-servers \
+        --quants-dir /work/scratch/quants --types all
 """
 import argparse
 import json
@@ -75,25 +82,26 @@ def rss_kb(pid, key="VmRSS"):
     return 0
 
 
-def ferry_bench(a):
+def ferry_bench(a, model=None):
     env = dict(os.environ)
     out = subprocess.run(
-        [a.ferry_bin, "bench", a.ferry_model, "--threads", str(a.threads), "--json",
+        [a.ferry_bin, "bench", model or a.ferry_model, "--threads", str(a.threads), "--json",
          "--repeats", "1", "--prompt-tokens", "512", "--decode-tokens", "128"],
         capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def llama_bench(a):
+def llama_bench(a, gguf=None):
+    gguf = gguf or a.gguf
     if a.llama_bench:
-        cmd = [a.llama_bench, "-m", a.gguf, "-p", "512", "-n", "128", "-t", str(a.threads),
+        cmd = [a.llama_bench, "-m", gguf, "-p", "512", "-n", "128", "-t", str(a.threads),
                "-r", "1", "-o", "json"] + a.llama_bench_extra.split()
         recs = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         pp = [r["avg_ts"] for r in recs if r.get("n_prompt") == 512 and r.get("n_gen") == 0]
         tg = [r["avg_ts"] for r in recs if r.get("n_gen") == 128 and r.get("n_prompt") == 0]
         return {"prefill_tps": pp[0], "decode_tps": tg[0]}
     if a.llama_python:
-        out = subprocess.run([a.llama_python, "-c", LLAMA_PY, a.gguf, str(a.threads), "512",
+        out = subprocess.run([a.llama_python, "-c", LLAMA_PY, gguf, str(a.threads), "512",
                               "128"], capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
     return None
@@ -215,6 +223,44 @@ def start_servers(a):
     return {k: v[:3] for k, v in servers.items()}
 
 
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
+
+
+def per_type(a, bw):
+    """pp512/tg128 of Ferry and llama.cpp on each quantization, alternating; medians."""
+    qdir = pathlib.Path(a.quants_dir or os.environ.get("FERRY_QUANTS_DIR", ""))
+    types = QUANT_TYPES if a.types == "all" else a.types.split(",")
+    files = {}
+    for t in types:
+        f = pathlib.Path(a.gguf) if t == "Q4_1" else qdir / f"SmolLM2-135M-Instruct.{t}.gguf"
+        if not f.is_file():
+            if a.types == "all":
+                print(f"{t}: {f} not found, skipped", file=sys.stderr)
+                continue
+            sys.exit(f"{t}: {f} not found (make it with scripts/make-quants.py)")
+        files[t] = str(f)
+    res = {}
+    for r in range(a.repeats):
+        for t, f in files.items():
+            d = ferry_bench(a, f)
+            l = llama_bench(a, f) or {"prefill_tps": float("nan"), "decode_tps": float("nan")}
+            x = res.setdefault(t, {"f": [], "l": [], "bytes": d["weight_bytes"]})
+            x["f"].append(d)
+            x["l"].append(l)
+            print(f"repeat {r + 1} {t}: ferry {d['prefill_tps']:.1f}/{d['decode_tps']:.1f}  "
+                  f"llama.cpp {l['prefill_tps']:.1f}/{l['decode_tps']:.1f}  (pp512/tg128 tok/s)",
+                  file=sys.stderr)
+    print(f"\n| type | MB read/token | pp512 ferry | pp512 llama.cpp | ratio | tg128 ferry | "
+          f"tg128 llama.cpp | ratio | ferry decode, % of bw bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t, x in res.items():
+        fp, lp = med([d["prefill_tps"] for d in x["f"]]), med([d["prefill_tps"] for d in x["l"]])
+        fd, ld = med([d["decode_tps"] for d in x["f"]]), med([d["decode_tps"] for d in x["l"]])
+        print(f"| {t} | {x['bytes'] / 1e6:.1f} | {fp:.1f} | {lp:.1f} | {fp / lp:.2f}x | "
+              f"{fd:.1f} | {ld:.1f} | {fd / ld:.2f}x | {100 * fd * x['bytes'] / bw:.0f}% |")
+    print(f"\nread bandwidth ({a.threads} threads, numpy): {bw / 1e9:.1f} GB/s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ferry-bin", default=str(ROOT / "target/release/ferry"))
@@ -236,7 +282,15 @@ def main():
     ap.add_argument("--no-servers", action="store_true")
     ap.add_argument("--server-repeats", type=int, help="repeats of each HTTP load (default --repeats)")
     ap.add_argument("--no-bench", action="store_true", help="skip pp512/tg128")
+    ap.add_argument("--types", help="per-type pp512/tg128 table over these quantizations "
+                    f"(comma-separated, or 'all' = {','.join(QUANT_TYPES)}) instead of the "
+                    "single-model run")
+    ap.add_argument("--quants-dir", help="where scripts/make-quants.py wrote the GGUFs "
+                    "(default $FERRY_QUANTS_DIR)")
     a = ap.parse_args()
+    if a.types:
+        per_type(a, read_bandwidth(a.threads))
+        return
 
     rows = []  # (metric, ferry, llama, higher_is_better, target ratio)
     fb = {"prefill_tps": [], "decode_tps": []}

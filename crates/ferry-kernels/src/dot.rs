@@ -68,7 +68,7 @@ pub(crate) fn check_tile(
     );
 }
 
-fn scalar_tile(ty: GgmlType) -> TileKernel {
+pub(crate) fn scalar_tile(ty: GgmlType) -> TileKernel {
     fn f(ty: GgmlType) -> TileFn {
         macro_rules! mk {
             ($t:expr) => {{
@@ -106,6 +106,8 @@ fn scalar_tile(ty: GgmlType) -> TileKernel {
             GgmlType::BF16 => mk!(GgmlType::BF16),
             GgmlType::Q4_0 => mk!(GgmlType::Q4_0),
             GgmlType::Q4_1 => mk!(GgmlType::Q4_1),
+            GgmlType::Q5_0 => mk!(GgmlType::Q5_0),
+            GgmlType::Q5_1 => mk!(GgmlType::Q5_1),
             GgmlType::Q8_0 => mk!(GgmlType::Q8_0),
             GgmlType::Q4K => mk!(GgmlType::Q4K),
             GgmlType::Q5K => mk!(GgmlType::Q5K),

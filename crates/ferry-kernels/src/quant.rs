@@ -10,6 +10,8 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q8_1,
     Q4K,
@@ -27,6 +29,8 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             9 => Self::Q8_1,
             12 => Self::Q4K,
@@ -45,6 +49,8 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
             Self::Q8_0 => 8,
             Self::Q8_1 => 9,
             Self::Q4K => 12,
@@ -62,6 +68,8 @@ impl GgmlType {
             Self::F16 => "F16",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q8_1 => "Q8_1",
             Self::Q4K => "Q4_K",
@@ -76,7 +84,7 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 | Self::Q8_1 => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
             Self::Q4K | Self::Q5K | Self::Q6K | Self::Q8K => 256,
         }
     }
@@ -88,6 +96,8 @@ impl GgmlType {
             Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q8_1 => 36,
             Self::Q4K => 144,
@@ -113,8 +123,8 @@ impl GgmlType {
             Self::F32 => Self::F32,
             Self::F16 => Self::F16,
             Self::BF16 => Self::BF16,
-            Self::Q4_0 | Self::Q8_0 => Self::Q8_0,
-            Self::Q4_1 | Self::Q8_1 => Self::Q8_1,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => Self::Q8_0,
+            Self::Q4_1 | Self::Q5_1 | Self::Q8_1 => Self::Q8_1,
             Self::Q4K | Self::Q5K | Self::Q6K | Self::Q8K => Self::Q8K,
         }
     }
@@ -180,6 +190,22 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let one = ty == GgmlType::Q5_1;
+            let hoff = if one { 4 } else { 2 };
+            for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
+                let d = rd_f16(b, 0);
+                let m = if one { rd_f16(b, 2) } else { 0.0 };
+                let q = q5_values(b, hoff, if one { 0 } else { 16 });
+                for j in 0..32 {
+                    y[j] = if one {
+                        q[j] as f32 * d + m
+                    } else {
+                        q[j] as f32 * d
+                    };
+                }
+            }
+        }
         GgmlType::Q8_0 => {
             for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(ts)) {
                 let d = rd_f16(b, 0);
@@ -202,7 +228,30 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// The 32 five-bit values of a Q5_0/Q5_1 block, minus `bias` (16 for Q5_0, 0 for Q5_1), in
+/// element order. `hoff` is the offset of the 4 high-bit bytes; the nibbles follow them.
+/// (ggml's `dequantize_row_q5_0`: element j takes bit j of `qh`, element j+16 bit j+16.)
+#[inline]
+pub(crate) fn q5_values(b: &[u8], hoff: usize, bias: i32) -> [i32; 32] {
+    let qh = u32::from_le_bytes([b[hoff], b[hoff + 1], b[hoff + 2], b[hoff + 3]]);
+    let qs = &b[hoff + 4..hoff + 20];
+    let mut q = [0i32; 32];
+    for j in 0..16 {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        q[j] = ((qs[j] & 0x0f) as u32 | h0) as i32 - bias;
+        q[j + 16] = ((qs[j] >> 4) as u32 | h1) as i32 - bias;
+    }
+    q
+}
+
 /// Convert a row of activations to `ty` (a `vec_dot_type`). `dst` must be `row_bytes` long.
+///
+/// Q8_0 and Q8_1 follow ggml-cpu's x86 `quantize_row_q8_0`/`quantize_row_q8_1` (the code
+/// llama.cpp runs on AVX/AVX2/AVX-512 machines), not ggml's portable `*_ref` quantizer: the
+/// inverse scale is `127 / amax` (not `1 / (amax / 127)`) and values round half to even
+/// (`_mm256_round_ps(_MM_ROUND_NEAREST)`), not half away from zero. Q8_K follows
+/// `quantize_row_q8_K_ref`, which x86 also runs, whose `nearest_int` rounds half to even.
 pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bs = ty.block_size();
     let ts = ty.type_size();
@@ -229,10 +278,10 @@ pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
             for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(ts)) {
                 let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 let mut sum = 0i32;
                 for j in 0..32 {
-                    let q = (x[j] * id).round() as i32;
+                    let q = (x[j] * id).round_ties_even() as i32;
                     sum += q;
                     b[qoff + j] = q as i8 as u8;
                 }
@@ -285,6 +334,26 @@ pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
             }
             sumf
         }
+        // ggml's generic `ggml_vec_dot_q5_0_q8_0` / `ggml_vec_dot_q5_1_q8_1`.
+        GgmlType::Q5_0 => {
+            let mut sumf = 0f32;
+            for (bw, ba) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
+                let q = q5_values(bw, 2, 16);
+                let sumi: i32 = (0..32).map(|j| q[j] * (ba[2 + j] as i8) as i32).sum();
+                sumf += (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32;
+            }
+            sumf
+        }
+        GgmlType::Q5_1 => {
+            let mut sumf = 0f32;
+            for (bw, ba) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
+                let q = q5_values(bw, 4, 0);
+                let sumi: i32 = (0..32).map(|j| q[j] * (ba[4 + j] as i8) as i32).sum();
+                sumf +=
+                    (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32 + rd_f16(bw, 2) * rd_f16(ba, 2);
+            }
+            sumf
+        }
         GgmlType::Q8_0 => {
             let mut sumf = 0f32;
             for (bw, ba) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
@@ -318,6 +387,98 @@ mod tests {
             for (p, q) in x.iter().zip(&y) {
                 assert!((p - q).abs() < 0.01, "{p} vs {q}");
             }
+        }
+    }
+
+    /// The bytes ggml-cpu's x86 `quantize_row_q8_0` writes for one block, transliterated.
+    fn ggml_x86_q8_0(x: &[f32; 32]) -> [i8; 32] {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        std::array::from_fn(|j| (x[j] * id).round_ties_even() as i8)
+    }
+
+    #[test]
+    fn q8_quantizer_follows_ggml_x86() {
+        // amax 127 gives id 1: halves round to even, as `_mm256_round_ps(_MM_ROUND_NEAREST)`.
+        let mut x = [0f32; 32];
+        x[..8].copy_from_slice(&[127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -1.5]);
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1] {
+            let mut b = vec![0u8; ty.type_size()];
+            quantize_row_act(ty, &x, &mut b);
+            let off = if ty == GgmlType::Q8_0 { 2 } else { 4 };
+            let q: Vec<i8> = b[off..off + 8].iter().map(|&v| v as i8).collect();
+            assert_eq!(q, [127, 2, 4, -2, 0, 0, 2, -2], "{ty:?}");
+        }
+        // Blocks where `1 / (amax / 127)` and `127 / amax` round differently: the quantizer
+        // must take ggml's x86 choice, `127 / amax`.
+        let mut differing = 0;
+        for i in 0..4000u32 {
+            let amax = 0.37 + i as f32 * 1.37e-4;
+            let mut x = [0f32; 32];
+            x[0] = amax;
+            for (j, v) in x.iter_mut().enumerate().skip(1) {
+                *v = amax * ((j as f32 * 3.9 + i as f32 * 0.01) % 127.0 + 0.5) / 127.0;
+            }
+            let recip = 1.0 / (amax / 127.0);
+            if x.iter()
+                .any(|v| (v * recip).round() != (v * (127.0 / amax)).round_ties_even())
+            {
+                differing += 1;
+            }
+            let mut b = vec![0u8; 34];
+            quantize_row_act(GgmlType::Q8_0, &x, &mut b);
+            let got: Vec<i8> = b[2..].iter().map(|&v| v as i8).collect();
+            assert_eq!(got, ggml_x86_q8_0(&x), "amax {amax}");
+        }
+        assert!(
+            differing > 0,
+            "the test data never separates the two formulas"
+        );
+    }
+
+    #[test]
+    fn q5_blocks_by_hand() {
+        // Element j: low nibble of qs[j] (j < 16) or high nibble of qs[j-16], fifth bit = bit j
+        // of the little-endian qh word.
+        for ty in [GgmlType::Q5_0, GgmlType::Q5_1] {
+            let one = ty == GgmlType::Q5_1;
+            let hoff = if one { 4 } else { 2 };
+            let mut b = vec![0u8; ty.type_size()];
+            b[0..2].copy_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+            if one {
+                b[2..4].copy_from_slice(&f16::from_f32(-3.0).to_bits().to_le_bytes());
+            }
+            let want_q: Vec<u32> = (0..32).map(|j| (j * 7 + 3) % 32).collect();
+            let mut qh = 0u32;
+            for (j, &q) in want_q.iter().enumerate() {
+                qh |= (q >> 4) << j;
+                let nib = (q & 0xf) as u8;
+                b[hoff + 4 + j % 16] |= if j < 16 { nib } else { nib << 4 };
+            }
+            b[hoff..hoff + 4].copy_from_slice(&qh.to_le_bytes());
+            let mut y = [0f32; 32];
+            dequantize_row(ty, &b, &mut y);
+            for (j, &q) in want_q.iter().enumerate() {
+                let want = if one {
+                    q as f32 * 0.5 - 3.0
+                } else {
+                    (q as f32 - 16.0) * 0.5
+                };
+                assert_eq!(y[j], want, "{ty:?} element {j}");
+            }
+            // The reference dot equals the dot of the dequantized rows (exact here).
+            let x: Vec<f32> = (0..32).map(|j| (j as f32 - 16.0) * 127.0 / 16.0).collect();
+            let at = ty.vec_dot_type();
+            let mut a = vec![0u8; at.type_size()];
+            quantize_row_act(at, &x, &mut a);
+            let mut xa = [0f32; 32];
+            dequantize_row(at, &a, &mut xa);
+            let want: f32 = y.iter().zip(&xa).map(|(p, q)| p * q).sum();
+            let got = vec_dot_ref(ty, 32, &b, &a);
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "{ty:?}: {got} vs {want}"
+            );
         }
     }
 

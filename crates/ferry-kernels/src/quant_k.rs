@@ -136,7 +136,8 @@ pub(crate) fn q8k_block_from_max(x: &[f32], max: f32, b: &mut [u8]) {
     }
     let iscale = -127.0f32 / max;
     for (j, v) in x.iter().enumerate() {
-        let q = ((iscale * v).round() as i32).min(127);
+        // ggml's `nearest_int`: round half to even.
+        let q = ((iscale * v).round_ties_even() as i32).min(127);
         b[Q8K_QS + j] = q as i8 as u8;
     }
     q8k_finish(b, 1.0 / iscale);

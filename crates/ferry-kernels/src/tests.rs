@@ -11,12 +11,14 @@ use crate::pool::ThreadPool;
 use crate::quant::{dequantize_row, quantize_row_act, vec_dot_ref, GgmlType};
 use half::f16;
 
-const WEIGHT_TYPES: [GgmlType; 9] = [
+const WEIGHT_TYPES: [GgmlType; 11] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4K,
     GgmlType::Q5K,
@@ -71,7 +73,7 @@ fn weights(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng, exact: bool) -
                     };
                     match ty {
                         GgmlType::Q6K => put_f16(blk, 208, d),
-                        GgmlType::Q4_1 | GgmlType::Q4K | GgmlType::Q5K => {
+                        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => {
                             put_f16(blk, 0, d);
                             put_f16(blk, 2, -m);
                         }

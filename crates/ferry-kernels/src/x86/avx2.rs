@@ -81,6 +81,9 @@ pub(crate) fn tile(ty: GgmlType) -> TileKernel {
             max_r: 1,
             max_t: 1,
         },
+        // No SIMD kernel yet: the scalar reference (llama.cpp's quantizer picks these for
+        // K-quant mixes whose rows are not a multiple of 256).
+        GgmlType::Q5_0 | GgmlType::Q5_1 => crate::dot::scalar_tile(ty),
         other => panic!("{} is not a weight type", other.name()),
     }
 }
@@ -633,16 +636,12 @@ unsafe fn dot_q6k(n: usize, x: *const u8, y: *const u8) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Activation quantizers, bit-identical to `quant::quantize_row_act`.
 
-/// `f32::round` (half away from zero) on 8 lanes, exact for |v| < 2²³.
+/// Round to nearest, half to even, on 8 lanes (`f32::round_ties_even`; ggml's
+/// `_mm256_round_ps(v, _MM_ROUND_NEAREST)` and `nearest_int`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn round_away(v: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    let one = _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(v, sign));
-    let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
-    _mm256_add_ps(t, _mm256_and_ps(ge, one))
+pub(crate) fn round_even(v: __m256) -> __m256 {
+    _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
 }
 
 /// Pack 4×8 i32 (each in i8 range) into 32 bytes in order.
@@ -681,9 +680,9 @@ fn quant_q8(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         );
         let amax = hmax(m);
         let d = amax / 127.0;
-        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let q: [__m256i; 4] =
-            std::array::from_fn(|k| _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[k], id))));
+            std::array::from_fn(|k| _mm256_cvtps_epi32(round_even(_mm256_mul_ps(v[k], id))));
         // SAFETY: `b` has 32 bytes after `qoff`.
         unsafe { store_i8x32(q, b.as_mut_ptr().add(qoff)) };
         b[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
@@ -727,7 +726,7 @@ fn quant_q8k(src: &[f32], dst: &mut [u8]) {
                 // SAFETY: `c` holds 32 floats.
                 let v = unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * j)) };
                 _mm256_min_epi32(
-                    _mm256_cvtps_epi32(round_away(_mm256_mul_ps(is, v))),
+                    _mm256_cvtps_epi32(round_even(_mm256_mul_ps(is, v))),
                     _mm256_set1_epi32(127),
                 )
             });
