@@ -354,10 +354,18 @@ fn upload_profile_train_evaluate_predict() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    for n in ["model.json", "report.json", "loss_curve.svg", "confusion_matrix.svg"] {
+    for n in [
+        "model.json",
+        "report.json",
+        "loss_curve.svg",
+        "confusion_matrix.svg",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
-    for (n, marker) in [("loss_curve.svg", "epoch"), ("confusion_matrix.svg", "virginica")] {
+    for (n, marker) in [
+        ("loss_curve.svg", "epoch"),
+        ("confusion_matrix.svg", "virginica"),
+    ] {
         let r = s.get(&format!("/v1/training/jobs/{jid}/artifacts/{n}"));
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("image/svg+xml"));

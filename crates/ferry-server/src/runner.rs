@@ -41,17 +41,17 @@ pub(crate) fn spawn(st: Arc<AppState>) -> std::io::Result<()> {
         .spawn(move || {
             let _rt = rt.as_ref().map(|h| h.enter());
             loop {
-            let Ok(store) = st.lifecycle.store() else {
-                return;
-            };
-            match store.claim_next_job() {
-                Ok(Some(job)) => run(&st, &store, job),
-                Ok(None) => st.lifecycle.wait(Duration::from_secs(2)),
-                Err(e) => {
-                    tracing::error!("claiming a training job: {e}");
-                    std::thread::sleep(Duration::from_secs(2));
+                let Ok(store) = st.lifecycle.store() else {
+                    return;
+                };
+                match store.claim_next_job() {
+                    Ok(Some(job)) => run(&st, &store, job),
+                    Ok(None) => st.lifecycle.wait(Duration::from_secs(2)),
+                    Err(e) => {
+                        tracing::error!("claiming a training job: {e}");
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
                 }
-            }
             }
         })?;
     Ok(())
@@ -769,9 +769,9 @@ fn execute(
         .as_bytes(),
     )?;
     if let (Some(classes), Some(cm)) = (
-        test_metrics.get("classes").and_then(|c| {
-            serde_json::from_value::<Vec<String>>(c.clone()).ok()
-        }),
+        test_metrics
+            .get("classes")
+            .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok()),
         test_metrics
             .get("confusion_matrix")
             .and_then(|m| serde_json::from_value::<Vec<Vec<u64>>>(m.clone()).ok()),

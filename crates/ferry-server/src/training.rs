@@ -1028,12 +1028,21 @@ pub async fn artifact(
         let known: Vec<&str> = ARTIFACTS.iter().map(|(n, _)| *n).collect();
         return Err(ApiError::new(
             ErrorCode::NotFound,
-            format!("No artifact `{name}`; artifacts are named {}.", known.join(", ")),
+            format!(
+                "No artifact `{name}`; artifacts are named {}.",
+                known.join(", ")
+            ),
         )
         .with_param("name")
         .into());
     };
-    let path = st.lifecycle.store()?.home().join("jobs").join(&job.id).join(name);
+    let path = st
+        .lifecycle
+        .store()?
+        .home()
+        .join("jobs")
+        .join(&job.id)
+        .join(name);
     let p2 = path.clone();
     let read = tokio::task::spawn_blocking(move || std::fs::read(p2))
         .await
