@@ -104,7 +104,8 @@ fn engine_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.starts_with("ferry-"))
+        // Engine and pool threads; the training runner's thread is not an engine's.
+        .filter(|c| c.starts_with("ferry-") && !c.starts_with("ferry-trainer"))
         .count()
 }
 
