@@ -13,7 +13,7 @@ use ferry_types::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
 use crate::body::JsonBody;
-use crate::error::Result;
+use crate::error::{blocking, Result};
 use crate::state::AppState;
 
 fn store(st: &AppState) -> std::result::Result<Arc<Store>, ApiError> {
@@ -23,30 +23,6 @@ fn store(st: &AppState) -> std::result::Result<Arc<Store>, ApiError> {
             "This server runs without a metadata store; keys are unavailable.",
         )
     })
-}
-
-/// Run a store call off the async threads; store errors become 500s (logged), invalid input 400.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ferry_store::Result<T> + Send + 'static,
-) -> std::result::Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(ferry_store::Error::Invalid(m))) => Err(ApiError::new(ErrorCode::InvalidRequest, m)),
-        Ok(Err(e)) => {
-            tracing::error!("metadata store: {e}");
-            Err(ApiError::new(
-                ErrorCode::InternalError,
-                "The metadata store failed.",
-            ))
-        }
-        Err(e) => {
-            tracing::error!("metadata store task: {e}");
-            Err(ApiError::new(
-                ErrorCode::InternalError,
-                "The metadata store failed.",
-            ))
-        }
-    }
 }
 
 fn key_json(k: &ApiKey) -> Value {

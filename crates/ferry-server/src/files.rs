@@ -26,8 +26,8 @@ use ferry_store::{BlobWriter, FileRow};
 use ferry_types::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
+use crate::error::blocking;
 use crate::error::Result;
-use crate::lifecycle::blocking;
 use crate::multipart::{self, Multipart, MultipartError};
 use crate::state::AppState;
 

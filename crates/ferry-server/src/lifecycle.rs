@@ -99,27 +99,3 @@ pub fn start(state: &Arc<AppState>) -> std::io::Result<()> {
     }
     crate::runner::spawn(state.clone())
 }
-
-/// Run a store call off the async threads; store errors become 500s (logged), invalid input 400.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ferry_store::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(ferry_store::Error::Invalid(m))) => Err(ApiError::new(ErrorCode::InvalidRequest, m)),
-        Ok(Err(e)) => {
-            tracing::error!("metadata store: {e}");
-            Err(ApiError::new(
-                ErrorCode::InternalError,
-                "The metadata store failed.",
-            ))
-        }
-        Err(e) => {
-            tracing::error!("metadata store task: {e}");
-            Err(ApiError::new(
-                ErrorCode::InternalError,
-                "The metadata store failed.",
-            ))
-        }
-    }
-}

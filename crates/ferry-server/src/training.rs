@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::body::JsonBody;
+use crate::error::blocking;
 use crate::error::Result;
-use crate::lifecycle::blocking;
 use crate::state::AppState;
 
 fn d_true() -> bool {
