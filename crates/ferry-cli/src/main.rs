@@ -230,14 +230,35 @@ pub fn load(path: &Path, cfg: EngineConfig) -> Result<Loaded> {
 pub fn load_embedding(dir: &Path, cfg: &EngineConfig) -> Result<ferry_server::EmbeddingModel> {
     let model = ferry_models::bert::Bert::load(dir)
         .with_context(|| format!("loading the embedding model {}", dir.display()))?;
-    let ecfg = ferry_engine::embed::EmbedConfig {
+    Ok(ferry_server::EmbeddingModel {
+        engine: ferry_engine::embed::EmbedEngine::start(Arc::new(model), embed_config(cfg)),
+    })
+}
+
+fn embed_config(cfg: &EngineConfig) -> ferry_engine::embed::EmbedConfig {
+    ferry_engine::embed::EmbedConfig {
         threads: cfg.threads,
         max_waiting: cfg.max_waiting,
         ..Default::default()
-    };
-    Ok(ferry_server::EmbeddingModel {
-        engine: ferry_engine::embed::EmbedEngine::start(Arc::new(model), ecfg),
-    })
+    }
+}
+
+/// The memory a model at `path` will hold once loaded with `cfg` (what its engine's
+/// `memory_bytes` will say), read from its header or config only: nothing is loaded.
+pub fn estimate_memory(path: &Path, cfg: &EngineConfig) -> Result<u64> {
+    if path.is_dir() {
+        let c = ferry_models::bert::BertConfig::from_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(ferry_engine::embed::EmbedEngine::estimate_memory(
+            &c,
+            ferry_models::bert::default_format(),
+            &embed_config(cfg),
+        ));
+    }
+    let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let m = ferry_models::llama::LlamaConfig::from_gguf(&file)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Engine::estimate_memory(&m, file.file_size() as u64, cfg))
 }
 
 fn main() {

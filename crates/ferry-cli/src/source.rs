@@ -21,6 +21,14 @@ impl StoreSource {
     pub fn new(pinned: BTreeMap<String, PathBuf>, cfg: EngineConfig) -> Arc<Self> {
         Arc::new(Self { pinned, cfg })
     }
+
+    fn path(&self, name: &str) -> Result<PathBuf, String> {
+        Ok(match self.pinned.get(name) {
+            Some(p) => p.clone(),
+            // Resolved at each use: a model re-imported under the same name is picked up.
+            None => store::resolve(name).map_err(|e| format!("{e:#}"))?.1,
+        })
+    }
 }
 
 impl ModelSource for StoreSource {
@@ -36,12 +44,13 @@ impl ModelSource for StoreSource {
         Ok(names)
     }
 
+    fn estimate_bytes(&self, name: &str) -> Option<u64> {
+        let path = self.path(name).ok()?;
+        crate::estimate_memory(&path, &self.cfg).ok()
+    }
+
     fn load(&self, name: &str) -> Result<Loaded, String> {
-        let path = match self.pinned.get(name) {
-            Some(p) => p.clone(),
-            // Resolved at each load: a model re-imported under the same name is picked up.
-            None => store::resolve(name).map_err(|e| format!("{e:#}"))?.1,
-        };
+        let path = self.path(name)?;
         if path.is_dir() {
             let m = crate::load_embedding(&path, &self.cfg).map_err(|e| format!("{e:#}"))?;
             return Ok(Loaded::Embedding(m));

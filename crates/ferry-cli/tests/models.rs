@@ -383,3 +383,74 @@ fn a_model_with_requests_in_flight_is_not_unloaded_while_an_idle_one_can_be() {
     let v: Value = serde_json::from_str(&d).unwrap();
     assert!(v["choices"][0]["finish_reason"].is_null(), "{v}");
 }
+
+#[test]
+fn a_model_larger_than_the_whole_budget_is_refused_before_it_is_read() {
+    let home = home_with("toobig", &["alpha"], true, false);
+    // Only the small embedding model is loaded at start; the chat model (about 530 MB with
+    // its KV cache) cannot fit in 300 MiB whatever is unloaded.
+    let s = common::start_serving(Some(&home), &["minilm"], &["--memory-budget", "300MiB"]);
+    let small = card(&s, "minilm")["memory_bytes"].as_u64().unwrap();
+    assert!(small < 300 << 20, "{small}");
+    let r = ask(&s, "alpha");
+    assert_eq!(r.status, 503, "{}", body(&r));
+    let msg = r.error()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("before loading") && msg.contains("--memory-budget 300.0 MiB"),
+        "{msg}"
+    );
+    let c = card(&s, "alpha");
+    assert_eq!(c["state"], "failed", "{c}");
+    // Nothing was unloaded to make room for a model that could never fit.
+    assert_eq!(state(&s, "minilm"), "loaded");
+    let m = metrics(&s);
+    assert_eq!(
+        metric(&m, "ferry:model_load_failures_total{model_name=\"alpha\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn concurrent_loads_hold_room_so_the_budget_is_never_overshot() {
+    let home = home_with("concurrent-budget", &["alpha", "beta"], false, false);
+    // One chat model (about 530 MB) fits in 800 MiB, two do not.
+    let s = start_in(&home, &["--memory-budget", "800MiB"]);
+    let pid = s.pid();
+    let one_engine = engine_threads(pid);
+    assert!(one_engine >= 1);
+    // Both loads start at once; each is estimated from its header before it is read, so the
+    // second waits for the first instead of loading beside it.
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (ra, rb) = std::thread::scope(|sc| {
+        let watch = sc.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(engine_threads(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let a = sc.spawn(|| s.request("POST", "/v1/models/alpha/load", &[], None));
+        let b = sc.spawn(|| s.request("POST", "/v1/models/beta/load", &[], None));
+        let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watch.join().unwrap();
+        (ra, rb)
+    });
+    assert_eq!(ra.status, 200, "{}", body(&ra));
+    assert_eq!(rb.status, 200, "{}", body(&rb));
+    // Never two engines at once: each load first unloaded the model holding the room.
+    let peak = peak.into_inner();
+    assert!(
+        peak < 2 * one_engine,
+        "peak {peak} engine threads, one engine has {one_engine}"
+    );
+    let loaded: Vec<String> = models(&s)
+        .into_iter()
+        .filter(|m| m["state"] == "loaded")
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert!(loaded[0] == "alpha" || loaded[0] == "beta", "{loaded:?}");
+    assert_eq!(state(&s, MODEL), "available");
+}

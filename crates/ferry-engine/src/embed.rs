@@ -117,18 +117,27 @@ impl EmbedEngine {
     /// (embedding tables in f32) and the forward workspace at its largest (`max_batch_tokens`
     /// tokens). An estimate for memory budgets, not a measurement.
     pub fn memory_bytes(&self) -> u64 {
+        Self::estimate_memory(&self.model.cfg, self.model.format, &self.cfg)
+    }
+
+    /// What `memory_bytes` will be for an encoder of this shape loaded in `format` and started
+    /// with `cfg`: known before loading, so room can be made first.
+    pub fn estimate_memory(
+        c: &ferry_models::bert::BertConfig,
+        format: ferry_models::bert::WeightFormat,
+        cfg: &EmbedConfig,
+    ) -> u64 {
         use ferry_models::bert::WeightFormat;
-        let c = &self.model.cfg;
         let (h, ff, f) = (c.hidden_size, c.intermediate_size, 4u64);
         let tables = ((c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h) as u64;
         let matrix = (c.num_hidden_layers * (4 * h * h + 2 * h * ff)) as u64;
         let small = (c.num_hidden_layers * (9 * h + ff) + 2 * h) as u64;
-        let matrix_bytes = match self.model.format {
+        let matrix_bytes = match format {
             WeightFormat::F32 => matrix * 4,
             WeightFormat::F16 | WeightFormat::BF16 => matrix * 2,
             WeightFormat::Q8_0 => matrix * 34 / 32,
         };
-        let workspace = (self.cfg.max_batch_tokens * (6 * h + ff)) as u64 * f;
+        let workspace = (cfg.max_batch_tokens * (6 * h + ff)) as u64 * f;
         (tables + small) * f + matrix_bytes + workspace
     }
 

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc};
 
 use ferry_kernels::ThreadPool;
 use ferry_models::kv::{BlockAllocator, KvCache};
-use ferry_models::llama::{BatchToken, Llama, Workspace};
+use ferry_models::llama::{BatchToken, Llama, LlamaConfig, Workspace};
 use ferry_models::tokenizer::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -209,13 +209,18 @@ impl Engine {
     /// cache (preallocated at start) and the step workspace at its largest (activations and
     /// logits for `max_batch_tokens` tokens). An estimate for memory budgets, not a measurement.
     pub fn memory_bytes(&self) -> u64 {
-        let m = &self.model.cfg;
-        let (cfg, f) = (&self.cfg, std::mem::size_of::<f32>() as u64);
+        Self::estimate_memory(&self.model.cfg, self.model.file_size() as u64, &self.cfg)
+    }
+
+    /// What `memory_bytes` will be for a model of this shape, read from a file of `file_size`
+    /// bytes, started with `cfg`: known before loading, so room can be made first.
+    pub fn estimate_memory(m: &LlamaConfig, file_size: u64, cfg: &EngineConfig) -> u64 {
+        let f = std::mem::size_of::<f32>() as u64;
         let slots = cfg.kv_cache_tokens.div_ceil(cfg.block_size).max(1) * cfg.block_size;
         let kv = 2 * (m.n_layer * slots * m.kv_dim()) as u64 * f;
         let t = cfg.max_batch_tokens as u64;
         let per_token = 5 * m.n_embd + 2 * m.kv_dim() + 2 * m.n_ff + m.vocab_size;
-        self.model.file_size() as u64 + kv + t * per_token as u64 * f
+        file_size + kv + t * per_token as u64 * f
     }
 
     /// Check a request against the model's limits without queueing it.

@@ -15,11 +15,15 @@
 //! Limits: with `max_loaded` models or `memory_budget` bytes (`Engine::memory_bytes`: mapped
 //! weights + KV cache + workspace) exceeded, the least recently used loaded model is unloaded,
 //! idle ones first (a model with requests in flight is chosen only when every candidate is
-//! busy; its requests still finish, since they hold the engine). Room is made before a load
-//! when the model's size is known from an earlier load, otherwise right after it, so a load that
-//! fails never evicts anything. A model whose own estimate exceeds the budget is refused
-//! (`failed`, with both figures). Unloading drops the engine once its last request is done:
-//! its threads stop and its KV cache and mapping are freed.
+//! busy; its requests still finish, since they hold the engine). Room is made *before* a load,
+//! at the size the source estimates from the model's header (`ModelSource::estimate_bytes`,
+//! the same formula the engine reports once loaded) or the size of an earlier load; a load in
+//! progress holds that room, so concurrent loads count against the limits, and a load that
+//! finds the room held by others waits for them rather than overshooting the budget. Where no
+//! estimate exists, room is made right after the load. A model larger than the whole budget
+//! is refused before anything is read (`failed`, with both figures), and checked again once
+//! loaded. Unloading drops the engine once its last request is done: its threads stop and its
+//! KV cache and mapping are freed.
 //!
 //! A request holds an `Arc` of the engine while it runs; `Arc::strong_count > 1` is therefore
 //! the "requests in flight" test, with no counter to keep in step.
@@ -38,6 +42,11 @@ use crate::state::{EmbeddingModel, LoadedModel, ModelSlot, ModelState};
 pub trait ModelSource: Send + Sync {
     /// The names of every model that can be served now.
     fn list(&self) -> Result<Vec<String>, String>;
+    /// What `name` will hold in memory once loaded (the engine's `memory_bytes`), read without
+    /// loading it; `None` when it cannot be told (the load then makes room afterwards).
+    fn estimate_bytes(&self, _name: &str) -> Option<u64> {
+        None
+    }
     /// Load `name` (blocking: runs on a blocking thread). The error is shown to clients.
     fn load(&self, name: &str) -> Result<Loaded, String>;
 }
@@ -71,6 +80,9 @@ struct Entry {
     state: ModelState,
     /// Loaded: the engine's estimate; otherwise the last loaded size (0: never loaded).
     memory_bytes: u64,
+    /// While loading: the room this load holds against the limits (its estimate), once it
+    /// has been granted; `None` while it waits for room.
+    reserved: Option<u64>,
     /// LRU clock value of the last use.
     used: u64,
     /// While loading: becomes true when the load has finished, either way.
@@ -88,6 +100,7 @@ impl Entry {
             created: crate::now(),
             state,
             memory_bytes: 0,
+            reserved: None,
             used: 0,
             done: None,
             load_seconds: None,
@@ -352,30 +365,84 @@ impl Registry {
             let e = t.entries.get_mut(name).expect("caller checked");
             e.state = ModelState::Loading;
             e.done = Some(rx.clone());
+            e.reserved = None;
             e.memory_bytes
-        };
-        // Its size is known from an earlier load: make room first.
-        let evicted = if known > 0 {
-            self.evict(t, name, known)
-        } else {
-            Vec::new()
         };
         let me = self.clone();
         let name = name.to_string();
-        // Everything that may block (dropping evicted engines joins their threads; loading
-        // reads files) runs on a blocking thread, as does recording the outcome.
+        // Everything that may block (reading the model's header for its size, waiting for
+        // room, dropping evicted engines joins their threads; loading reads files) runs on a
+        // blocking thread, as does recording the outcome.
         tokio::task::spawn_blocking(move || {
-            drop(evicted);
             let started = Instant::now();
-            let r = match me.source.get() {
-                Some(s) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.load(&name)))
-                    .unwrap_or_else(|_| Err("the loader crashed (see the server log)".into())),
-                None => Err("no model source is configured".into()),
+            let source = me.source.get();
+            // Its size is known from an earlier load, or from its header: make room first.
+            let size = if known > 0 {
+                Some(known)
+            } else {
+                source.and_then(|s| s.estimate_bytes(&name))
+            };
+            let r = match (source, size.map(|b| me.make_room(&name, b))) {
+                (_, Some(Err(why))) => Err(why),
+                (Some(s), _) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.load(&name)))
+                        .unwrap_or_else(|_| Err("the loader crashed (see the server log)".into()))
+                }
+                (None, _) => Err("no model source is configured".into()),
             };
             me.finish_load(&name, r, started.elapsed());
             let _ = tx.send(true);
         });
         rx
+    }
+
+    /// Hold room for `name` (loading, about `bytes` once loaded) under the limits: unload
+    /// least recently used models as needed; if loads already holding room leave too little,
+    /// wait for them to finish and try again. A load waiting holds no room, and a load holding
+    /// room never waits, so two loads cannot wait on each other. Refuses a model larger than
+    /// the whole memory budget before anything is read. Runs on a blocking thread.
+    fn make_room(&self, name: &str, bytes: u64) -> Result<(), String> {
+        let limits = self.limits();
+        if let Some(budget) = limits.memory_budget.filter(|b| bytes > *b) {
+            return Err(too_big(
+                bytes,
+                budget,
+                "estimated from its header before loading",
+            ));
+        }
+        loop {
+            let (evicted, wait) = {
+                let mut t = self.lock();
+                let (evicted, over) = self.evict(&mut t, name, bytes);
+                let holding: Vec<watch::Receiver<bool>> = t
+                    .entries
+                    .iter()
+                    .filter(|(n, e)| *n != name && e.reserved.is_some())
+                    .filter_map(|(_, e)| e.done.clone())
+                    .collect();
+                let wait = if over {
+                    holding.into_iter().next()
+                } else {
+                    None
+                };
+                if wait.is_none() {
+                    if let Some(e) = t.entries.get_mut(name) {
+                        e.reserved = Some(bytes);
+                    }
+                }
+                (evicted, wait)
+            };
+            drop(evicted);
+            let Some(mut rx) = wait else {
+                return Ok(());
+            };
+            tracing::info!("model {name} waits for a load in progress to make room");
+            let handle = tokio::runtime::Handle::current();
+            if handle.block_on(rx.wait_for(|d| *d)).is_err() {
+                // That load's task is gone; its entry no longer holds room once finished.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     fn finish_load(&self, name: &str, r: Result<Loaded, String>, took: Duration) {
@@ -389,6 +456,7 @@ impl Registry {
                 return;
             };
             e.done = None;
+            e.reserved = None;
             let outcome = r.and_then(|l| {
                 let (state, bytes) = match l {
                     Loaded::Chat(m) => {
@@ -403,11 +471,7 @@ impl Registry {
                 match limits.memory_budget {
                     Some(budget) if bytes > budget => {
                         dropped.push(state);
-                        Err(format!(
-                            "it needs about {} (weights, KV cache, workspace), more than --memory-budget {}",
-                            human_bytes(bytes),
-                            human_bytes(budget)
-                        ))
+                        Err(too_big(bytes, budget, "once loaded"))
                     }
                     _ => Ok((state, bytes)),
                 }
@@ -424,7 +488,7 @@ impl Registry {
                         human_bytes(bytes)
                     );
                     self.metrics.observe_load(name, took, true);
-                    dropped.extend(self.evict(&mut t, name, 0));
+                    dropped.extend(self.evict(&mut t, name, 0).0);
                 }
                 Err(why) => {
                     tracing::error!("model {name} failed to load: {why}");
@@ -438,17 +502,19 @@ impl Registry {
     }
 
     /// Unload least recently used models (idle ones first) until the limits hold with `keep`
-    /// loaded (or loading, counted at `keep_bytes`). Returns the unloaded states, to be dropped
-    /// off the lock.
-    fn evict(&self, t: &mut Table, keep: &str, keep_bytes: u64) -> Vec<ModelState> {
+    /// loaded (or loading, counted at `keep_bytes`) beside the loads that hold room. Returns
+    /// the unloaded states, to be dropped off the lock, and whether the limits are still
+    /// exceeded (nothing left to unload).
+    fn evict(&self, t: &mut Table, keep: &str, keep_bytes: u64) -> (Vec<ModelState>, bool) {
         let limits = self.limits();
         let mut out = Vec::new();
         loop {
-            let others_loading = t
+            let holding: Vec<u64> = t
                 .entries
                 .iter()
                 .filter(|(n, e)| *n != keep && matches!(e.state, ModelState::Loading))
-                .count();
+                .filter_map(|(_, e)| e.reserved)
+                .collect();
             let candidates: Vec<(&String, &Entry)> = t
                 .entries
                 .iter()
@@ -460,20 +526,22 @@ impl Registry {
                 .filter(|e| e.is_loaded())
                 .map(|e| e.memory_bytes)
                 .unwrap_or(keep_bytes);
-            let count = candidates.len() + others_loading + 1;
-            let mem: u64 = candidates.iter().map(|(_, e)| e.memory_bytes).sum::<u64>() + keep_mem;
+            let count = candidates.len() + holding.len() + 1;
+            let mem: u64 = candidates.iter().map(|(_, e)| e.memory_bytes).sum::<u64>()
+                + holding.iter().sum::<u64>()
+                + keep_mem;
             let over = limits.max_loaded.is_some_and(|m| count > m.max(1))
                 || limits.memory_budget.is_some_and(|b| mem > b);
+            if !over {
+                return (out, false);
+            }
             let Some(victim) = candidates
                 .iter()
                 .min_by_key(|(_, e)| (e.busy(), e.used))
                 .map(|(n, _)| (*n).clone())
             else {
-                break;
+                return (out, true);
             };
-            if !over {
-                break;
-            }
             let e = t.entries.get_mut(&victim).expect("listed above");
             if e.busy() {
                 tracing::warn!("unloading model {victim} with requests in flight (every loaded model is busy); they finish first");
@@ -483,7 +551,6 @@ impl Registry {
             self.metrics.retire(&victim, &state);
             out.push(state);
         }
-        out
     }
 
     /// `POST /v1/models/{id}/unload`: back to `available` (a failed model too, clearing its
@@ -562,6 +629,14 @@ impl Drop for Waiting<'_> {
 }
 
 /// The load's task ended without saying how (a bug): say so rather than wait forever.
+fn too_big(bytes: u64, budget: u64, when: &str) -> String {
+    format!(
+        "it needs about {} (weights, KV cache, workspace; {when}), more than --memory-budget {}",
+        human_bytes(bytes),
+        human_bytes(budget)
+    )
+}
+
 fn loader_gone(name: &str) -> ApiError {
     ApiError::new(
         ErrorCode::InternalError,
