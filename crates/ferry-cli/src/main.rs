@@ -68,6 +68,16 @@ enum Cmd {
         #[arg(required = true)]
         models: Vec<String>,
     },
+    /// Delete blobs no model uses (left by a multi-file pull that failed partway, or by
+    /// `rm` of a model still loaded elsewhere) and leftovers of killed imports.
+    Prune {
+        /// Also delete partial downloads (otherwise kept so that `ferry pull` resumes them).
+        #[arg(long)]
+        partials: bool,
+        /// Say what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the models a running server has loaded.
     Ps {
         /// The server (default FERRY_URL or http://127.0.0.1:8000).
@@ -287,6 +297,7 @@ fn main() {
         Cmd::List => list(),
         Cmd::Show { model } => registry_cmds::show(&model),
         Cmd::Rm { models } => registry_cmds::rm(&models),
+        Cmd::Prune { partials, dry_run } => registry_cmds::prune(partials, dry_run),
         Cmd::Ps { url, api_key } => registry_cmds::ps(
             &url.or_else(|| std::env::var("FERRY_URL").ok())
                 .unwrap_or_else(|| "http://127.0.0.1:8000".into()),
@@ -336,6 +347,8 @@ fn main() {
 }
 
 fn pull(source: &str, o: pull::PullOpts) -> Result<()> {
+    // Held for the whole pull: `ferry prune` must not take blobs not yet registered.
+    let _lock = store::writer_lock()?;
     if pull::is_remote(source) {
         let m = pull::pull(source, &o)?;
         println!("pulled {} ({} bytes, {})", m.name, m.size, m.blob);

@@ -242,6 +242,40 @@ pub fn rm(names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `ferry prune`: what no model uses goes; prints each item and the total.
+pub fn prune(partials: bool, dry_run: bool) -> Result<()> {
+    let p = store::prune(partials, dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut total = 0u64;
+    for (b, size) in &p.blobs {
+        println!("{verb} blob {b} ({})", mb(*size));
+        total += size;
+    }
+    for (path, size) in &p.partials {
+        println!("{verb} {} ({})", path.display(), mb(*size));
+        total += size;
+    }
+    for path in &p.trees {
+        println!("{verb} {} (no model owns it)", path.display());
+    }
+    println!(
+        "{verb} {} blob(s), {} temporary file(s), {} tree(s): {}",
+        p.blobs.len(),
+        p.partials.len(),
+        p.trees.len(),
+        mb(total)
+    );
+    if !p.kept_partials.is_empty() {
+        let kept: u64 = p.kept_partials.iter().map(|(_, s)| s).sum();
+        println!(
+            "kept {} partial download(s) ({}) so that `ferry pull` can resume them; --partials removes them",
+            p.kept_partials.len(),
+            mb(kept)
+        );
+    }
+    Ok(())
+}
+
 /// `GET {url}/v1/models` of a running server; prints the loaded models.
 pub fn ps(url: &str, api_key: Option<&str>) -> Result<()> {
     let url = url.trim_end_matches('/');

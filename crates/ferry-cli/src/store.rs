@@ -16,6 +16,10 @@
 //! `ferry_store::models` (on write and on read), and the final path is canonicalized and must
 //! lie inside the data directory (`confine`), so a symlink planted in `trees/` or `blobs/`
 //! cannot point Ferry at a file outside it.
+//!
+//! Writers (`ferry pull`, imports) hold a shared lock on `store.lock` for their whole run;
+//! `ferry prune` takes it exclusively, so it never deletes a blob a pull has installed but not
+//! yet registered, nor a partial download being written.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -651,4 +655,153 @@ mod tests {
             assert!(!is_pickle(p), "{p}");
         }
     }
+}
+
+/// A lock on the blob store (`store.lock`), released when dropped or when the process dies.
+pub struct StoreLock {
+    _file: std::fs::File,
+}
+
+#[cfg(unix)]
+fn flock(f: &std::fs::File, op: libc::c_int) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a valid, open descriptor has no memory effects.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+fn open_lock() -> Result<std::fs::File> {
+    std::fs::create_dir_all(home()).with_context(|| format!("creating {}", home().display()))?;
+    let p = home().join("store.lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))
+}
+
+/// Shared lock for a pull or import: many run at once; waits while a prune runs.
+pub fn writer_lock() -> Result<StoreLock> {
+    let f = open_lock()?;
+    #[cfg(unix)]
+    if !flock(&f, libc::LOCK_SH) {
+        bail!("cannot lock {}", home().join("store.lock").display());
+    }
+    Ok(StoreLock { _file: f })
+}
+
+/// What `prune` removed (or, in a dry run, would remove).
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Blobs no model references: (id, bytes).
+    pub blobs: Vec<(String, u64)>,
+    /// Partial downloads and temporary trees: (path, bytes).
+    pub partials: Vec<(PathBuf, u64)>,
+    /// Partial downloads kept (resumable), when `partials` was not asked for.
+    pub kept_partials: Vec<(PathBuf, u64)>,
+    /// Directories under `trees/` that no model owns.
+    pub trees: Vec<PathBuf>,
+}
+
+fn size_of(p: &Path) -> u64 {
+    let Ok(m) = p.symlink_metadata() else {
+        return 0;
+    };
+    if m.is_dir() {
+        walk(p)
+            .map(|fs| fs.iter().map(|f| size_of(f)).sum())
+            .unwrap_or(0)
+    } else {
+        m.len()
+    }
+}
+
+/// Remove a path without following a symlink.
+fn remove_path(p: &Path) -> Result<()> {
+    let m = p.symlink_metadata()?;
+    if m.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+    .with_context(|| format!("removing {}", p.display()))
+}
+
+/// Delete what no model uses: blobs no model references, `trees/` entries of models that no
+/// longer exist, temporary trees left by killed imports, and (with `partials`) partial
+/// downloads, which are otherwise kept so that `ferry pull` can resume them. Refused while a
+/// pull or import runs. With `dry_run` nothing is deleted.
+pub fn prune(partials: bool, dry_run: bool) -> Result<Pruned> {
+    let f = open_lock()?;
+    #[cfg(unix)]
+    if !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+        bail!(
+            "a pull or import is running in {}; prune when it is done",
+            home().display()
+        );
+    }
+    let _lock = StoreLock { _file: f };
+    let mut out = Pruned::default();
+    let blobs = subdir("blobs")?;
+    let mut present = Vec::new();
+    for e in std::fs::read_dir(&blobs)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with(".partial-") {
+            let entry = (path.clone(), size_of(&path));
+            if partials {
+                out.partials.push(entry);
+            } else if !name.ends_with(".validator") {
+                // (A partial's validator file goes with it; it is not a download of its own.)
+                out.kept_partials.push(entry);
+            }
+        } else if ferry_store::models::check_blob_id(&name).is_ok() && e.file_type()?.is_file() {
+            present.push(name);
+        }
+    }
+    present.sort();
+    let store = db()?;
+    let gone = store.prune_blobs(&present, |b| {
+        if dry_run {
+            Ok(())
+        } else {
+            let size = blob_path(b).map(|p| size_of(&p)).unwrap_or(0);
+            drop_blob(b)?;
+            out.blobs.push((b.to_string(), size));
+            Ok(())
+        }
+    })?;
+    if dry_run {
+        out.blobs = gone
+            .into_iter()
+            .map(|b| {
+                let size = blob_path(&b).map(|p| size_of(&p)).unwrap_or(0);
+                (b, size)
+            })
+            .collect();
+    }
+    let trees = home().join("trees");
+    if trees.is_dir() {
+        let names = store.model_names()?;
+        for e in std::fs::read_dir(&trees)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".partial-") || name.starts_with(".old-") {
+                out.partials.push((e.path(), size_of(&e.path())));
+            } else if !names.contains(&name) {
+                out.trees.push(e.path());
+            }
+        }
+    }
+    if !dry_run {
+        for (p, _) in &out.partials {
+            remove_path(p)?;
+        }
+        for p in &out.trees {
+            remove_path(p)?;
+        }
+        fsync_dir(&blobs)?;
+    }
+    Ok(out)
 }

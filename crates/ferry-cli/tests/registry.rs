@@ -1050,3 +1050,103 @@ fn chat_streams_replies_and_keeps_the_history() {
     );
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[test]
+fn prune_deletes_what_no_model_uses_and_nothing_else() {
+    let hub = Hub::start();
+    // A multi-file repo whose last needed file is corrupt on the hub: the pull fails after
+    // model.safetensors is stored, leaving a blob no model references.
+    let mut files = minilm_files();
+    for f in files.iter_mut().filter(|f| f.path == "tokenizer.json") {
+        f.lfs = Some("e".repeat(64));
+    }
+    hub.add_repo("broken/minilm", files);
+    hub.add_plain("smol.gguf", gguf_file("smol.gguf"));
+    let home = common::temp_home("reg-prune");
+    // A pull killed mid-download leaves a resumable partial; while a pull runs, prune waits
+    // its turn (refuses) rather than racing it.
+    *hub.stall_after.lock().unwrap() = Some(5 << 20);
+    let url = format!("{}/files/smol.gguf", hub.url());
+    let mut child = ferry_cmd(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = home
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}"));
+    let t = Instant::now();
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 << 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = fails(&home, None, &["prune"]);
+    assert!(e.contains("a pull or import is running"), "{e}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    *hub.stall_after.lock().unwrap() = None;
+
+    let gguf = common::model_path();
+    ok(
+        &home,
+        None,
+        &["pull", gguf.to_str().unwrap(), "--name", "keep"],
+    );
+    let e = fails(&home, Some(&hub), &["pull", "hf:broken/minilm"]);
+    assert!(e.contains("sha256 mismatch"), "{e}");
+    assert_eq!(names(&home), ["keep"]);
+    let orphan = format!("sha256-{ST_SHA}");
+    assert!(
+        blob_files(&home).contains(&orphan),
+        "{:?}",
+        blob_files(&home)
+    );
+    // A tree nobody owns (a model directory left behind).
+    std::fs::create_dir_all(home.join("trees/gone")).unwrap();
+    std::fs::write(home.join("trees/gone/config.json"), b"{}").unwrap();
+
+    // A dry run names everything and deletes nothing.
+    let before = blob_files(&home);
+    let out = ok(&home, None, &["prune", "--dry-run"]);
+    assert!(
+        out.contains(&format!("would remove blob {orphan}")),
+        "{out}"
+    );
+    assert!(out.contains("trees/gone"), "{out}");
+    assert_eq!(blob_files(&home), before);
+    assert!(home.join("trees/gone").exists());
+
+    let out = ok(&home, None, &["prune"]);
+    assert!(out.contains(&format!("removed blob {orphan}")), "{out}");
+    assert!(out.contains("kept 1 partial download"), "{out}");
+    assert_eq!(
+        blob_files(&home),
+        [
+            format!(".partial-sha256-{GGUF_SHA}"),
+            format!("sha256-{GGUF_SHA}")
+        ]
+    );
+    assert!(!home.join("trees/gone").exists());
+    // The model that uses its blob is intact and still loads.
+    assert!(ok(&home, None, &["show", "keep"]).contains("Q4_1"));
+    let out = ok(
+        &home,
+        None,
+        &["run", "keep", "Say hi.", "--max-tokens", "2"],
+    );
+    assert!(!out.trim().is_empty());
+
+    let out = ok(&home, None, &["prune", "--partials"]);
+    assert!(out.contains(".partial-sha256-"), "{out}");
+    assert_eq!(blob_files(&home), [format!("sha256-{GGUF_SHA}")]);
+    // Nothing left to prune.
+    let out = ok(&home, None, &["prune"]);
+    assert!(
+        out.contains("removed 0 blob(s), 0 temporary file(s), 0 tree(s)"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}

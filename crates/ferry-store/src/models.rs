@@ -284,6 +284,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Of `present` (blob ids found on disk), those no model references, each passed to
+    /// `drop_blob` inside the write transaction (so no model can be registered against a blob
+    /// while it goes). With `drop_blob` doing nothing this is a dry run.
+    pub fn prune_blobs(
+        &self,
+        present: &[String],
+        mut drop_blob: impl FnMut(&str) -> std::result::Result<(), String>,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let gone = orphans(&tx, present)?;
+        for b in &gone {
+            drop_blob(b).map_err(invalid)?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
     /// Whether any model references `blob`.
     pub fn blob_in_use(&self, blob: &str) -> Result<bool> {
         Ok(self.conn().query_row(
