@@ -19,6 +19,9 @@
 //! run and resumable by running the command again. The sha256 is checked (the hub's LFS sha,
 //! or `--sha256`) before the file is renamed to its blob; the model is registered only after
 //! all its blobs are in place.
+//!
+//! HTTPS uses rustls with Mozilla's roots, or the PEM bundle named by `SSL_CERT_FILE` /
+//! `REQUESTS_CA_BUNDLE` (`root_certs`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -62,9 +65,43 @@ struct Http {
     agent: ureq::Agent,
 }
 
+/// The certificates HTTPS trusts: Mozilla's roots (webpki-roots, built in), or, when
+/// `SSL_CERT_FILE` (else `REQUESTS_CA_BUNDLE`, as `huggingface_hub` honours) names a PEM
+/// bundle, exactly the certificates in it, as OpenSSL and `requests` do (a company proxy's
+/// CA, a private hub).
+fn root_certs() -> Result<ureq::tls::RootCerts> {
+    let Some((var, path)) = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"]
+        .iter()
+        .find_map(|v| Some((*v, std::env::var_os(v).filter(|p| !p.is_empty())?)))
+    else {
+        return Ok(ureq::tls::RootCerts::WebPki);
+    };
+    let pem = std::fs::read(&path)
+        .with_context(|| format!("reading {var}={}", Path::new(&path).display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) =
+            item.with_context(|| format!("parsing {var}={}", Path::new(&path).display()))?
+        {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        bail!(
+            "{var}={} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            Path::new(&path).display()
+        );
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
 impl Http {
-    fn new() -> Self {
+    fn new() -> Result<Self> {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(root_certs()?)
+            .build();
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .max_redirects(10)
             .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
@@ -74,7 +111,7 @@ impl Http {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
-        Self { agent }
+        Ok(Self { agent })
     }
 
     fn get(
@@ -519,7 +556,7 @@ fn pull_url(url: &str, o: &PullOpts, sha: Option<String>) -> Result<Manifest> {
     if sha.is_none() {
         eprintln!("warning: no --sha256 given; the download is not checked against a known digest");
     }
-    let http = Http::new();
+    let http = Http::new()?;
     let w = Want {
         url: url.to_string(),
         sha,
@@ -802,7 +839,7 @@ fn pull_hf(spec: &str, o: &PullOpts, sha: Option<String>) -> Result<Manifest> {
     check_revision(&rev)?;
     let ep = hf_endpoint()?;
     let token = hf_token();
-    let http = Http::new();
+    let http = Http::new()?;
     let repo_url = pct(&s.repo, true);
     // Pin the revision to a commit so every file comes from the same one.
     let (info, _) = http.json(
