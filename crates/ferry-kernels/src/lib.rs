@@ -8,12 +8,14 @@
 //! Reductions are done in a fixed order per output element, independent of how many rows of
 //! activations are multiplied at once; this is what makes batched decoding batch-invariant.
 
+pub mod attn;
 pub mod dot;
 pub mod gemm;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+pub mod vmath;
 mod quant_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
