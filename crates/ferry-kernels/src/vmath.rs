@@ -102,6 +102,57 @@ pub fn exp_inplace(x: &mut [f32]) {
     }
 }
 
+/// Sum in the order of the AVX-512 kernels: 16 lane sums (`i mod 16`, each in order from
+/// zero), then halving (`l + 8`, `+ 4`, `+ 2`, `+ 1`).
+pub fn lane_sum16(v: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (i, x) in v.enumerate() {
+        lanes[i % 16] += x;
+    }
+    halve16(lanes)
+}
+
+fn halve16(mut lanes: [f32; 16]) -> f32 {
+    let mut w = 8;
+    while w > 0 {
+        for l in 0..w {
+            lanes[l] += lanes[l + w];
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
+/// `x = layer_norm(x + r)` (BERT's residual + LayerNorm; `r` may be `None`), scalar reference:
+/// `s = x + r`; `mean = Σs / n`; `var = Σ(s - mean)² / n` (sums by `lane_sum16`);
+/// `out = ((s - mean)·(1/√(var + eps)))·w + b` (the last step one FMA).
+pub fn add_layer_norm_ref(x: &mut [f32], r: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) {
+    let n = x.len();
+    assert!(w.len() == n && b.len() == n && r.is_none_or(|r| r.len() == n));
+    if let Some(r) = r {
+        x.iter_mut().zip(r).for_each(|(a, c)| *a += c);
+    }
+    let mean = lane_sum16(x.iter().copied()) / n as f32;
+    let var = lane_sum16(x.iter().map(|v| (v - mean) * (v - mean))) / n as f32;
+    let scale = 1.0 / (var + eps).sqrt();
+    for ((v, g), c) in x.iter_mut().zip(w).zip(b) {
+        *v = ((*v - mean) * scale).mul_add(*g, *c);
+    }
+}
+
+/// `add_layer_norm_ref` on one row (AVX-512F when available; same bits).
+pub fn add_layer_norm(x: &mut [f32], r: Option<&[f32]>, w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() {
+        let n = x.len();
+        assert!(w.len() == n && b.len() == n && r.is_none_or(|r| r.len() == n));
+        // SAFETY: AVX-512F was detected; lengths were checked.
+        unsafe { x86::add_layer_norm_avx512(x, r, w, b, eps) };
+        return;
+    }
+    add_layer_norm_ref(x, r, w, b, eps)
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
@@ -156,6 +207,73 @@ pub(crate) mod x86 {
         let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
         let phi = _mm512_mask_blend_ps(neg, _mm512_sub_ps(one, h), h);
         _mm512_mul_ps(x, phi)
+    }
+
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn reduce(v: __m512) -> f32 {
+        let mut lanes = [0f32; 16];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
+        super::halve16(lanes)
+    }
+
+    /// # Safety
+    /// AVX-512F must be available; `r`, `w`, `b` have `x.len()` elements.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn add_layer_norm_avx512(
+        x: &mut [f32],
+        r: Option<&[f32]>,
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+    ) {
+        let n = x.len();
+        let xp = x.as_mut_ptr();
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..n).step_by(16) {
+            let m = mask(n - i);
+            // SAFETY: masked to i..n.
+            unsafe {
+                let mut v = _mm512_maskz_loadu_ps(m, xp.add(i));
+                if let Some(r) = r {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r.as_ptr().add(i)));
+                    _mm512_mask_storeu_ps(xp.add(i), m, v);
+                }
+                sum = _mm512_add_ps(sum, v);
+            }
+        }
+        let mean = reduce(sum) / n as f32;
+        let vm = _mm512_set1_ps(mean);
+        let mut sq = _mm512_setzero_ps();
+        for i in (0..n).step_by(16) {
+            let m = mask(n - i);
+            // SAFETY: masked to i..n.
+            unsafe {
+                let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp.add(i)), vm);
+                sq = _mm512_add_ps(sq, _mm512_maskz_mul_ps(m, d, d));
+            }
+        }
+        let var = reduce(sq) / n as f32;
+        let scale = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+        for i in (0..n).step_by(16) {
+            let m = mask(n - i);
+            // SAFETY: masked to i..n.
+            unsafe {
+                let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp.add(i)), vm);
+                let g = _mm512_maskz_loadu_ps(m, w.as_ptr().add(i));
+                let c = _mm512_maskz_loadu_ps(m, b.as_ptr().add(i));
+                let o = _mm512_fmadd_ps(_mm512_mul_ps(d, scale), g, c);
+                _mm512_mask_storeu_ps(xp.add(i), m, o);
+            }
+        }
     }
 
     /// # Safety
@@ -289,6 +407,34 @@ mod tests {
                 }
             }
             (-x * x).exp() / f / std::f64::consts::PI.sqrt()
+        }
+    }
+
+    #[test]
+    fn simd_layer_norm_is_bit_identical_to_reference_and_accurate() {
+        let mut seed = 13u64;
+        for n in [1usize, 5, 16, 17, 64, 384, 385] {
+            let x: Vec<f32> = (0..n).map(|_| lcg(&mut seed) * 4.0 + 1.0).collect();
+            let r: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed) + 1.0).collect();
+            let b: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            for res in [None, Some(r.as_slice())] {
+                let mut want = x.clone();
+                add_layer_norm_ref(&mut want, res, &w, &b, 1e-12);
+                let mut got = x.clone();
+                add_layer_norm(&mut got, res, &w, &b, 1e-12);
+                assert_eq!(got, want, "n {n}");
+                // Against f64.
+                let s: Vec<f64> = (0..n)
+                    .map(|i| x[i] as f64 + res.map_or(0.0, |r| r[i] as f64))
+                    .collect();
+                let mean = s.iter().sum::<f64>() / n as f64;
+                let var = s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+                for i in 0..n {
+                    let o = (s[i] - mean) / (var + 1e-12).sqrt() * w[i] as f64 + b[i] as f64;
+                    assert!((want[i] as f64 - o).abs() < 1e-4, "{} vs {o}", want[i]);
+                }
+            }
         }
     }
 

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
-use ferry_kernels::ops::{gelu_inplace, layer_norm};
+use ferry_kernels::ops::gelu_inplace;
+use ferry_kernels::vmath::add_layer_norm;
 use ferry_kernels::quant::quantize_row_act;
 use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
 use serde::Deserialize;
@@ -534,23 +535,19 @@ impl Bert {
         }
         // Embeddings: word + position + token type 0, then layer norm.
         ws.x.resize(n * h, 0.0);
-        ws.tmp.resize(h, 0.0);
         let mut row = 0;
         for s in seqs {
             for (pos, &id) in s.iter().enumerate() {
                 let w = &self.word_emb[id as usize * h..(id as usize + 1) * h];
                 let p = &self.pos_emb[pos * h..(pos + 1) * h];
-                for ((t, a), b) in ws.tmp.iter_mut().zip(w).zip(p) {
-                    *t = a + b;
-                }
-                for (t, c) in ws.tmp.iter_mut().zip(&self.type_emb[..h]) {
-                    *t += c;
-                }
                 let out = &mut ws.x[row * h..(row + 1) * h];
-                layer_norm(&ws.tmp, &self.emb_norm.w, &self.emb_norm.b, self.eps, out);
+                for (((o, a), b), c) in out.iter_mut().zip(w).zip(p).zip(&self.type_emb[..h]) {
+                    *o = (a + b) + c;
+                }
                 row += 1;
             }
         }
+        add_norm(pool, &mut ws.x, None, &self.emb_norm, self.eps, h);
         for layer in &self.layers {
             self.layer(pool, layer, seqs, n, ws);
         }
@@ -572,11 +569,11 @@ impl Bert {
         // Attention output + residual, layer norm.
         l.attn_out
             .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm, false);
-        add_norm(&mut ws.x, &ws.tmp, &l.attn_norm, self.eps, h);
+        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.attn_norm, self.eps, h);
         // Feed-forward + residual, layer norm.
         l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
         l.down.forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
-        add_norm(&mut ws.x, &ws.tmp, &l.out_norm, self.eps, h);
+        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.out_norm, self.eps, h);
     }
 
     /// Scaled dot-product attention per (sequence, head) over the sequence's own tokens.
@@ -653,15 +650,26 @@ impl Bert {
     }
 }
 
-/// `x = layer_norm(x + y)` row by row.
-fn add_norm(x: &mut [f32], y: &[f32], n: &LayerNorm, eps: f32, h: usize) {
-    let mut tmp = vec![0f32; h];
-    for (xr, yr) in x.chunks_exact_mut(h).zip(y.chunks_exact(h)) {
-        for ((t, a), b) in tmp.iter_mut().zip(xr.iter()).zip(yr) {
-            *t = a + b;
+/// `x = layer_norm(x + y)` row by row (`y` absent: `layer_norm(x)`), rows spread over the pool.
+fn add_norm(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    y: Option<&[f32]>,
+    n: &LayerNorm,
+    eps: f32,
+    h: usize,
+) {
+    const ROWS: usize = 32;
+    let rows = x.len() / h;
+    let p = SyncPtr(x.as_mut_ptr());
+    let p = &p;
+    pool.run(rows.div_ceil(ROWS), &|c| {
+        for r in c * ROWS..((c + 1) * ROWS).min(rows) {
+            // SAFETY: row r of `x` (n × h) is touched by this task only.
+            let xr = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * h), h) };
+            add_layer_norm(xr, y.map(|y| &y[r * h..(r + 1) * h]), &n.w, &n.b, eps);
         }
-        layer_norm(&tmp, &n.w, &n.b, eps, xr);
-    }
+    });
 }
 
 fn gelu_parallel(pool: &ThreadPool, x: &mut [f32]) {
