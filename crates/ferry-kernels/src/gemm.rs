@@ -3,9 +3,11 @@
 //!
 //! `PackedF32` stores `W` (`rows × cols`) in panels of 32 rows, transposed so that the 32 row
 //! values of one column are contiguous. The AVX-512 micro-kernel keeps a tile of 32 rows (two
-//! zmm registers) × up to `MT` tokens in 2·`MT` accumulators and walks `k = 0..cols`: per `k`,
-//! two weight loads and `MT` broadcasts of `x` (folded into the FMAs as embedded broadcasts)
-//! feed 2·`MT` FMAs. Bias and GELU are applied to the tile in registers before it is stored.
+//! zmm registers) × `MT` = 14 tokens in 28 accumulators and walks `k` in cache blocks of `KC`
+//! columns: per `k`, two weight loads and 14 broadcasts of `x` (read in place, row-major)
+//! feed 28 FMAs. Bias and GELU are applied to the tile in registers before it is stored.
+//! (Packing `x` into k-major tiles first was tried: the kernel loop got simpler, but the
+//! transpose cost 7% of the encoder's time and the GEMM did not measurably gain.)
 //!
 //! Every output element is the same chain `acc = fma(w[k], x[k], acc)` for `k = 0..cols` from
 //! zero, then `+ b` and, if asked, `gelu_ref`, whatever the tile, the batch size or the
@@ -22,9 +24,9 @@ use crate::KernelError;
 /// Rows per panel.
 const PR: usize = 32;
 /// Tokens per AVX-512 register tile.
-const MT: usize = 12;
+const MT: usize = 14;
 /// Tokens per task (a multiple of `MT`).
-const TOK_BLOCK: usize = 96;
+const TOK_BLOCK: usize = 8 * MT;
 
 /// A weight matrix in the packed panel layout.
 #[derive(Clone)]
@@ -200,37 +202,6 @@ fn gemm_with(
     });
 }
 
-thread_local! {
-    /// The calling thread's buffer for `x` packed in token tiles (`gemm_avx512`).
-    static XPACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `x` packed for the AVX-512 kernel: tile `q` holds tokens `q·MT ..` as `cols × MT`
-/// (`xp[q·cols·MT + k·MT + j] = x[(q·MT + j)·cols + k]`), zero past `n_tokens`, so the `MT`
-/// broadcasts of one `k` are adjacent.
-fn pack_x(pool: &ThreadPool, x: &[f32], n_tokens: usize, cols: usize, xp: &mut Vec<f32>) {
-    let tiles = n_tokens.div_ceil(MT);
-    xp.resize(tiles * cols * MT, 0.0);
-    let dst = OutPtr(xp.as_mut_ptr());
-    let dst = &dst;
-    pool.run(tiles, &|q| {
-        // SAFETY: tile q is `cols × MT` floats inside `xp`, written by this task only.
-        let tile = unsafe { std::slice::from_raw_parts_mut(dst.0.add(q * cols * MT), cols * MT) };
-        for j in 0..MT {
-            let t = q * MT + j;
-            if t < n_tokens {
-                for (k, &v) in x[t * cols..(t + 1) * cols].iter().enumerate() {
-                    tile[k * MT + j] = v;
-                }
-            } else {
-                for k in 0..cols {
-                    tile[k * MT + j] = 0.0;
-                }
-            }
-        }
-    });
-}
-
 /// Columns per cache block: a panel's block (`32 × KC` floats, 64 KiB) stays in L2 (close to
 /// L1) while the tiles of a token block stream past it. Between blocks the accumulators are
 /// parked in `out` as f32, which leaves every output's FMA chain unchanged. (On the 2-vCPU
@@ -249,49 +220,57 @@ fn gemm_avx512(
     let cols = w.cols;
     let panels = w.panels();
     let n_tb = n_tokens.div_ceil(TOK_BLOCK);
-    XPACK.with(|cell| {
-        let mut xp = cell.borrow_mut();
-        pack_x(pool, x, n_tokens, cols, &mut xp);
-        let xp = &xp[..];
-        let outp = OutPtr(out.as_mut_ptr());
-        let outp = &outp;
-        pool.run(panels * n_tb, &|task| {
-            let (p, tb) = (task % panels, task / panels);
-            let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(n_tokens));
-            let panel = &w.data[p * cols * PR..(p + 1) * cols * PR];
-            let r0 = p * PR;
-            let nr = PR.min(w.rows - r0);
-            let bias = epi.bias.map(|b| &b[r0..r0 + nr]);
-            let mut k0 = 0;
-            while k0 < cols {
-                let kc = KC.min(cols - k0);
-                let mut t = t0;
-                while t < t1 {
-                    let nt = MT.min(t1 - t);
-                    let q = t / MT;
-                    let tile = &xp[q * cols * MT + k0 * MT..q * cols * MT + (k0 + kc) * MT];
-                    // SAFETY: AVX-512F was detected (`isa`); the panel block holds kc × 32 and
-                    // the tile block kc × MT; rows r0..r0 + nr of tokens t..t + nt lie inside
-                    // `out` (n_tokens × rows) and belong to this task only.
-                    unsafe {
-                        x86::avx512_block(
-                            &panel[k0 * PR..(k0 + kc) * PR],
-                            tile,
-                            kc,
-                            (k0 == 0, k0 + kc == cols),
-                            nt,
-                            nr,
-                            bias,
-                            epi.gelu,
-                            outp.0.add(t * w.rows + r0),
-                            w.rows,
-                        )
-                    };
-                    t += nt;
-                }
-                k0 += kc;
+    let outp = OutPtr(out.as_mut_ptr());
+    let outp = &outp;
+    pool.run(panels * n_tb, &|task| {
+        let (p, tb) = (task % panels, task / panels);
+        let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(n_tokens));
+        let panel = &w.data[p * cols * PR..(p + 1) * cols * PR];
+        let r0 = p * PR;
+        let nr = PR.min(w.rows - r0);
+        let bias = epi.bias.map(|b| &b[r0..r0 + nr]);
+        // A short last tile is copied, zero-padded to MT tokens, so that the kernel always
+        // runs MT tokens (the padding is computed, never stored).
+        let mut pad: Vec<f32> = Vec::new();
+        let mut k0 = 0;
+        while k0 < cols {
+            let kc = KC.min(cols - k0);
+            let mut t = t0;
+            while t < t1 {
+                let nt = MT.min(t1 - t);
+                let (xs, ld_x) = if nt == MT {
+                    (&x[t * cols + k0..(t + MT - 1) * cols + k0 + kc], cols)
+                } else {
+                    pad.clear();
+                    pad.resize(MT * kc, 0.0);
+                    for j in 0..nt {
+                        let src = &x[(t + j) * cols + k0..(t + j) * cols + k0 + kc];
+                        pad[j * kc..(j + 1) * kc].copy_from_slice(src);
+                    }
+                    (&pad[..], kc)
+                };
+                // SAFETY: AVX-512F was detected (`isa`); the panel block holds kc × 32 and
+                // `xs` MT rows of kc at stride ld_x; rows r0..r0 + nr of tokens t..t + nt lie
+                // inside `out` (n_tokens × rows) and belong to this task only.
+                unsafe {
+                    x86::avx512_block(
+                        &panel[k0 * PR..(k0 + kc) * PR],
+                        xs,
+                        ld_x,
+                        kc,
+                        (k0 == 0, k0 + kc == cols),
+                        nt,
+                        nr,
+                        bias,
+                        epi.gelu,
+                        outp.0.add(t * w.rows + r0),
+                        w.rows,
+                    )
+                };
+                t += nt;
             }
-        });
+            k0 += kc;
+        }
     });
 }
 
@@ -358,7 +337,7 @@ mod x86 {
 
 
     /// One cache block of a 32-row × `MT`-token tile: `kc` columns of the panel (`w`, `kc × 32`)
-    /// and of the packed tile (`x`, `kc × MT`). On the first block the accumulators start
+    /// and of `MT` token rows (`x`, row `j` at `j · ld_x`). On the first block the accumulators start
     /// at zero, otherwise from `dst`; the last block applies bias and GELU. Rows `nr..32` and
     /// tokens `nt..MT` are computed but never stored.
     ///
@@ -370,6 +349,7 @@ mod x86 {
     pub(super) unsafe fn avx512_block(
         w: &[f32],
         x: &[f32],
+        ld_x: usize,
         kc: usize,
         (first, last): (bool, bool),
         nt: usize,
@@ -379,7 +359,7 @@ mod x86 {
         dst: *mut f32,
         ld: usize,
     ) {
-        assert!(w.len() >= kc * PR && x.len() >= kc * MT && nt <= MT && nr <= PR);
+        assert!(w.len() >= kc * PR && x.len() >= (MT - 1) * ld_x + kc && nt <= MT && nr <= PR);
         let m = if nr == PR { u32::MAX } else { (1u32 << nr) - 1 };
         let (m0, m1) = (m as u16, (m >> 16) as u16);
         let mut lo = [_mm512_setzero_ps(); MT];
@@ -402,7 +382,7 @@ mod x86 {
                 let w0 = _mm512_loadu_ps(wp.add(k * PR));
                 let w1 = _mm512_loadu_ps(wp.add(k * PR + 16));
                 for j in 0..MT {
-                    let xv = _mm512_set1_ps(*xp.add(k * MT + j));
+                    let xv = _mm512_set1_ps(*xp.add(j * ld_x + k));
                     lo[j] = _mm512_fmadd_ps(w0, xv, lo[j]);
                     hi[j] = _mm512_fmadd_ps(w1, xv, hi[j]);
                 }
