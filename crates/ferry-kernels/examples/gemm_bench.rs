@@ -71,7 +71,7 @@ fn main() {
         cpu_all += cpu;
     }
     println!(
-    "      all             {:7.1} GFLOP/s wall  {:7.1} GFLOP/s per CPU-s",
+        "      all             {:7.1} GFLOP/s wall  {:7.1} GFLOP/s per CPU-s",
         flops_all / wall_all / 1e9,
         flops_all / cpu_all / 1e9
     );

@@ -12,7 +12,10 @@
 //! operations, so they give identical bits (tested over random shapes), and the result for a
 //! sequence never depends on other sequences.
 
-use crate::vmath::exp_ref;
+// The kernels index lanes and head dimensions by position.
+#![allow(clippy::needless_range_loop)]
+
+use crate::vmath::{exp_ref, lane_sum16};
 
 /// Where one sequence's Q, K, V live in a row-major buffer of `len` rows of `stride` floats.
 #[derive(Clone, Copy, Debug)]
@@ -56,22 +59,6 @@ pub fn attend_head(qkv: &[f32], l: &HeadLayout, out: &mut [f32], s: &mut AttnScr
     attend_head_ref(qkv, l, out, s)
 }
 
-/// Sum of `e` in the order the SIMD kernel uses (16 lane sums, halving reduction).
-fn lane_sum(e: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    for (j, v) in e.iter().enumerate() {
-        lanes[j % 16] += v;
-    }
-    let mut w = 8;
-    while w > 0 {
-        for l in 0..w {
-            lanes[l] += lanes[l + w];
-        }
-        w /= 2;
-    }
-    lanes[0]
-}
-
 /// Scalar reference of `attend_head`.
 pub fn attend_head_ref(qkv: &[f32], l: &HeadLayout, out: &mut [f32], s: &mut AttnScratch) {
     l.check(qkv, out);
@@ -91,7 +78,7 @@ pub fn attend_head_ref(qkv: &[f32], l: &HeadLayout, out: &mut [f32], s: &mut Att
         for v in s.e.iter_mut() {
             *v = exp_ref(*v - m);
         }
-        let inv = 1.0 / lane_sum(&s.e);
+        let inv = 1.0 / lane_sum16(s.e.iter().copied());
         let o = &mut out[i * hd..(i + 1) * hd];
         o.iter_mut().for_each(|v| *v = 0.0);
         for j in 0..len {
@@ -245,7 +232,10 @@ mod tests {
                         let sc: Vec<f64> = (0..len)
                             .map(|j| {
                                 let k = &qkv[j * stride + l.k..][..hd];
-                                q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                                q.iter()
+                                    .zip(k)
+                                    .map(|(a, b)| *a as f64 * *b as f64)
+                                    .sum::<f64>()
                                     * scale as f64
                             })
                             .collect();

@@ -335,7 +335,6 @@ mod x86 {
     use super::{store_tile, MT, PR};
     use crate::vmath::x86::gelu512;
 
-
     /// One cache block of a 32-row × `MT`-token tile: `kc` columns of the panel (`w`, `kc × 32`)
     /// and of `MT` token rows (`x`, row `j` at `j · ld_x`). On the first block the accumulators start
     /// at zero, otherwise from `dst`; the last block applies bias and GELU. Rows `nr..32` and
@@ -592,7 +591,10 @@ mod tests {
                 for &isa in &isas {
                     let mut out = vec![f32::NAN; n * rows];
                     gemm_with(isa, &pool, &p, &x, n, epi, &mut out);
-                    assert_eq!(out, want, "{rows}x{cols} n={n} bias={with_bias} gelu={gelu}");
+                    assert_eq!(
+                        out, want,
+                        "{rows}x{cols} n={n} bias={with_bias} gelu={gelu}"
+                    );
                     // One token alone: the same bits.
                     let t = n / 2;
                     let mut one = vec![0f32; rows];

@@ -15,8 +15,8 @@ pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod quant;
-pub mod vmath;
 mod quant_k;
+pub mod vmath;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

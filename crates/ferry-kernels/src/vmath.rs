@@ -23,7 +23,9 @@ const EXP_P: [f32; 6] = [
     0.166_666_65,
     0.5,
 ];
-/// Numerical Recipes `erfcc` coefficients, highest power of `t` first, then the constant.
+/// Numerical Recipes `erfcc` coefficients, highest power of `t` first, then the constant
+/// (as published; f32 rounds them).
+#[allow(clippy::excessive_precision)]
 const ERFC_P: [f32; 10] = [
     0.170_872_77,
     -0.822_152_23,
@@ -45,6 +47,8 @@ pub fn exp_ref(x: f32) -> f32 {
     if x < EXP_LO {
         return 0.0;
     }
+    // max then min (not clamp): NaN becomes EXP_LO, as with _mm512_max_ps/_mm512_min_ps.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(EXP_LO).min(EXP_HI);
     let n = (x * LOG2E).round_ties_even();
     let r = n.mul_add(-LN2_HI, x);
@@ -164,7 +168,10 @@ pub(crate) mod x86 {
     #[inline]
     pub(crate) fn exp512(x: __m512) -> __m512 {
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_LO));
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(EXP_LO)),
+            _mm512_set1_ps(EXP_HI),
+        );
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
         );

@@ -15,8 +15,8 @@ use std::path::Path;
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
 use ferry_kernels::ops::gelu_inplace;
-use ferry_kernels::vmath::add_layer_norm;
 use ferry_kernels::quant::quantize_row_act;
+use ferry_kernels::vmath::add_layer_norm;
 use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
 use serde::Deserialize;
 
@@ -563,7 +563,8 @@ impl Bert {
         ws: &mut BertWorkspace,
     ) {
         let h = self.cfg.hidden_size;
-        l.qkv.forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
+        l.qkv
+            .forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
         ws.ctx.resize(n * h, 0.0);
         self.attention(pool, seqs, &ws.qkv, &mut ws.ctx);
         // Attention output + residual, layer norm.
@@ -572,7 +573,8 @@ impl Bert {
         add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.attn_norm, self.eps, h);
         // Feed-forward + residual, layer norm.
         l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
-        l.down.forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
+        l.down
+            .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
         add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.out_norm, self.eps, h);
     }
 
