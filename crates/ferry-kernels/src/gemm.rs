@@ -119,6 +119,7 @@ fn isa() -> Isa {
 
 /// True when the AVX-512 kernels of this module and `vmath` are in use (AVX-512F detected and
 /// `FERRY_KERNELS` is not `scalar`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -385,7 +385,8 @@ thread_local! {
 }
 
 struct SyncPtr(*mut f32);
-// SAFETY: attention tasks write disjoint (token, head) slices of the context buffer.
+// SAFETY: pool tasks given a `SyncPtr` write disjoint parts of its buffer: (token, head)
+// slices of the context (attention), rows (LayerNorm), chunks (GELU).
 unsafe impl Sync for SyncPtr {}
 
 /// The default weight format: F32 (exact, and the fastest: packed register-blocked GEMM).
