@@ -2,6 +2,8 @@
 """Embedding throughput: Ferry (over HTTP, batches of 32, 2 compute threads) against
 sentence-transformers (same model, batch_size=32, torch with 2 threads), in the same run on the
 same machine. Prints sentences/s for each and the ratio, and checks that the vectors agree.
+Rounds alternate between the two (order swapped every other round); each side's best round
+is reported.
 
     cargo build --release -p ferry-cli && scripts/fetch-model.sh
     /path/to/venv-with-sentence-transformers/bin/python scripts/bench_embeddings.py
@@ -89,34 +91,48 @@ def main():
             assert time.time() < deadline, "ferry serve did not become ready"
             time.sleep(0.1)
         post(url + "/v1/embeddings", {"model": name, "input": batches[0]})  # warm up
-        best_ferry = 0.0
-        ferry_vecs = []
-        for _ in range(a.rounds):
-            t = time.perf_counter()
+
+        import sentence_transformers
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(a.threads)
+        st = SentenceTransformer(a.model_dir, device="cpu")
+        st.encode(batches[0], batch_size=a.batch)
+
+        def ferry_round():
             vecs = []
+            t = time.perf_counter()
             for b in batches:
                 r = post(url + "/v1/embeddings", {"model": name, "input": b})
                 vecs.extend(d["embedding"] for d in r["data"])
-            best_ferry = max(best_ferry, len(texts) / (time.perf_counter() - t))
-            ferry_vecs = vecs
+            return len(texts) / (time.perf_counter() - t), vecs
+
+        def st_round():
+            t = time.perf_counter()
+            vecs = st.encode(texts, batch_size=a.batch, convert_to_numpy=True)
+            return len(texts) / (time.perf_counter() - t), vecs
+
+        # Rounds alternate between the two (order swapped every other round), so that on a
+        # shared machine both see the same background load; a short pause lets the other
+        # side's threads stop spinning.
+        best_ferry = best_st = 0.0
+        ferry_vecs = st_vecs = None
+        rounds = []
+        for i in range(a.rounds):
+            rates = {}
+            for side in (("ferry", "st") if i % 2 == 0 else ("st", "ferry")):
+                time.sleep(0.3)
+                if side == "ferry":
+                    rates[side], ferry_vecs = ferry_round()
+                else:
+                    rates[side], st_vecs = st_round()
+            best_ferry = max(best_ferry, rates["ferry"])
+            best_st = max(best_st, rates["st"])
+            rounds.append(rates)
     finally:
         proc.kill()
         proc.wait()
-
-    # --- sentence-transformers ---
-    import sentence_transformers
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    torch.set_num_threads(a.threads)
-    st = SentenceTransformer(a.model_dir, device="cpu")
-    st.encode(batches[0], batch_size=a.batch)
-    best_st = 0.0
-    st_vecs = None
-    for _ in range(a.rounds):
-        t = time.perf_counter()
-        st_vecs = st.encode(texts, batch_size=a.batch, convert_to_numpy=True)
-        best_st = max(best_st, len(texts) / (time.perf_counter() - t))
 
     worst = min(
         sum(x * float(y) for x, y in zip(f, s)) for f, s in zip(ferry_vecs, st_vecs)
@@ -126,6 +142,8 @@ def main():
     print(f"sentence-transformers: {best_st:8.1f} sentences/s "
           f"(sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__})")
     print(f"ratio ferry/st:        {best_ferry / best_st:8.2f}x")
+    print("per round (ferry, st):  " + ", ".join(
+        f"{r['ferry']:.1f}/{r['st']:.1f} = {r['ferry'] / r['st']:.2f}x" for r in rounds))
     print(f"worst cosine:          {worst:.6f}")
 
 

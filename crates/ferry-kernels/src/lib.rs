@@ -8,6 +8,7 @@
 //! Reductions are done in a fixed order per output element, independent of how many rows of
 //! activations are multiplied at once; this is what makes batched decoding batch-invariant.
 
+pub mod attn;
 pub mod dot;
 pub mod gemm;
 pub mod matmul;
@@ -15,6 +16,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 mod quant_k;
+pub mod vmath;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -62,11 +62,9 @@ pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// GELU (erf form, as BERT uses).
+/// GELU (erf form, as BERT uses): `vmath::gelu_inplace` (AVX-512 when available).
 pub fn gelu_inplace(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = 0.5 * *v * (1.0 + erf(*v / std::f32::consts::SQRT_2));
-    }
+    crate::vmath::gelu_inplace(x)
 }
 
 /// Dot product in a fixed left-to-right order.
@@ -219,24 +217,6 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-fn erf(x: f32) -> f32 {
-    // Abramowitz–Stegun 7.1.26 is too coarse for embeddings parity; use f64 series/continued
-    // fraction via the complementary error function.
-    let x = x as f64;
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let y = 1.0
-        - t * (-x * x - 1.26551223
-            + t * (1.00002368
-                + t * (0.37409196
-                    + t * (0.09678418
-                        + t * (-0.18628806
-                            + t * (0.27886807
-                                + t * (-1.13520398
-                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-            .exp();
-    (if x >= 0.0 { y } else { -y }) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,11 +323,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn erf_is_accurate() {
-        assert!((erf(0.5) - 0.520_499_9).abs() < 1e-6);
-        assert!((erf(-1.0) + 0.842_700_8).abs() < 1e-6);
     }
 }

@@ -12,9 +12,11 @@
 
 use std::path::Path;
 
-use ferry_kernels::gemm::{gemm_f32, PackedF32};
-use ferry_kernels::ops::{gelu_inplace, layer_norm, softmax_inplace};
+use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
+use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
+use ferry_kernels::ops::gelu_inplace;
 use ferry_kernels::quant::quantize_row_act;
+use ferry_kernels::vmath::add_layer_norm;
 use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
 use serde::Deserialize;
 
@@ -293,7 +295,7 @@ impl Linear {
         }
     }
 
-    /// `out = x·Wᵀ + b` for `n` rows of `x`.
+    /// `out = x·Wᵀ + b` (then GELU if `gelu`) for `n` rows of `x`.
     fn forward(
         &self,
         pool: &ThreadPool,
@@ -301,16 +303,26 @@ impl Linear {
         n: usize,
         out: &mut Vec<f32>,
         s: &mut MatmulScratch,
+        gelu: bool,
     ) {
         out.resize(n * self.rows, 0.0);
-        match &self.packed {
-            Some(p) => gemm_f32(pool, p, x, n, out),
-            None => matmul(pool, &self.matrix(), x, n, out, s),
+        if let Some(p) = &self.packed {
+            // Bias and GELU are applied in the GEMM's registers.
+            let epi = Epilogue {
+                bias: Some(&self.bias),
+                gelu,
+            };
+            gemm_f32_ex(pool, p, x, n, epi, out);
+            return;
         }
+        matmul(pool, &self.matrix(), x, n, out, s);
         for row in out.chunks_exact_mut(self.rows) {
             for (o, b) in row.iter_mut().zip(&self.bias) {
                 *o += b;
             }
+        }
+        if gelu {
+            gelu_parallel(pool, out);
         }
     }
 }
@@ -366,8 +378,15 @@ pub struct BertWorkspace {
     mm: MatmulScratch,
 }
 
+thread_local! {
+    /// Per-thread attention buffers (the pool's threads live as long as the engine).
+    static ATTN_SCRATCH: std::cell::RefCell<(AttnScratch, Vec<f32>)> =
+        std::cell::RefCell::new((AttnScratch::default(), Vec::new()));
+}
+
 struct SyncPtr(*mut f32);
-// SAFETY: attention tasks write disjoint (token, head) slices of the context buffer.
+// SAFETY: pool tasks given a `SyncPtr` write disjoint parts of its buffer: (token, head)
+// slices of the context (attention), rows (LayerNorm), chunks (GELU).
 unsafe impl Sync for SyncPtr {}
 
 /// The default weight format: F32 (exact, and the fastest: packed register-blocked GEMM).
@@ -517,23 +536,19 @@ impl Bert {
         }
         // Embeddings: word + position + token type 0, then layer norm.
         ws.x.resize(n * h, 0.0);
-        ws.tmp.resize(h, 0.0);
         let mut row = 0;
         for s in seqs {
             for (pos, &id) in s.iter().enumerate() {
                 let w = &self.word_emb[id as usize * h..(id as usize + 1) * h];
                 let p = &self.pos_emb[pos * h..(pos + 1) * h];
-                for ((t, a), b) in ws.tmp.iter_mut().zip(w).zip(p) {
-                    *t = a + b;
-                }
-                for (t, c) in ws.tmp.iter_mut().zip(&self.type_emb[..h]) {
-                    *t += c;
-                }
                 let out = &mut ws.x[row * h..(row + 1) * h];
-                layer_norm(&ws.tmp, &self.emb_norm.w, &self.emb_norm.b, self.eps, out);
+                for (((o, a), b), c) in out.iter_mut().zip(w).zip(p).zip(&self.type_emb[..h]) {
+                    *o = (a + b) + c;
+                }
                 row += 1;
             }
         }
+        add_norm(pool, &mut ws.x, None, &self.emb_norm, self.eps, h);
         for layer in &self.layers {
             self.layer(pool, layer, seqs, n, ws);
         }
@@ -549,18 +564,19 @@ impl Bert {
         ws: &mut BertWorkspace,
     ) {
         let h = self.cfg.hidden_size;
-        l.qkv.forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm);
+        l.qkv
+            .forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
         ws.ctx.resize(n * h, 0.0);
         self.attention(pool, seqs, &ws.qkv, &mut ws.ctx);
         // Attention output + residual, layer norm.
         l.attn_out
-            .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm);
-        add_norm(&mut ws.x, &ws.tmp, &l.attn_norm, self.eps, h);
+            .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm, false);
+        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.attn_norm, self.eps, h);
         // Feed-forward + residual, layer norm.
-        l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm);
-        gelu_parallel(pool, &mut ws.ff);
-        l.down.forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm);
-        add_norm(&mut ws.x, &ws.tmp, &l.out_norm, self.eps, h);
+        l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
+        l.down
+            .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
+        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.out_norm, self.eps, h);
     }
 
     /// Scaled dot-product attention per (sequence, head) over the sequence's own tokens.
@@ -581,29 +597,29 @@ impl Bert {
         pool.run(seqs.len() * nh, &|task| {
             let (si, head) = (task / nh, task % nh);
             let (t0, len) = starts[si];
-            let mut scores = vec![0f32; len];
-            let mut acc = vec![0f32; hd];
             let col = head * hd;
-            for i in 0..len {
-                let q = &qkv[(t0 + i) * 3 * h + col..][..hd];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let k = &qkv[(t0 + j) * 3 * h + h + col..][..hd];
-                    *sc = dot(q, k) * scale;
+            let layout = HeadLayout {
+                len,
+                stride: 3 * h,
+                head_dim: hd,
+                q: col,
+                k: h + col,
+                v: 2 * h + col,
+                scale,
+            };
+            ATTN_SCRATCH.with(|cell| {
+                let (scratch, buf) = &mut *cell.borrow_mut();
+                buf.resize(len * hd, 0.0);
+                attend_head(&qkv[t0 * 3 * h..(t0 + len) * 3 * h], &layout, buf, scratch);
+                for (i, row) in buf.chunks_exact(hd).enumerate() {
+                    // SAFETY: token t0 + i, columns col..col + hd belong to this (sequence,
+                    // head) task alone, and lie inside `ctx` (n × h).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.0.add((t0 + i) * h + col), hd)
+                    };
+                    dst.copy_from_slice(row);
                 }
-                softmax_inplace(&mut scores);
-                acc.iter_mut().for_each(|a| *a = 0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &qkv[(t0 + j) * 3 * h + 2 * h + col..][..hd];
-                    for (a, x) in acc.iter_mut().zip(v) {
-                        *a += p * x;
-                    }
-                }
-                // SAFETY: token t0 + i, columns col..col + hd belong to this (sequence, head)
-                // task alone, and lie inside `ctx` (n × h).
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add((t0 + i) * h + col), hd) };
-                dst.copy_from_slice(&acc);
-            }
+            });
         });
     }
 
@@ -637,15 +653,26 @@ impl Bert {
     }
 }
 
-/// `x = layer_norm(x + y)` row by row.
-fn add_norm(x: &mut [f32], y: &[f32], n: &LayerNorm, eps: f32, h: usize) {
-    let mut tmp = vec![0f32; h];
-    for (xr, yr) in x.chunks_exact_mut(h).zip(y.chunks_exact(h)) {
-        for ((t, a), b) in tmp.iter_mut().zip(xr.iter()).zip(yr) {
-            *t = a + b;
+/// `x = layer_norm(x + y)` row by row (`y` absent: `layer_norm(x)`), rows spread over the pool.
+fn add_norm(
+    pool: &ThreadPool,
+    x: &mut [f32],
+    y: Option<&[f32]>,
+    n: &LayerNorm,
+    eps: f32,
+    h: usize,
+) {
+    const ROWS: usize = 32;
+    let rows = x.len() / h;
+    let p = SyncPtr(x.as_mut_ptr());
+    let p = &p;
+    pool.run(rows.div_ceil(ROWS), &|c| {
+        for r in c * ROWS..((c + 1) * ROWS).min(rows) {
+            // SAFETY: row r of `x` (n × h) is touched by this task only.
+            let xr = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * h), h) };
+            add_layer_norm(xr, y.map(|y| &y[r * h..(r + 1) * h]), &n.w, &n.b, eps);
         }
-        layer_norm(&tmp, &n.w, &n.b, eps, xr);
-    }
+    });
 }
 
 fn gelu_parallel(pool: &ThreadPool, x: &mut [f32]) {
@@ -660,23 +687,6 @@ fn gelu_parallel(pool: &ThreadPool, x: &mut [f32]) {
         let s = unsafe { std::slice::from_raw_parts_mut(p.0.add(a), b - a) };
         gelu_inplace(s);
     });
-}
-
-/// Dot product with 8 independent partial sums (vectorizes; fixed order).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 #[cfg(test)]
