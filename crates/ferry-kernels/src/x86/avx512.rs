@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels for the 32-element block types (Q4_0, Q4_1, Q8_0): two blocks per
+//! AVX-512 VNNI kernels for the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): two blocks per
 //! 512-bit step, integer products with `vpdpbusd`. Other types and the quantizers come from
 //! the AVX2 module.
 //!
@@ -53,6 +53,16 @@ fn tile(ty: GgmlType) -> TileKernel {
             max_r: MAX_R,
             max_t: MAX_T,
         },
+        GgmlType::Q5_0 => TileKernel {
+            f: tile_q5_0,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q5_1 => TileKernel {
+            f: tile_q5_1,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
         other => avx2::tile(other),
     }
 }
@@ -73,6 +83,8 @@ trait Pair {
 
 struct Q40;
 struct Q41;
+struct Q50;
+struct Q51;
 struct Q80;
 
 #[derive(Clone, Copy)]
@@ -125,6 +137,11 @@ const fn bcast2(a: u16, b: u16) -> [u16; 32] {
 static IDX_D41: [u16; 32] = bcast2(0, 10);
 static IDX_M41: [u16; 32] = bcast2(1, 11);
 static IDX_D40: [u16; 32] = bcast2(0, 9);
+static IDX_Q50: [u8; 64] = nib_idx(6, 28);
+static IDX_D50: [u16; 32] = bcast2(0, 11);
+static IDX_Q51: [u8; 64] = nib_idx(8, 32);
+static IDX_D51: [u16; 32] = bcast2(0, 12);
+static IDX_M51: [u16; 32] = bcast2(1, 13);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -141,6 +158,25 @@ unsafe fn nibbles(raw: __m512i, idx: &[u8; 64]) -> __m512i {
     let (idx, sh) = unsafe { (ld512(idx), ld512(&NIB_SHIFT)) };
     let q = _mm512_permutexvar_epi8(idx, raw);
     _mm512_and_si512(_mm512_srlv_epi16(q, sh), _mm512_set1_epi8(0x0F))
+}
+
+/// The fifth bits of a Q5 pair as 0x10 in every byte whose element has its bit set: byte
+/// `p` of block 0 (element `p`, as `nibbles` lays it out) takes bit `p` of the `qh` word at
+/// `p0`, byte `32 + p` bit `p` of the word at `p0 + stride` (only if `two`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn high_bits(p0: *const u8, stride: usize, two: bool) -> __m512i {
+    // SAFETY: the caller guarantees the `qh` words are readable.
+    let (h0, h1) = unsafe {
+        let h0 = std::ptr::read_unaligned(p0 as *const u32) as u64;
+        let h1 = if two {
+            std::ptr::read_unaligned(p0.add(stride) as *const u32) as u64
+        } else {
+            0
+        };
+        (h0, h1)
+    };
+    _mm512_maskz_mov_epi8(h0 | (h1 << 32), _mm512_set1_epi8(0x10))
 }
 
 /// Two f16 scales, at `p` and `p + stride` (the second only if `two`), each broadcast over 8
@@ -308,6 +344,86 @@ impl Pair for Q80 {
     }
 }
 
+impl Pair for Q50 {
+    const WB: usize = 22;
+    const AB: usize = 34;
+    const WTY: GgmlType = GgmlType::Q5_0;
+    type W = WP;
+    type A = AP;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8, two: bool) -> WP {
+        let mask: u64 = if two { (1 << 44) - 1 } else { (1 << 22) - 1 };
+        // SAFETY: the masked load and the `qh` reads touch only the pair's bytes; tables are
+        // 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
+            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
+                ld512(&IDX_D50),
+                raw,
+            )));
+            WP {
+                q: _mm512_or_si512(nibbles(raw, &IDX_Q50), high_bits(p.add(2), 22, two)),
+                d,
+                m: _mm512_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p: *const u8, two: bool) -> AP {
+        // SAFETY: forwarded from the caller.
+        unsafe { load_a80(p, two, 16) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
+        // Σ (q - 16)·a = Σ q·a - 16·Σ a, the latter preloaded as the accumulator.
+        let i = _mm512_dpbusd_epi32(_mm512_castps_si512(a.s), w.q, a.q);
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.d, a.d), acc)
+    }
+}
+
+impl Pair for Q51 {
+    const WB: usize = 24;
+    const AB: usize = 36;
+    const WTY: GgmlType = GgmlType::Q5_1;
+    type W = WP;
+    type A = AP;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8, two: bool) -> WP {
+        let mask: u64 = if two { (1 << 48) - 1 } else { (1 << 24) - 1 };
+        // SAFETY: the masked load and the `qh` reads touch only the pair's bytes; tables are
+        // 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
+            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
+                ld512(&IDX_D51),
+                raw,
+            )));
+            let m = _mm512_maskz_permutexvar_epi16(0x0101, ld512(&IDX_M51), raw);
+            WP {
+                q: _mm512_or_si512(nibbles(raw, &IDX_Q51), high_bits(p.add(4), 24, two)),
+                d,
+                m: _mm512_cvtph_ps(_mm512_castsi512_si256(m)),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p: *const u8, two: bool) -> AP {
+        // SAFETY: forwarded from the caller (Q8_1 activations, as for Q4_1).
+        unsafe { Q41::load_a(p, two) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
+        // SAFETY: the same arithmetic as Q4_1 (unsigned 5-bit quants instead of 4-bit).
+        unsafe { Q41::step(w, a, acc) }
+    }
+}
+
 /// `R` weight rows × `T` activation rows over `nb` blocks, two blocks per step.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
@@ -371,3 +487,5 @@ macro_rules! pair_wrapper {
 pair_wrapper!(tile_q4_0, Q40);
 pair_wrapper!(tile_q4_1, Q41);
 pair_wrapper!(tile_q8_0, Q80);
+pair_wrapper!(tile_q5_0, Q50);
+pair_wrapper!(tile_q5_1, Q51);
