@@ -133,12 +133,18 @@ pub(crate) static SCALAR: Backend = Backend {
 pub(crate) fn backend() -> &'static Backend {
     static B: OnceLock<&'static Backend> = OnceLock::new();
     B.get_or_init(|| {
-        if std::env::var_os("FERRY_KERNELS").is_some_and(|v| v == "scalar") {
+        let want = std::env::var("FERRY_KERNELS").ok();
+        if want.as_deref() == Some("scalar") {
             return &SCALAR;
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if let Some(b) = crate::x86::best() {
+            // `FERRY_KERNELS=avx2` caps the choice at the AVX2 kernels (to compare them).
+            let all = crate::x86::all();
+            if let Some(b) = all.iter().find(|b| Some(b.name) == want.as_deref()) {
+                return b;
+            }
+            if let Some(b) = all.last() {
                 return b;
             }
         }

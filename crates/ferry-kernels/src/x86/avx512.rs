@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 use super::{avx2, rt_match};
 use crate::dot::{check_tile, Backend, TileKernel};
 use crate::quant::GgmlType;
+use crate::quant_k::{Q8K_BSUMS, Q8K_QS, QK_K};
 
 /// Whether this CPU runs the kernels in this module.
 pub(crate) fn detected() -> bool {
@@ -60,6 +61,21 @@ fn tile(ty: GgmlType) -> TileKernel {
         },
         GgmlType::Q5_1 => TileKernel {
             f: tile_q5_1,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q4K => TileKernel {
+            f: tile_q4k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q5K => TileKernel {
+            f: tile_q5k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q6K => TileKernel {
+            f: tile_q6k,
             max_r: MAX_R,
             max_t: MAX_T,
         },
@@ -489,3 +505,312 @@ pair_wrapper!(tile_q4_1, Q41);
 pair_wrapper!(tile_q8_0, Q80);
 pair_wrapper!(tile_q5_0, Q50);
 pair_wrapper!(tile_q5_1, Q51);
+
+// ---------------------------------------------------------------------------------------------
+// K-quants (256-element super-blocks) against Q8_K activations, tiled.
+//
+// Per 64 elements: `vpmaddubsw` (unsigned quants × signed activations → i16 pairs, which cannot
+// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes. A
+// block's integer sum is exact, so it is converted to float once per block and (row, token):
+// `acc += f32(Σ) · (d_w · d_a)`, plus for Q4_K/Q5_K `acc += f32(Σ mins·bsums) · (-dmin · d_a)`.
+// Q6_K's `-32` offset is folded into the integer sum as `-32 · Σ scale · bsum`.
+
+/// A K-quant weight block unpacked for the tiled kernel.
+#[derive(Clone, Copy)]
+struct WK {
+    /// Unsigned quants in element order, 64 per vector.
+    q: [__m512i; 4],
+    /// The scale of each i16 lane's element pair, per 64-element chunk.
+    sc: [__m512i; 4],
+    /// Multipliers of the 16 activation bsums: Q6_K `-32 · scale` of each 16-element
+    /// sub-block; Q4_K/Q5_K the min of each 32-element sub-block, twice.
+    m: __m256i,
+    /// `d`, broadcast.
+    d: __m512,
+    /// Q4_K/Q5_K: `-dmin`, broadcast (unused by Q6_K).
+    dmin: __m512,
+}
+
+/// A Q8_K activation block.
+#[derive(Clone, Copy)]
+struct AK {
+    /// The 256 quants.
+    p: *const u8,
+    /// The 16 sums of 16 quants.
+    bs: __m256i,
+    d: __m512,
+}
+
+trait KQuant {
+    const WB: usize;
+    const WTY: GgmlType;
+    /// Whether the block has mins (Q4_K, Q5_K) rather than a fixed offset (Q6_K).
+    const MINS: bool;
+    unsafe fn load_w(p: *const u8) -> WK;
+}
+
+struct Q4K;
+struct Q5K;
+struct Q6K;
+
+/// i16 lane → scale index tables: lane `k` of chunk `c` takes scale `c·per + k / (32 / per)`,
+/// `per` sub-blocks per 64 elements (2 for Q4_K/Q5_K, 4 for Q6_K).
+const fn k_idx(per: usize) -> [[u16; 32]; 4] {
+    let mut t = [[0u16; 32]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut k = 0;
+        while k < 32 {
+            t[c][k] = (c * per + k / (32 / per)) as u16;
+            k += 1;
+        }
+        c += 1;
+    }
+    t
+}
+static IDX_K4: [[u16; 32]; 4] = k_idx(2);
+static IDX_K6: [[u16; 32]; 4] = k_idx(4);
+/// Per-16-bit-lane shift counts: `a` for the low 256 bits, `b` for the high.
+const fn halves(a: u16, b: u16) -> [u16; 32] {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = if i < 16 { a } else { b };
+        i += 1;
+    }
+    t
+}
+static SH_0_4: [u16; 32] = halves(0, 4);
+static SH_0_1: [u16; 32] = halves(0, 1);
+static SH_4_2: [u16; 32] = halves(4, 2);
+static SH_0_2: [u16; 32] = halves(0, 2);
+/// Byte shuffle repeating each of 8 mins twice.
+static DUP_MINS: [u8; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn bcast_f16_512(p: *const u8) -> __m512 {
+    // SAFETY: the caller guarantees two readable bytes at `p`.
+    unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))) }
+}
+
+/// 32 bytes at `p` in both halves of a vector.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn bcast256(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i)) }
+}
+
+/// Q4_K/Q5_K header: `d`, `-dmin`, per-chunk scales and the duplicated mins (ggml's `utmp`
+/// unpacking of the 12 packed 6-bit scales and mins).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m256i, __m512, __m512) {
+    const KM1: u32 = 0x3f3f_3f3f;
+    const KM2: u32 = 0x0f0f_0f0f;
+    const KM3: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees a whole Q4_K/Q5_K block at `p`; tables are 64/16 bytes.
+    unsafe {
+        let u0 = std::ptr::read_unaligned(p.add(4) as *const u32);
+        let u1 = std::ptr::read_unaligned(p.add(8) as *const u32);
+        let u2 = std::ptr::read_unaligned(p.add(12) as *const u32);
+        let sc_lo = u0 & KM1;
+        let sc_hi = (u2 & KM2) | (((u0 >> 6) & KM3) << 4);
+        let mn_lo = u1 & KM1;
+        let mn_hi = ((u2 >> 4) & KM2) | (((u1 >> 6) & KM3) << 4);
+        let sc = _mm256_cvtepu8_epi16(_mm_set_epi32(0, 0, sc_hi as i32, sc_lo as i32));
+        let sc = _mm512_castsi256_si512(sc);
+        let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K4[c]), sc));
+        let mn = _mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32);
+        let dup = _mm_loadu_si128(DUP_MINS.as_ptr() as *const __m128i);
+        let m = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mn, dup));
+        let d = bcast_f16_512(p);
+        let dmin = _mm512_sub_ps(_mm512_setzero_ps(), bcast_f16_512(p.add(2)));
+        (scs, m, d, dmin)
+    }
+}
+
+impl KQuant for Q4K {
+    const WB: usize = 144;
+    const WTY: GgmlType = GgmlType::Q4K;
+    const MINS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let (sc, m, d, dmin) = k4_header(p);
+            let sh = ld512(&SH_0_4);
+            let q = std::array::from_fn(|c| {
+                let raw = bcast256(p.add(16 + 32 * c));
+                _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F))
+            });
+            WK { q, sc, m, d, dmin }
+        }
+    }
+}
+
+impl KQuant for Q5K {
+    const WB: usize = 176;
+    const WTY: GgmlType = GgmlType::Q5K;
+    const MINS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let (sc, m, d, dmin) = k4_header(p);
+            let (sh, sh_h) = (ld512(&SH_0_4), ld512(&SH_0_1));
+            // Chunk c: the low nibbles take bit 2c of `qh`, the high nibbles bit 2c + 1.
+            let mut h = bcast256(p.add(16));
+            let mut q = [_mm512_setzero_si512(); 4];
+            for (c, qc) in q.iter_mut().enumerate() {
+                let raw = bcast256(p.add(48 + 32 * c));
+                let lo = _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F));
+                let hb = _mm512_and_si512(_mm512_srlv_epi16(h, sh_h), _mm512_set1_epi8(1));
+                *qc = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hb));
+                h = _mm512_srli_epi16::<2>(h);
+            }
+            WK { q, sc, m, d, dmin }
+        }
+    }
+}
+
+impl KQuant for Q6K {
+    const WB: usize = 210;
+    const WTY: GgmlType = GgmlType::Q6K;
+    const MINS: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+            let m = _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32));
+            let sc = _mm512_castsi256_si512(sc);
+            let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K6[c]), sc));
+            let (sh0, sh1) = (ld512(&SH_4_2), ld512(&SH_0_2));
+            let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+            let mut q = [_mm512_setzero_si512(); 4];
+            for n in 0..2 {
+                // Elements 128n + l and 128n + 32 + l (l < 32) from the low nibbles of
+                // ql[64n..64n+64] and bits 0-1 / 2-3 of qh[32n + l]; elements 128n + 64 + l
+                // and 128n + 96 + l from the high nibbles and bits 4-5 / 6-7.
+                let l = _mm512_loadu_si512(p.add(64 * n) as *const __m512i);
+                let h = bcast256(p.add(128 + 32 * n));
+                q[2 * n] = _mm512_or_si512(
+                    _mm512_and_si512(l, m4),
+                    _mm512_and_si512(_mm512_sllv_epi16(h, sh0), m30),
+                );
+                q[2 * n + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+                    _mm512_and_si512(_mm512_srlv_epi16(h, sh1), m30),
+                );
+            }
+            WK {
+                q,
+                sc: scs,
+                m,
+                d: bcast_f16_512(p.add(208)),
+                dmin: _mm512_setzero_ps(),
+            }
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_ak(p: *const u8) -> AK {
+    // SAFETY: the caller guarantees a whole Q8_K block at `p`.
+    unsafe {
+        AK {
+            p: p.add(Q8K_QS),
+            bs: _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i),
+            d: _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32)),
+        }
+    }
+}
+
+/// Add one block pair's product to `acc`; the float ops depend only on the two blocks.
+/// `mins` is a constant per type (inlined away).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn step_k(mins: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
+    let corr = _mm256_madd_epi16(w.m, a.bs);
+    let mut isum = if mins {
+        _mm512_setzero_si512()
+    } else {
+        _mm512_zextsi256_si512(corr)
+    };
+    for c in 0..4 {
+        // SAFETY: the activation block holds 256 quants at `a.p`.
+        let aq = unsafe { _mm512_loadu_si512(a.p.add(64 * c) as *const __m512i) };
+        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w.q[c], aq), w.sc[c]);
+    }
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w.d, a.d), acc);
+    if mins {
+        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(corr));
+        _mm512_fmadd_ps(m, _mm512_mul_ps(w.dmin, a.d), acc)
+    } else {
+        acc
+    }
+}
+
+/// `R` weight rows × `T` activation rows over `nb` super-blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    const AB: usize = 292;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
+        unsafe {
+            let mut av = [load_ak(a.add(b * AB)); T];
+            for (t, v) in av.iter_mut().enumerate().skip(1) {
+                *v = load_ak(a.add(t * as_ + b * AB));
+            }
+            for r in 0..R {
+                let wk = K::load_w(w.add(r * ws + b * K::WB));
+                for t in 0..T {
+                    acc[r][t] = step_k(K::MINS, &wk, &av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+macro_rules! kq_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_kq, $k, nr, nt, (n / QK_K, w, ws, a, as_, o)) }
+        }
+    };
+}
+kq_wrapper!(tile_q4k, Q4K);
+kq_wrapper!(tile_q5k, Q5K);
+kq_wrapper!(tile_q6k, Q6K);
