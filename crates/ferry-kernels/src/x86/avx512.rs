@@ -1,6 +1,7 @@
-//! AVX-512 VNNI kernels for the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): two blocks per
-//! 512-bit step, integer products with `vpdpbusd`. Other types and the quantizers come from
-//! the AVX2 module.
+//! AVX-512 VNNI kernels, all tiled up to 4 weight rows × 4 tokens: the 32-element block types
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: two blocks per 512-bit step, integer products with
+//! `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
+//! rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or a pointer
@@ -76,6 +77,16 @@ fn tile(ty: GgmlType) -> TileKernel {
         },
         GgmlType::Q6K => TileKernel {
             f: tile_q6k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::F16 => TileKernel {
+            f: tile_f16,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::BF16 => TileKernel {
+            f: tile_bf16,
             max_r: MAX_R,
             max_t: MAX_T,
         },
@@ -814,3 +825,114 @@ macro_rules! kq_wrapper {
 kq_wrapper!(tile_q4k, Q4K);
 kq_wrapper!(tile_q5k, Q5K);
 kq_wrapper!(tile_q6k, Q6K);
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit float rows (F16 or BF16 weights × activations of the same type), tiled: 16 elements
+// per step, converted to f32 and multiplied with one FMA per (row, token) into 16 f32 lanes; a
+// ragged tail is a masked load of zeros. The lane sums are reduced once at the end.
+
+trait Half16 {
+    const TY: GgmlType;
+    /// The `k` (< 16, `k` > 0) 16-bit floats at `p` as f32, zeros after them.
+    unsafe fn load(p: *const u8, k: usize) -> __m512;
+}
+
+struct F16;
+struct BF16;
+
+impl Half16 for F16 {
+    const TY: GgmlType = GgmlType::F16;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, k: usize) -> __m512 {
+        // SAFETY: the caller guarantees `k` readable f16 at `p`; the masked load reads no more.
+        unsafe {
+            let h = if k >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
+            };
+            _mm512_cvtph_ps(h)
+        }
+    }
+}
+
+impl Half16 for BF16 {
+    const TY: GgmlType = GgmlType::BF16;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, k: usize) -> __m512 {
+        // SAFETY: the caller guarantees `k` readable bf16 at `p`; the masked load reads no more.
+        unsafe {
+            let h = if k >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
+            };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+/// `R` weight rows × `T` activation rows of `n` 16-bit floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
+    n: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(16);
+        // SAFETY: elements `i..i + k` of rows `< R` / `< T` lie inside the ranges
+        // `check_tile` verified.
+        unsafe {
+            let mut wv = [K::load(w.add(2 * i), k); R];
+            for (r, v) in wv.iter_mut().enumerate().skip(1) {
+                *v = K::load(w.add(r * ws + 2 * i), k);
+            }
+            let mut av = [K::load(a.add(2 * i), k); T];
+            for (t, v) in av.iter_mut().enumerate().skip(1) {
+                *v = K::load(a.add(t * as_ + 2 * i), k);
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+        i += 16;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+macro_rules! h16_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::TY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_h16, $k, nr, nt, (n, w, ws, a, as_, o)) }
+        }
+    };
+}
+h16_wrapper!(tile_f16, F16);
+h16_wrapper!(tile_bf16, BF16);
