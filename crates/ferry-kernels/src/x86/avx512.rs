@@ -521,10 +521,14 @@ pair_wrapper!(tile_q5_1, Q51);
 // K-quants (256-element super-blocks) against Q8_K activations, tiled.
 //
 // Per 64 elements: `vpmaddubsw` (unsigned quants × signed activations → i16 pairs, which cannot
-// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes. A
-// block's integer sum is exact, so it is converted to float once per block and (row, token):
-// `acc += f32(Σ) · (d_w · d_a)`, plus for Q4_K/Q5_K `acc += f32(Σ mins·bsums) · (-dmin · d_a)`.
-// Q6_K's `-32` offset is folded into the integer sum as `-32 · Σ scale · bsum`.
+// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes. The
+// float arithmetic is that of ggml's AVX2 kernels (`ggml_vec_dot_q{4,5,6}_K_q8_K`, which
+// llama.cpp runs on this kind of CPU) and of `avx2::dot_q*k`, bit for bit: the 16 integer lanes
+// are folded to ggml's 8 (lane i sums the elements with `(e mod 32) / 4 = i`; integer sums are
+// exact, so only the partition matters), converted once per super-block and accumulated as
+// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K/Q5_K's mins go to 4 more lanes of the same vector
+// as ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums. Q6_K's
+// `-32` is subtracted per i16 pair as ggml does (`maddubs(32, a)`).
 
 /// A K-quant weight block unpacked for the tiled kernel.
 #[derive(Clone, Copy)]
@@ -533,13 +537,10 @@ struct WK {
     q: [__m512i; 4],
     /// The scale of each i16 lane's element pair, per 64-element chunk.
     sc: [__m512i; 4],
-    /// Multipliers of the 16 activation bsums: Q6_K `-32 · scale` of each 16-element
-    /// sub-block; Q4_K/Q5_K the min of each 32-element sub-block, twice.
-    m: __m256i,
-    /// `d`, broadcast.
+    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
+    mins: __m128i,
+    /// Lanes 0-7: `d`; Q4_K/Q5_K lanes 8-11: `dmin`; the rest zero.
     d: __m512,
-    /// Q4_K/Q5_K: `-dmin`, broadcast (unused by Q6_K).
-    dmin: __m512,
 }
 
 /// A Q8_K activation block.
@@ -547,8 +548,11 @@ struct WK {
 struct AK {
     /// The 256 quants.
     p: *const u8,
-    /// The 16 sums of 16 quants.
-    bs: __m256i,
+    /// Q4_K/Q5_K: sums of 32 quants (ggml's `hadd` of the bsums), as 8 i16.
+    q8s: __m128i,
+    /// Q6_K: `maddubs(32, a)` of each 64-quant chunk.
+    a32: [__m512i; 4],
+    /// Lanes 0-7: `d`; lanes 8-11: `-d`; the rest zero.
     d: __m512,
 }
 
@@ -595,14 +599,21 @@ static SH_0_4: [u16; 32] = halves(0, 4);
 static SH_0_1: [u16; 32] = halves(0, 1);
 static SH_4_2: [u16; 32] = halves(4, 2);
 static SH_0_2: [u16; 32] = halves(0, 2);
-/// Byte shuffle repeating each of 8 mins twice.
-static DUP_MINS: [u8; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
 
+/// The f16 at `p` in lanes 0-7 and (if `m` is given) the f16 at `m` in lanes 8-11, as f32;
+/// zero elsewhere.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn bcast_f16_512(p: *const u8) -> __m512 {
-    // SAFETY: the caller guarantees two readable bytes at `p`.
-    unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))) }
+unsafe fn d_lanes(p: *const u8, m: Option<*const u8>) -> __m512 {
+    // SAFETY: the caller guarantees two readable bytes at `p` (and at `m`).
+    unsafe {
+        let v = _mm256_maskz_set1_epi16(0x00FF, avx2::rd16(p));
+        let v = match m {
+            Some(m) => _mm256_mask_set1_epi16(v, 0x0F00, avx2::rd16(m)),
+            None => v,
+        };
+        _mm512_cvtph_ps(v)
+    }
 }
 
 /// 32 bytes at `p` in both halves of a vector.
@@ -613,15 +624,15 @@ unsafe fn bcast256(p: *const u8) -> __m512i {
     unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i)) }
 }
 
-/// Q4_K/Q5_K header: `d`, `-dmin`, per-chunk scales and the duplicated mins (ggml's `utmp`
-/// unpacking of the 12 packed 6-bit scales and mins).
+/// Q4_K/Q5_K header: per-chunk scales, mins and `d`/`dmin` lanes (ggml's `utmp` unpacking of
+/// the 12 packed 6-bit scales and mins).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m256i, __m512, __m512) {
+unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m128i, __m512) {
     const KM1: u32 = 0x3f3f_3f3f;
     const KM2: u32 = 0x0f0f_0f0f;
     const KM3: u32 = 0x0303_0303;
-    // SAFETY: the caller guarantees a whole Q4_K/Q5_K block at `p`; tables are 64/16 bytes.
+    // SAFETY: the caller guarantees a whole Q4_K/Q5_K block at `p`; tables are 64 bytes.
     unsafe {
         let u0 = std::ptr::read_unaligned(p.add(4) as *const u32);
         let u1 = std::ptr::read_unaligned(p.add(8) as *const u32);
@@ -633,12 +644,8 @@ unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m256i, __m512, __m512) {
         let sc = _mm256_cvtepu8_epi16(_mm_set_epi32(0, 0, sc_hi as i32, sc_lo as i32));
         let sc = _mm512_castsi256_si512(sc);
         let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K4[c]), sc));
-        let mn = _mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32);
-        let dup = _mm_loadu_si128(DUP_MINS.as_ptr() as *const __m128i);
-        let m = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(mn, dup));
-        let d = bcast_f16_512(p);
-        let dmin = _mm512_sub_ps(_mm512_setzero_ps(), bcast_f16_512(p.add(2)));
-        (scs, m, d, dmin)
+        let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32));
+        (scs, mins, d_lanes(p, Some(p.add(2))))
     }
 }
 
@@ -651,13 +658,13 @@ impl KQuant for Q4K {
     unsafe fn load_w(p: *const u8) -> WK {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
-            let (sc, m, d, dmin) = k4_header(p);
+            let (sc, mins, d) = k4_header(p);
             let sh = ld512(&SH_0_4);
             let q = std::array::from_fn(|c| {
                 let raw = bcast256(p.add(16 + 32 * c));
                 _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F))
             });
-            WK { q, sc, m, d, dmin }
+            WK { q, sc, mins, d }
         }
     }
 }
@@ -671,7 +678,7 @@ impl KQuant for Q5K {
     unsafe fn load_w(p: *const u8) -> WK {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
-            let (sc, m, d, dmin) = k4_header(p);
+            let (sc, mins, d) = k4_header(p);
             let (sh, sh_h) = (ld512(&SH_0_4), ld512(&SH_0_1));
             // Chunk c: the low nibbles take bit 2c of `qh`, the high nibbles bit 2c + 1.
             let mut h = bcast256(p.add(16));
@@ -683,7 +690,7 @@ impl KQuant for Q5K {
                 *qc = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hb));
                 h = _mm512_srli_epi16::<2>(h);
             }
-            WK { q, sc, m, d, dmin }
+            WK { q, sc, mins, d }
         }
     }
 }
@@ -698,7 +705,6 @@ impl KQuant for Q6K {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
             let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
-            let m = _mm256_mullo_epi16(sc, _mm256_set1_epi16(-32));
             let sc = _mm512_castsi256_si512(sc);
             let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K6[c]), sc));
             let (sh0, sh1) = (ld512(&SH_4_2), ld512(&SH_0_2));
@@ -722,9 +728,8 @@ impl KQuant for Q6K {
             WK {
                 q,
                 sc: scs,
-                m,
-                d: bcast_f16_512(p.add(208)),
-                dmin: _mm512_setzero_ps(),
+                mins: _mm_setzero_si128(),
+                d: d_lanes(p.add(208), None),
             }
         }
     }
@@ -732,13 +737,31 @@ impl KQuant for Q6K {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn load_ak(p: *const u8) -> AK {
+unsafe fn load_ak(p: *const u8, mins: bool) -> AK {
     // SAFETY: the caller guarantees a whole Q8_K block at `p`.
     unsafe {
+        let q = p.add(Q8K_QS);
+        let (q8s, a32) = if mins {
+            let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
+            let q8s = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bs),
+                _mm256_extracti128_si256::<1>(bs),
+            );
+            (q8s, [_mm512_setzero_si512(); 4])
+        } else {
+            let m32 = _mm512_set1_epi8(32);
+            let a32 = std::array::from_fn(|c| {
+                _mm512_maddubs_epi16(m32, _mm512_loadu_si512(q.add(64 * c) as *const __m512i))
+            });
+            (_mm_setzero_si128(), a32)
+        };
+        let d = _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32));
+        let neg = _mm512_sub_ps(_mm512_setzero_ps(), d);
         AK {
-            p: p.add(Q8K_QS),
-            bs: _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i),
-            d: _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32)),
+            p: q,
+            q8s,
+            a32,
+            d: _mm512_maskz_mov_ps(0x0FFF, _mm512_mask_mov_ps(d, 0x0F00, neg)),
         }
     }
 }
@@ -748,23 +771,39 @@ unsafe fn load_ak(p: *const u8) -> AK {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn step_k(mins: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
-    let corr = _mm256_madd_epi16(w.m, a.bs);
-    let mut isum = if mins {
-        _mm512_setzero_si512()
-    } else {
-        _mm512_zextsi256_si512(corr)
-    };
+    let mut isum = _mm512_setzero_si512();
     for c in 0..4 {
         // SAFETY: the activation block holds 256 quants at `a.p`.
         let aq = unsafe { _mm512_loadu_si512(a.p.add(64 * c) as *const __m512i) };
-        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w.q[c], aq), w.sc[c]);
+        let mut p = _mm512_maddubs_epi16(w.q[c], aq);
+        if !mins {
+            // |maddubs(q, a)| ≤ 2·63·127 and |maddubs(32, a)| ≤ 2·32·127: no i16 overflow.
+            p = _mm512_sub_epi16(p, a.a32[c]);
+        }
+        isum = _mm512_dpwssd_epi32(isum, p, w.sc[c]);
     }
-    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(w.d, a.d), acc);
-    if mins {
-        let m = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(corr));
-        _mm512_fmadd_ps(m, _mm512_mul_ps(w.dmin, a.d), acc)
+    let s8 = _mm256_add_epi32(
+        _mm512_castsi512_si256(isum),
+        _mm512_extracti64x4_epi64::<1>(isum),
+    );
+    let all = if mins {
+        let m = _mm_madd_epi16(w.mins, a.q8s);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s8), _mm256_zextsi128_si256(m))
     } else {
-        acc
+        _mm512_zextsi256_si512(s8)
+    };
+    _mm512_fmadd_ps(_mm512_mul_ps(a.d, w.d), _mm512_cvtepi32_ps(all), acc)
+}
+
+/// ggml's final sum: `hsum_float_8(acc)`, plus `hsum(acc_m)` of lanes 8-11 when there are mins.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn finish_k(mins: bool, acc: __m512) -> f32 {
+    let s = avx2::hsum256(_mm512_castps512_ps256(acc));
+    if mins {
+        s + avx2::hsum128(_mm512_extractf32x4_ps::<2>(acc))
+    } else {
+        s
     }
 }
 
@@ -783,9 +822,9 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     for b in 0..nb {
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
-            let mut av = [load_ak(a.add(b * AB)); T];
+            let mut av = [load_ak(a.add(b * AB), K::MINS); T];
             for (t, v) in av.iter_mut().enumerate().skip(1) {
-                *v = load_ak(a.add(t * as_ + b * AB));
+                *v = load_ak(a.add(t * as_ + b * AB), K::MINS);
             }
             for r in 0..R {
                 let wk = K::load_w(w.add(r * ws + b * K::WB));
@@ -798,7 +837,7 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     for r in 0..R {
         for t in 0..T {
             // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+            unsafe { *out.add(r * T + t) = finish_k(K::MINS, acc[r][t]) };
         }
     }
 }
