@@ -164,11 +164,9 @@ const fn bcast2(a: u16, b: u16) -> [u16; 32] {
 static IDX_D41: [u16; 32] = bcast2(0, 10);
 static IDX_M41: [u16; 32] = bcast2(1, 11);
 static IDX_D40: [u16; 32] = bcast2(0, 9);
-static IDX_Q50: [u8; 64] = nib_idx(6, 28);
-static IDX_D50: [u16; 32] = bcast2(0, 11);
-static IDX_Q51: [u8; 64] = nib_idx(8, 32);
-static IDX_D51: [u16; 32] = bcast2(0, 12);
-static IDX_M51: [u16; 32] = bcast2(1, 13);
+/// Q5_0/Q5_1: the nibbles of one block in both halves.
+static IDX_Q50: [u8; 64] = nib_idx(6, 6);
+static IDX_Q51: [u8; 64] = nib_idx(8, 8);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -371,86 +369,6 @@ impl Pair for Q80 {
     }
 }
 
-impl Pair for Q50 {
-    const WB: usize = 22;
-    const AB: usize = 34;
-    const WTY: GgmlType = GgmlType::Q5_0;
-    type W = WP;
-    type A = AP;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_w(p: *const u8, two: bool) -> WP {
-        let mask: u64 = if two { (1 << 44) - 1 } else { (1 << 22) - 1 };
-        // SAFETY: the masked load and the `qh` reads touch only the pair's bytes; tables are
-        // 64 bytes.
-        unsafe {
-            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
-            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
-                ld512(&IDX_D50),
-                raw,
-            )));
-            WP {
-                q: _mm512_or_si512(nibbles(raw, &IDX_Q50), high_bits(p.add(2), 22, two)),
-                d,
-                m: _mm512_setzero_ps(),
-            }
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_a(p: *const u8, two: bool) -> AP {
-        // SAFETY: forwarded from the caller.
-        unsafe { load_a80(p, two, 16) }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
-        // Σ (q - 16)·a = Σ q·a - 16·Σ a, the latter preloaded as the accumulator.
-        let i = _mm512_dpbusd_epi32(_mm512_castps_si512(a.s), w.q, a.q);
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.d, a.d), acc)
-    }
-}
-
-impl Pair for Q51 {
-    const WB: usize = 24;
-    const AB: usize = 36;
-    const WTY: GgmlType = GgmlType::Q5_1;
-    type W = WP;
-    type A = AP;
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_w(p: *const u8, two: bool) -> WP {
-        let mask: u64 = if two { (1 << 48) - 1 } else { (1 << 24) - 1 };
-        // SAFETY: the masked load and the `qh` reads touch only the pair's bytes; tables are
-        // 64 bytes.
-        unsafe {
-            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
-            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
-                ld512(&IDX_D51),
-                raw,
-            )));
-            let m = _mm512_maskz_permutexvar_epi16(0x0101, ld512(&IDX_M51), raw);
-            WP {
-                q: _mm512_or_si512(nibbles(raw, &IDX_Q51), high_bits(p.add(4), 24, two)),
-                d,
-                m: _mm512_cvtph_ps(_mm512_castsi512_si256(m)),
-            }
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_a(p: *const u8, two: bool) -> AP {
-        // SAFETY: forwarded from the caller (Q8_1 activations, as for Q4_1).
-        unsafe { Q41::load_a(p, two) }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
-        // SAFETY: the same arithmetic as Q4_1 (unsigned 5-bit quants instead of 4-bit).
-        unsafe { Q41::step(w, a, acc) }
-    }
-}
-
 /// `R` weight rows × `T` activation rows over `nb` blocks, two blocks per step.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
@@ -514,8 +432,241 @@ macro_rules! pair_wrapper {
 pair_wrapper!(tile_q4_0, Q40);
 pair_wrapper!(tile_q4_1, Q41);
 pair_wrapper!(tile_q8_0, Q80);
-pair_wrapper!(tile_q5_0, Q50);
-pair_wrapper!(tile_q5_1, Q51);
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
+// high 256 bits token 2p + 1, each against the same weight block broadcast to both halves. Each
+// half then performs exactly the float ops of ggml's AVX2 `ggml_vec_dot_q5_{0,1}_q8_{0,1}`
+// (llama.cpp's kernel on this kind of CPU): per block `acc += (d_w · d_a) · f32(Σ₄ q·a)` in 8
+// lanes, Q5_1's `summs += m · s` in a separate accumulator, and `hsum_float_8(acc) + summs`.
+// The halves never mix, so a token's result does not depend on its neighbour.
+
+/// A Q5 weight block, both halves equal.
+#[derive(Clone, Copy)]
+struct W5 {
+    q: __m512i,
+    d: __m512,
+    /// Q5_1: `m` in every lane.
+    m: __m128,
+}
+
+/// The same block of two tokens (the second zero when absent).
+#[derive(Clone, Copy)]
+struct A5 {
+    q: __m512i,
+    /// Each token's `d` over its 8 lanes.
+    d: __m512,
+    /// Q5_0: `-16 · Σ₄ a` per lane (bit-cast); Q5_1 unused.
+    k: __m512i,
+    /// Q5_1: the two tokens' `s` in lanes 0 and 1.
+    s: __m128,
+}
+
+/// Two accumulators: 8 lanes per token, and Q5_1's `summs` in lanes 0 and 1.
+#[derive(Clone, Copy)]
+struct Acc5 {
+    v: __m512,
+    m: __m128,
+}
+
+trait Tok2 {
+    const WB: usize;
+    const AB: usize;
+    const WTY: GgmlType;
+    const MINS: bool;
+    unsafe fn load_w(p: *const u8) -> W5;
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5;
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5;
+}
+
+/// The f16 at `p0 + off` over lanes 0-7 and at `p1 + off` (or 0) over lanes 8-15, as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn f16_pair(p0: *const u8, p1: Option<*const u8>, off: usize) -> __m256i {
+    // SAFETY: the caller guarantees two readable bytes at each `p + off`.
+    unsafe {
+        let d0 = avx2::rd16(p0.add(off));
+        let d1 = p1.map_or(0, |p| avx2::rd16(p.add(off)));
+        _mm256_set_m128i(_mm_set1_epi16(d1), _mm_set1_epi16(d0))
+    }
+}
+
+/// 32 quant bytes at `p0 + off` (low half) and `p1 + off` (high half, or zero).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn quants_pair(p0: *const u8, p1: Option<*const u8>, off: usize) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at each `p + off`.
+    unsafe {
+        let q0 = _mm256_loadu_si256(p0.add(off) as *const __m256i);
+        let q1 = p1.map_or(_mm256_setzero_si256(), |p| {
+            _mm256_loadu_si256(p.add(off) as *const __m256i)
+        });
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1)
+    }
+}
+
+impl Tok2 for Q50 {
+    const WB: usize = 22;
+    const AB: usize = 34;
+    const WTY: GgmlType = GgmlType::Q5_0;
+    const MINS: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> W5 {
+        // SAFETY: the masked load and the `qh` read touch only the block; tables are 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8((1 << 22) - 1, p as *const i8);
+            W5 {
+                q: _mm512_or_si512(nibbles(raw, &IDX_Q50), high_bits(p.add(2), 0, true)),
+                d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+                m: _mm_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5 {
+        // SAFETY: the caller guarantees whole blocks at `p0` and `p1`.
+        unsafe {
+            let q = quants_pair(p0, p1, 2);
+            let ks = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(16), q);
+            A5 {
+                q,
+                d: _mm512_cvtph_ps(f16_pair(p0, p1, 0)),
+                k: _mm512_sub_epi32(_mm512_setzero_si512(), ks),
+                s: _mm_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5 {
+        // Σ₄ (q - 16)·a = Σ₄ q·a - 16·Σ₄ a, exactly ggml's integer lanes.
+        let i = _mm512_dpbusd_epi32(a.k, w.q, a.q);
+        Acc5 {
+            v: _mm512_fmadd_ps(_mm512_mul_ps(w.d, a.d), _mm512_cvtepi32_ps(i), acc.v),
+            m: acc.m,
+        }
+    }
+}
+
+impl Tok2 for Q51 {
+    const WB: usize = 24;
+    const AB: usize = 36;
+    const WTY: GgmlType = GgmlType::Q5_1;
+    const MINS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> W5 {
+        // SAFETY: the masked load and the `qh` read touch only the block; tables are 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8((1 << 24) - 1, p as *const i8);
+            W5 {
+                q: _mm512_or_si512(nibbles(raw, &IDX_Q51), high_bits(p.add(4), 0, true)),
+                d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+                m: _mm_cvtph_ps(_mm_set1_epi16(avx2::rd16(p.add(2)))),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5 {
+        // SAFETY: the caller guarantees whole blocks at `p0` and `p1`.
+        unsafe {
+            let s0 = avx2::rd16(p0.add(2));
+            let s1 = p1.map_or(0, |p| avx2::rd16(p.add(2)));
+            A5 {
+                q: quants_pair(p0, p1, 4),
+                d: _mm512_cvtph_ps(f16_pair(p0, p1, 0)),
+                k: _mm512_setzero_si512(),
+                s: _mm_cvtph_ps(_mm_setr_epi16(s0, s1, 0, 0, 0, 0, 0, 0)),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5 {
+        let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q);
+        Acc5 {
+            v: _mm512_fmadd_ps(_mm512_mul_ps(w.d, a.d), _mm512_cvtepi32_ps(i), acc.v),
+            m: _mm_fmadd_ps(w.m, a.s, acc.m),
+        }
+    }
+}
+
+/// `R` weight rows × `T` activation rows over `nb` blocks, tokens in pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    // Pairs of tokens: at most 2 (T ≤ 4); `np` of them are used.
+    let np = T.div_ceil(2);
+    let zero = Acc5 {
+        v: _mm512_setzero_ps(),
+        m: _mm_setzero_ps(),
+    };
+    let mut acc = [[zero; 2]; R];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
+        unsafe {
+            let at = |t: usize| a.add(t * as_ + b * K::AB);
+            let mut av = [K::load_a(at(0), (T > 1).then(|| at(1))); 2];
+            if np > 1 {
+                av[1] = K::load_a(at(2), (T > 3).then(|| at(3)));
+            }
+            for r in 0..R {
+                let wv = K::load_w(w.add(r * ws + b * K::WB));
+                for p in 0..np {
+                    acc[r][p] = K::step(&wv, &av[p], acc[r][p]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let c = acc[r][t / 2];
+            let (v, m) = if t % 2 == 0 {
+                (_mm512_castps512_ps256(c.v), _mm_cvtss_f32(c.m))
+            } else {
+                (
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c.v))),
+                    _mm_cvtss_f32(_mm_movehdup_ps(c.m)),
+                )
+            };
+            let s = avx2::hsum256(v);
+            let s = if K::MINS { s + m } else { s };
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = s };
+        }
+    }
+}
+
+macro_rules! tok2_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
+        }
+    };
+}
+tok2_wrapper!(tile_q5_0, Q50);
+tok2_wrapper!(tile_q5_1, Q51);
 
 // ---------------------------------------------------------------------------------------------
 // K-quants (256-element super-blocks) against Q8_K activations, tiled.
