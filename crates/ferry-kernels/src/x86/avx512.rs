@@ -164,9 +164,11 @@ const fn bcast2(a: u16, b: u16) -> [u16; 32] {
 static IDX_D41: [u16; 32] = bcast2(0, 10);
 static IDX_M41: [u16; 32] = bcast2(1, 11);
 static IDX_D40: [u16; 32] = bcast2(0, 9);
-/// Q5_0/Q5_1: the nibbles of one block in both halves.
+/// Q5_0/Q5_1: the nibbles of one block in both halves, or of two consecutive blocks.
 static IDX_Q50: [u8; 64] = nib_idx(6, 6);
 static IDX_Q51: [u8; 64] = nib_idx(8, 8);
+static IDX_Q50_2: [u8; 64] = nib_idx(6, 28);
+static IDX_Q51_2: [u8; 64] = nib_idx(8, 32);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -474,9 +476,82 @@ trait Tok2 {
     const AB: usize;
     const WTY: GgmlType;
     const MINS: bool;
+    /// Nibble tables: one block in both halves; two consecutive blocks.
+    const IDX: &'static [u8; 64];
+    const IDX2: &'static [u8; 64];
+    /// Offset of `qh` in a block.
+    const QH: usize;
     unsafe fn load_w(p: *const u8) -> W5;
     unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5;
     unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5;
+}
+
+/// Block `b` (and `b + 1` when `two`) of one weight row, blocks in the two halves (for the
+/// single-token tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_w_seq<K: Tok2>(p: *const u8, two: bool) -> W5 {
+    let mask: u64 = if two {
+        (1 << (2 * K::WB)) - 1
+    } else {
+        (1 << K::WB) - 1
+    };
+    // SAFETY: the masked load and the `qh` reads touch only the blocks; tables are 64 bytes.
+    unsafe {
+        let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
+        let p1 = two.then(|| p.add(K::WB));
+        let m = if K::MINS {
+            _mm_cvtph_ps(_mm_setr_epi16(
+                avx2::rd16(p.add(2)),
+                p1.map_or(0, |q| avx2::rd16(q.add(2))),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ))
+        } else {
+            _mm_setzero_ps()
+        };
+        W5 {
+            q: _mm512_or_si512(nibbles(raw, K::IDX2), high_bits(p.add(K::QH), K::WB, two)),
+            d: _mm512_cvtph_ps(f16_pair(p, p1, 0)),
+            m,
+        }
+    }
+}
+
+/// One token's blocks in sequence (the single-token tile): the pair of blocks in the two halves
+/// of the vector is accumulated low half first, then high half, into 8 lanes, as ggml's loop
+/// over blocks does; Q5_1's `summs` likewise block by block in lane 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn step_seq<K: Tok2>(w: &W5, a: &A5, two: bool, acc: Acc5) -> Acc5 {
+    let i = if K::MINS {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q)
+    } else {
+        _mm512_dpbusd_epi32(a.k, w.q, a.q)
+    };
+    let v = _mm512_cvtepi32_ps(i);
+    let dd = _mm512_mul_ps(w.d, a.d);
+    let lo = |x: __m512| _mm512_castps512_ps256(x);
+    let hi = |x: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+    let mut v8 = _mm256_fmadd_ps(lo(dd), lo(v), _mm512_castps512_ps256(acc.v));
+    let mut m = acc.m;
+    if K::MINS {
+        m = _mm_fmadd_ss(w.m, a.s, m);
+    }
+    if two {
+        v8 = _mm256_fmadd_ps(hi(dd), hi(v), v8);
+        if K::MINS {
+            m = _mm_fmadd_ss(_mm_movehdup_ps(w.m), _mm_movehdup_ps(a.s), m);
+        }
+    }
+    Acc5 {
+        v: _mm512_castps256_ps512(v8),
+        m,
+    }
 }
 
 /// The f16 at `p0 + off` over lanes 0-7 and at `p1 + off` (or 0) over lanes 8-15, as f32.
@@ -510,6 +585,9 @@ impl Tok2 for Q50 {
     const AB: usize = 34;
     const WTY: GgmlType = GgmlType::Q5_0;
     const MINS: bool = false;
+    const IDX: &'static [u8; 64] = &IDX_Q50;
+    const IDX2: &'static [u8; 64] = &IDX_Q50_2;
+    const QH: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load_w(p: *const u8) -> W5 {
@@ -517,7 +595,7 @@ impl Tok2 for Q50 {
         unsafe {
             let raw = _mm512_maskz_loadu_epi8((1 << 22) - 1, p as *const i8);
             W5 {
-                q: _mm512_or_si512(nibbles(raw, &IDX_Q50), high_bits(p.add(2), 0, true)),
+                q: _mm512_or_si512(nibbles(raw, Self::IDX), high_bits(p.add(Self::QH), 0, true)),
                 d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
                 m: _mm_setzero_ps(),
             }
@@ -555,6 +633,9 @@ impl Tok2 for Q51 {
     const AB: usize = 36;
     const WTY: GgmlType = GgmlType::Q5_1;
     const MINS: bool = true;
+    const IDX: &'static [u8; 64] = &IDX_Q51;
+    const IDX2: &'static [u8; 64] = &IDX_Q51_2;
+    const QH: usize = 4;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load_w(p: *const u8) -> W5 {
@@ -562,7 +643,7 @@ impl Tok2 for Q51 {
         unsafe {
             let raw = _mm512_maskz_loadu_epi8((1 << 24) - 1, p as *const i8);
             W5 {
-                q: _mm512_or_si512(nibbles(raw, &IDX_Q51), high_bits(p.add(4), 0, true)),
+                q: _mm512_or_si512(nibbles(raw, Self::IDX), high_bits(p.add(Self::QH), 0, true)),
                 d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
                 m: _mm_cvtph_ps(_mm_set1_epi16(avx2::rd16(p.add(2)))),
             }
@@ -611,7 +692,25 @@ unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
         m: _mm_setzero_ps(),
     };
     let mut acc = [[zero; 2]; R];
-    for b in 0..nb {
+    if T == 1 {
+        // One token: two consecutive blocks per vector, accumulated in block order.
+        let mut b = 0;
+        while b < nb {
+            let two = b + 1 < nb;
+            // SAFETY: blocks `b` (and `b + 1` when `two`) of rows `< R` and of the token lie
+            // inside the ranges `check_tile` verified.
+            unsafe {
+                let p = a.add(b * K::AB);
+                let av = K::load_a(p, two.then(|| p.add(K::AB)));
+                for r in 0..R {
+                    let wv = load_w_seq::<K>(w.add(r * ws + b * K::WB), two);
+                    acc[r][0] = step_seq::<K>(&wv, &av, two, acc[r][0]);
+                }
+            }
+            b += 2;
+        }
+    }
+    for b in 0..if T == 1 { 0 } else { nb } {
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
             let at = |t: usize| a.add(t * as_ + b * K::AB);
