@@ -250,7 +250,11 @@ fn ggml_exact_kernels_agree_across_simd_backends() {
                 })
                 .collect();
             for (be, got) in simd.iter().zip(&results).skip(1) {
-                assert_eq!(got, &results[0], "{} vs {} {ty:?} cols {cols}", be.name, simd[0].name);
+                assert_eq!(
+                    got, &results[0],
+                    "{} vs {} {ty:?} cols {cols}",
+                    be.name, simd[0].name
+                );
             }
         }
     }
