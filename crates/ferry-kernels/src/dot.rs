@@ -3,8 +3,9 @@
 //!
 //! This module owns the dispatch table (`backend()`): on x86-64 it picks the AVX-512 VNNI
 //! kernels, else the AVX2+FMA+F16C kernels, else the portable scalar ones; other targets get
-//! the scalar ones. The choice is made once (a `OnceLock`) so every product in a process uses
-//! the same arithmetic.
+//! the scalar ones (`FERRY_KERNELS=scalar` or `=avx2` forces a lower level, for comparisons).
+//! The choice is made once (a `OnceLock`) so every product in a process uses the same
+//! arithmetic.
 //!
 //! Kernels work on *tiles*: `nr` weight rows against `nt` activation rows. A kernel performs,
 //! for each (row, token) pair of a tile, exactly the same sequence of floating-point
