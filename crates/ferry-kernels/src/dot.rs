@@ -3,8 +3,9 @@
 //!
 //! This module owns the dispatch table (`backend()`): on x86-64 it picks the AVX-512 VNNI
 //! kernels, else the AVX2+FMA+F16C kernels, else the portable scalar ones; other targets get
-//! the scalar ones. The choice is made once (a `OnceLock`) so every product in a process uses
-//! the same arithmetic.
+//! the scalar ones (`FERRY_KERNELS=scalar` or `=avx2` forces a lower level, for comparisons).
+//! The choice is made once (a `OnceLock`) so every product in a process uses the same
+//! arithmetic.
 //!
 //! Kernels work on *tiles*: `nr` weight rows against `nt` activation rows. A kernel performs,
 //! for each (row, token) pair of a tile, exactly the same sequence of floating-point
@@ -133,12 +134,18 @@ pub(crate) static SCALAR: Backend = Backend {
 pub(crate) fn backend() -> &'static Backend {
     static B: OnceLock<&'static Backend> = OnceLock::new();
     B.get_or_init(|| {
-        if std::env::var_os("FERRY_KERNELS").is_some_and(|v| v == "scalar") {
+        let want = std::env::var("FERRY_KERNELS").ok();
+        if want.as_deref() == Some("scalar") {
             return &SCALAR;
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if let Some(b) = crate::x86::best() {
+            // `FERRY_KERNELS=avx2` caps the choice at the AVX2 kernels (to compare them).
+            let all = crate::x86::all();
+            if let Some(b) = all.iter().find(|b| Some(b.name) == want.as_deref()) {
+                return b;
+            }
+            if let Some(b) = all.last() {
                 return b;
             }
         }

@@ -213,6 +213,53 @@ fn fast_dots_are_exact_when_arithmetic_is_exact() {
     }
 }
 
+/// The Q5_0 and K-quant kernels of every SIMD backend reproduce ggml's AVX2 float arithmetic
+/// (the AVX2 backend's kernels for these types follow it op for op), so they agree bit for bit.
+#[test]
+fn ggml_exact_kernels_agree_across_simd_backends() {
+    let simd: Vec<&Backend> = available_backends()
+        .into_iter()
+        .filter(|b| b.name != "scalar")
+        .collect();
+    eprintln!("comparing {} SIMD backends", simd.len());
+    let mut rng = Rng(99);
+    for ty in [GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+        for &cols in col_counts(ty) {
+            let (rows, nt) = (6, 5);
+            let w = weights(ty, rows, cols, &mut rng, false);
+            let x = activations(nt, cols, &mut rng, false);
+            let at = ty.vec_dot_type();
+            let (arb, wrb) = (at.row_bytes(cols).unwrap(), ty.row_bytes(cols).unwrap());
+            let mut a = vec![0u8; arb * nt];
+            for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
+                quantize_row_act(at, xr, ar);
+            }
+            let results: Vec<Vec<u32>> = simd
+                .iter()
+                .map(|be| {
+                    let k = (be.tile)(ty);
+                    let mut v = Vec::new();
+                    for r in 0..rows {
+                        for t in 0..nt {
+                            let mut o = [0f32; 1];
+                            (k.f)(cols, 1, 1, &w[r * wrb..], wrb, &a[t * arb..], arb, &mut o);
+                            v.push(o[0].to_bits());
+                        }
+                    }
+                    v
+                })
+                .collect();
+            for (be, got) in simd.iter().zip(&results).skip(1) {
+                assert_eq!(
+                    got, &results[0],
+                    "{} vs {} {ty:?} cols {cols}",
+                    be.name, simd[0].name
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn fast_quantizers_are_bit_identical() {
     let mut rng = Rng(77);

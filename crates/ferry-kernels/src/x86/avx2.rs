@@ -1,4 +1,4 @@
-//! AVX2 + FMA + F16C kernels: tiled Q4_0/Q4_1/Q8_0 products, single-pair float and K-quant
+//! AVX2 + FMA + F16C kernels: tiled Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products, single-pair float and K-quant
 //! products, and the Q8_0/Q8_1/Q8_K activation quantizers.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
@@ -81,9 +81,18 @@ pub(crate) fn tile(ty: GgmlType) -> TileKernel {
             max_r: 1,
             max_t: 1,
         },
-        // No SIMD kernel yet: the scalar reference (llama.cpp's quantizer picks these for
-        // K-quant mixes whose rows are not a multiple of 256).
-        GgmlType::Q5_0 | GgmlType::Q5_1 => crate::dot::scalar_tile(ty),
+        // llama.cpp's quantizer picks these for K-quant mixes whose rows are not a multiple
+        // of 256.
+        GgmlType::Q5_0 => TileKernel {
+            f: tile_q5_0,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q5_1 => TileKernel {
+            f: tile_q5_1,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
         other => panic!("{} is not a weight type", other.name()),
     }
 }
@@ -110,7 +119,7 @@ pub(crate) fn hsum256(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum128(s: __m128) -> f32 {
+pub(crate) fn hsum128(s: __m128) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
@@ -146,6 +155,8 @@ trait Blk {
 
 struct Q40;
 struct Q41;
+struct Q50;
+struct Q51;
 struct Q80;
 
 #[derive(Clone, Copy)]
@@ -180,6 +191,34 @@ unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
         _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw),
         _mm256_set1_epi8(0x0F),
     )
+}
+
+/// 16 packed nibble bytes at `p` plus the fifth bits of the little-endian `qh` word at `h`
+/// → 32 bytes in element order (byte `j` is element `j` and takes bit `j` of `qh`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q5(p: *const u8, h: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p` and 4 at `h`.
+    let (lo, qh) = unsafe {
+        (
+            unpack_nibbles(p),
+            std::ptr::read_unaligned(h as *const u32) as i32,
+        )
+    };
+    // ggml's `bytes_from_bits_32`: byte j of lane group j/8 gets qh's byte j/8, then tests
+    // its bit j%8.
+    let v = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(qh),
+        _mm256_setr_epi64x(
+            0x0000_0000_0000_0000,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    _mm256_or_si256(lo, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
 }
 
 #[inline]
@@ -265,6 +304,88 @@ impl Blk for Q40 {
     unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
         let i = _mm256_sub_epi32(dot_u8i8(w.q, a.q), _mm256_castps_si256(a.s));
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc)
+    }
+}
+
+/// Q8_0 activations with `k·Σq` per i32 lane (bit-cast), for weights stored with a bias `k`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_a80_bias(p: *const u8, k: i8) -> A8 {
+    // SAFETY: the caller guarantees a whole block at `p`.
+    unsafe {
+        let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        let s = dot_u8i8(_mm256_set1_epi8(k), q);
+        A8 {
+            q,
+            d: bcast_f16(p),
+            s: _mm256_castsi256_ps(s),
+        }
+    }
+}
+
+impl Blk for Q50 {
+    const WB: usize = 22;
+    const AB: usize = 34;
+    const WTY: GgmlType = GgmlType::Q5_0;
+    type W = WNib;
+    type A = A8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WNib {
+        // SAFETY: the caller guarantees a whole block at `p`.
+        unsafe {
+            WNib {
+                q: unpack_q5(p.add(6), p.add(2)),
+                d: bcast_f16(p),
+                m: _mm256_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_a(p: *const u8) -> A8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { load_a80_bias(p, 16) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+        // Σ (q - 16)·a = Σ q·a - 16·Σ a; q ≤ 31 keeps maddubs from saturating.
+        let i = _mm256_sub_epi32(dot_u8i8(w.q, a.q), _mm256_castps_si256(a.s));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc)
+    }
+}
+
+impl Blk for Q51 {
+    const WB: usize = 24;
+    const AB: usize = 36;
+    const WTY: GgmlType = GgmlType::Q5_1;
+    type W = WNib;
+    type A = A8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WNib {
+        // SAFETY: the caller guarantees a whole block at `p`.
+        unsafe {
+            let m = _mm256_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32));
+            WNib {
+                q: unpack_q5(p.add(8), p.add(4)),
+                d: bcast_f16(p),
+                m,
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_a(p: *const u8) -> A8 {
+        // SAFETY: forwarded from the caller (Q8_1 activations, as for Q4_1).
+        unsafe { Q41::load_a(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+        // SAFETY: the same arithmetic as Q4_1 (5-bit quants, ≤ 31, do not saturate maddubs).
+        unsafe { Q41::step(w, a, acc) }
     }
 }
 
@@ -367,6 +488,8 @@ macro_rules! blk_wrapper {
 blk_wrapper!(tile_q4_0, Q40);
 blk_wrapper!(tile_q4_1, Q41);
 blk_wrapper!(tile_q8_0, Q80);
+blk_wrapper!(tile_q5_0, Q50);
+blk_wrapper!(tile_q5_1, Q51);
 
 /// A tile made of single-pair products (for kernels without a tiled form).
 macro_rules! single_wrapper {

@@ -1,6 +1,7 @@
-//! AVX-512 VNNI kernels for the 32-element block types (Q4_0, Q4_1, Q8_0): two blocks per
-//! 512-bit step, integer products with `vpdpbusd`. Other types and the quantizers come from
-//! the AVX2 module.
+//! AVX-512 VNNI kernels, all tiled up to 4 weight rows × 4 tokens: the 32-element block types
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: two blocks per 512-bit step, integer products with
+//! `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
+//! rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or a pointer
@@ -16,6 +17,7 @@ use std::arch::x86_64::*;
 use super::{avx2, rt_match};
 use crate::dot::{check_tile, Backend, TileKernel};
 use crate::quant::GgmlType;
+use crate::quant_k::{Q8K_BSUMS, Q8K_QS, QK_K};
 
 /// Whether this CPU runs the kernels in this module.
 pub(crate) fn detected() -> bool {
@@ -53,6 +55,41 @@ fn tile(ty: GgmlType) -> TileKernel {
             max_r: MAX_R,
             max_t: MAX_T,
         },
+        GgmlType::Q5_0 => TileKernel {
+            f: tile_q5_0,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q5_1 => TileKernel {
+            f: tile_q5_1,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q4K => TileKernel {
+            f: tile_q4k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q5K => TileKernel {
+            f: tile_q5k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::Q6K => TileKernel {
+            f: tile_q6k,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::F16 => TileKernel {
+            f: tile_f16,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::BF16 => TileKernel {
+            f: tile_bf16,
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
         other => avx2::tile(other),
     }
 }
@@ -73,6 +110,8 @@ trait Pair {
 
 struct Q40;
 struct Q41;
+struct Q50;
+struct Q51;
 struct Q80;
 
 #[derive(Clone, Copy)]
@@ -125,6 +164,11 @@ const fn bcast2(a: u16, b: u16) -> [u16; 32] {
 static IDX_D41: [u16; 32] = bcast2(0, 10);
 static IDX_M41: [u16; 32] = bcast2(1, 11);
 static IDX_D40: [u16; 32] = bcast2(0, 9);
+/// Q5_0/Q5_1: the nibbles of one block in both halves, or of two consecutive blocks.
+static IDX_Q50: [u8; 64] = nib_idx(6, 6);
+static IDX_Q51: [u8; 64] = nib_idx(8, 8);
+static IDX_Q50_2: [u8; 64] = nib_idx(6, 28);
+static IDX_Q51_2: [u8; 64] = nib_idx(8, 32);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -141,6 +185,25 @@ unsafe fn nibbles(raw: __m512i, idx: &[u8; 64]) -> __m512i {
     let (idx, sh) = unsafe { (ld512(idx), ld512(&NIB_SHIFT)) };
     let q = _mm512_permutexvar_epi8(idx, raw);
     _mm512_and_si512(_mm512_srlv_epi16(q, sh), _mm512_set1_epi8(0x0F))
+}
+
+/// The fifth bits of a Q5 pair as 0x10 in every byte whose element has its bit set: byte
+/// `p` of block 0 (element `p`, as `nibbles` lays it out) takes bit `p` of the `qh` word at
+/// `p0`, byte `32 + p` bit `p` of the word at `p0 + stride` (only if `two`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn high_bits(p0: *const u8, stride: usize, two: bool) -> __m512i {
+    // SAFETY: the caller guarantees the `qh` words are readable.
+    let (h0, h1) = unsafe {
+        let h0 = std::ptr::read_unaligned(p0 as *const u32) as u64;
+        let h1 = if two {
+            std::ptr::read_unaligned(p0.add(stride) as *const u32) as u64
+        } else {
+            0
+        };
+        (h0, h1)
+    };
+    _mm512_maskz_mov_epi8(h0 | (h1 << 32), _mm512_set1_epi8(0x10))
 }
 
 /// Two f16 scales, at `p` and `p + stride` (the second only if `two`), each broadcast over 8
@@ -371,3 +434,794 @@ macro_rules! pair_wrapper {
 pair_wrapper!(tile_q4_0, Q40);
 pair_wrapper!(tile_q4_1, Q41);
 pair_wrapper!(tile_q8_0, Q80);
+
+// ---------------------------------------------------------------------------------------------
+// Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
+// high 256 bits token 2p + 1, each against the same weight block broadcast to both halves. Each
+// half then performs exactly the float ops of ggml's AVX2 `ggml_vec_dot_q5_{0,1}_q8_{0,1}`
+// (llama.cpp's kernel on this kind of CPU): per block `acc += (d_w · d_a) · f32(Σ₄ q·a)` in 8
+// lanes, Q5_1's `summs += m · s` in a separate accumulator, and `hsum_float_8(acc) + summs`.
+// The halves never mix, so a token's result does not depend on its neighbour.
+
+/// A Q5 weight block, both halves equal.
+#[derive(Clone, Copy)]
+struct W5 {
+    q: __m512i,
+    d: __m512,
+    /// Q5_1: `m` in every lane.
+    m: __m128,
+}
+
+/// The same block of two tokens (the second zero when absent).
+#[derive(Clone, Copy)]
+struct A5 {
+    q: __m512i,
+    /// Each token's `d` over its 8 lanes.
+    d: __m512,
+    /// Q5_0: `-16 · Σ₄ a` per lane (bit-cast); Q5_1 unused.
+    k: __m512i,
+    /// Q5_1: the two tokens' `s` in lanes 0 and 1.
+    s: __m128,
+}
+
+/// Two accumulators: 8 lanes per token, and Q5_1's `summs` in lanes 0 and 1.
+#[derive(Clone, Copy)]
+struct Acc5 {
+    v: __m512,
+    m: __m128,
+}
+
+trait Tok2 {
+    const WB: usize;
+    const AB: usize;
+    const WTY: GgmlType;
+    const MINS: bool;
+    /// Nibble tables: one block in both halves; two consecutive blocks.
+    const IDX: &'static [u8; 64];
+    const IDX2: &'static [u8; 64];
+    /// Offset of `qh` in a block.
+    const QH: usize;
+    unsafe fn load_w(p: *const u8) -> W5;
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5;
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5;
+}
+
+/// Block `b` (and `b + 1` when `two`) of one weight row, blocks in the two halves (for the
+/// single-token tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_w_seq<K: Tok2>(p: *const u8, two: bool) -> W5 {
+    let mask: u64 = if two {
+        (1 << (2 * K::WB)) - 1
+    } else {
+        (1 << K::WB) - 1
+    };
+    // SAFETY: the masked load and the `qh` reads touch only the blocks; tables are 64 bytes.
+    unsafe {
+        let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
+        let p1 = two.then(|| p.add(K::WB));
+        let m = if K::MINS {
+            _mm_cvtph_ps(_mm_setr_epi16(
+                avx2::rd16(p.add(2)),
+                p1.map_or(0, |q| avx2::rd16(q.add(2))),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ))
+        } else {
+            _mm_setzero_ps()
+        };
+        W5 {
+            q: _mm512_or_si512(nibbles(raw, K::IDX2), high_bits(p.add(K::QH), K::WB, two)),
+            d: _mm512_cvtph_ps(f16_pair(p, p1, 0)),
+            m,
+        }
+    }
+}
+
+/// One token's blocks in sequence (the single-token tile): the pair of blocks in the two halves
+/// of the vector is accumulated low half first, then high half, into 8 lanes, as ggml's loop
+/// over blocks does; Q5_1's `summs` likewise block by block in lane 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn step_seq<K: Tok2>(w: &W5, a: &A5, two: bool, acc: Acc5) -> Acc5 {
+    let i = if K::MINS {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q)
+    } else {
+        _mm512_dpbusd_epi32(a.k, w.q, a.q)
+    };
+    let v = _mm512_cvtepi32_ps(i);
+    let dd = _mm512_mul_ps(w.d, a.d);
+    let lo = |x: __m512| _mm512_castps512_ps256(x);
+    let hi = |x: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+    let mut v8 = _mm256_fmadd_ps(lo(dd), lo(v), _mm512_castps512_ps256(acc.v));
+    let mut m = acc.m;
+    if K::MINS {
+        m = _mm_fmadd_ss(w.m, a.s, m);
+    }
+    if two {
+        v8 = _mm256_fmadd_ps(hi(dd), hi(v), v8);
+        if K::MINS {
+            m = _mm_fmadd_ss(_mm_movehdup_ps(w.m), _mm_movehdup_ps(a.s), m);
+        }
+    }
+    Acc5 {
+        v: _mm512_castps256_ps512(v8),
+        m,
+    }
+}
+
+/// The f16 at `p0 + off` over lanes 0-7 and at `p1 + off` (or 0) over lanes 8-15, as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn f16_pair(p0: *const u8, p1: Option<*const u8>, off: usize) -> __m256i {
+    // SAFETY: the caller guarantees two readable bytes at each `p + off`.
+    unsafe {
+        let d0 = avx2::rd16(p0.add(off));
+        let d1 = p1.map_or(0, |p| avx2::rd16(p.add(off)));
+        _mm256_set_m128i(_mm_set1_epi16(d1), _mm_set1_epi16(d0))
+    }
+}
+
+/// 32 quant bytes at `p0 + off` (low half) and `p1 + off` (high half, or zero).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn quants_pair(p0: *const u8, p1: Option<*const u8>, off: usize) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at each `p + off`.
+    unsafe {
+        let q0 = _mm256_loadu_si256(p0.add(off) as *const __m256i);
+        let q1 = p1.map_or(_mm256_setzero_si256(), |p| {
+            _mm256_loadu_si256(p.add(off) as *const __m256i)
+        });
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1)
+    }
+}
+
+impl Tok2 for Q50 {
+    const WB: usize = 22;
+    const AB: usize = 34;
+    const WTY: GgmlType = GgmlType::Q5_0;
+    const MINS: bool = false;
+    const IDX: &'static [u8; 64] = &IDX_Q50;
+    const IDX2: &'static [u8; 64] = &IDX_Q50_2;
+    const QH: usize = 2;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> W5 {
+        // SAFETY: the masked load and the `qh` read touch only the block; tables are 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8((1 << 22) - 1, p as *const i8);
+            W5 {
+                q: _mm512_or_si512(nibbles(raw, Self::IDX), high_bits(p.add(Self::QH), 0, true)),
+                d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+                m: _mm_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5 {
+        // SAFETY: the caller guarantees whole blocks at `p0` and `p1`.
+        unsafe {
+            let q = quants_pair(p0, p1, 2);
+            let ks = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(16), q);
+            A5 {
+                q,
+                d: _mm512_cvtph_ps(f16_pair(p0, p1, 0)),
+                k: _mm512_sub_epi32(_mm512_setzero_si512(), ks),
+                s: _mm_setzero_ps(),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5 {
+        // Σ₄ (q - 16)·a = Σ₄ q·a - 16·Σ₄ a, exactly ggml's integer lanes.
+        let i = _mm512_dpbusd_epi32(a.k, w.q, a.q);
+        Acc5 {
+            v: _mm512_fmadd_ps(_mm512_mul_ps(w.d, a.d), _mm512_cvtepi32_ps(i), acc.v),
+            m: acc.m,
+        }
+    }
+}
+
+impl Tok2 for Q51 {
+    const WB: usize = 24;
+    const AB: usize = 36;
+    const WTY: GgmlType = GgmlType::Q5_1;
+    const MINS: bool = true;
+    const IDX: &'static [u8; 64] = &IDX_Q51;
+    const IDX2: &'static [u8; 64] = &IDX_Q51_2;
+    const QH: usize = 4;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> W5 {
+        // SAFETY: the masked load and the `qh` read touch only the block; tables are 64 bytes.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8((1 << 24) - 1, p as *const i8);
+            W5 {
+                q: _mm512_or_si512(nibbles(raw, Self::IDX), high_bits(p.add(Self::QH), 0, true)),
+                d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+                m: _mm_cvtph_ps(_mm_set1_epi16(avx2::rd16(p.add(2)))),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_a(p0: *const u8, p1: Option<*const u8>) -> A5 {
+        // SAFETY: the caller guarantees whole blocks at `p0` and `p1`.
+        unsafe {
+            let s0 = avx2::rd16(p0.add(2));
+            let s1 = p1.map_or(0, |p| avx2::rd16(p.add(2)));
+            A5 {
+                q: quants_pair(p0, p1, 4),
+                d: _mm512_cvtph_ps(f16_pair(p0, p1, 0)),
+                k: _mm512_setzero_si512(),
+                s: _mm_cvtph_ps(_mm_setr_epi16(s0, s1, 0, 0, 0, 0, 0, 0)),
+            }
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn step(w: &W5, a: &A5, acc: Acc5) -> Acc5 {
+        let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q);
+        Acc5 {
+            v: _mm512_fmadd_ps(_mm512_mul_ps(w.d, a.d), _mm512_cvtepi32_ps(i), acc.v),
+            m: _mm_fmadd_ps(w.m, a.s, acc.m),
+        }
+    }
+}
+
+/// `R` weight rows × `T` activation rows over `nb` blocks, tokens in pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    // Pairs of tokens: at most 2 (T ≤ 4); `np` of them are used.
+    let np = T.div_ceil(2);
+    let zero = Acc5 {
+        v: _mm512_setzero_ps(),
+        m: _mm_setzero_ps(),
+    };
+    let mut acc = [[zero; 2]; R];
+    if T == 1 {
+        // One token: two consecutive blocks per vector, accumulated in block order.
+        let mut b = 0;
+        while b < nb {
+            let two = b + 1 < nb;
+            // SAFETY: blocks `b` (and `b + 1` when `two`) of rows `< R` and of the token lie
+            // inside the ranges `check_tile` verified.
+            unsafe {
+                let p = a.add(b * K::AB);
+                let av = K::load_a(p, two.then(|| p.add(K::AB)));
+                for r in 0..R {
+                    let wv = load_w_seq::<K>(w.add(r * ws + b * K::WB), two);
+                    acc[r][0] = step_seq::<K>(&wv, &av, two, acc[r][0]);
+                }
+            }
+            b += 2;
+        }
+    }
+    for b in 0..if T == 1 { 0 } else { nb } {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
+        unsafe {
+            let at = |t: usize| a.add(t * as_ + b * K::AB);
+            let mut av = [K::load_a(at(0), (T > 1).then(|| at(1))); 2];
+            if np > 1 {
+                av[1] = K::load_a(at(2), (T > 3).then(|| at(3)));
+            }
+            for r in 0..R {
+                let wv = K::load_w(w.add(r * ws + b * K::WB));
+                for p in 0..np {
+                    acc[r][p] = K::step(&wv, &av[p], acc[r][p]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let c = acc[r][t / 2];
+            let (v, m) = if t % 2 == 0 {
+                (_mm512_castps512_ps256(c.v), _mm_cvtss_f32(c.m))
+            } else {
+                (
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c.v))),
+                    _mm_cvtss_f32(_mm_movehdup_ps(c.m)),
+                )
+            };
+            let s = avx2::hsum256(v);
+            let s = if K::MINS { s + m } else { s };
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = s };
+        }
+    }
+}
+
+macro_rules! tok2_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
+        }
+    };
+}
+tok2_wrapper!(tile_q5_0, Q50);
+tok2_wrapper!(tile_q5_1, Q51);
+
+// ---------------------------------------------------------------------------------------------
+// K-quants (256-element super-blocks) against Q8_K activations, tiled.
+//
+// Per 64 elements: `vpmaddubsw` (unsigned quants × signed activations → i16 pairs, which cannot
+// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes. The
+// float arithmetic is that of ggml's AVX2 kernels (`ggml_vec_dot_q{4,5,6}_K_q8_K`, which
+// llama.cpp runs on this kind of CPU) and of `avx2::dot_q*k`, bit for bit: the 16 integer lanes
+// are folded to ggml's 8 (lane i sums the elements with `(e mod 32) / 4 = i`; integer sums are
+// exact, so only the partition matters), converted once per super-block and accumulated as
+// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K/Q5_K's mins go to 4 more lanes of the same vector
+// as ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums. Q6_K's
+// `-32` is subtracted per i16 pair as ggml does (`maddubs(32, a)`).
+
+/// A K-quant weight block unpacked for the tiled kernel.
+#[derive(Clone, Copy)]
+struct WK {
+    /// Unsigned quants in element order, 64 per vector.
+    q: [__m512i; 4],
+    /// The scale of each i16 lane's element pair, per 64-element chunk.
+    sc: [__m512i; 4],
+    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
+    mins: __m128i,
+    /// Lanes 0-7: `d`; Q4_K/Q5_K lanes 8-11: `dmin`; the rest zero.
+    d: __m512,
+}
+
+/// A Q8_K activation block.
+#[derive(Clone, Copy)]
+struct AK {
+    /// The 256 quants.
+    p: *const u8,
+    /// Q4_K/Q5_K: sums of 32 quants (ggml's `hadd` of the bsums), as 8 i16.
+    q8s: __m128i,
+    /// Q6_K: `maddubs(32, a)` of each 64-quant chunk.
+    a32: [__m512i; 4],
+    /// Lanes 0-7: `d`; lanes 8-11: `-d`; the rest zero.
+    d: __m512,
+}
+
+trait KQuant {
+    const WB: usize;
+    const WTY: GgmlType;
+    /// Whether the block has mins (Q4_K, Q5_K) rather than a fixed offset (Q6_K).
+    const MINS: bool;
+    unsafe fn load_w(p: *const u8) -> WK;
+}
+
+struct Q4K;
+struct Q5K;
+struct Q6K;
+
+/// i16 lane → scale index tables: lane `k` of chunk `c` takes scale `c·per + k / (32 / per)`,
+/// `per` sub-blocks per 64 elements (2 for Q4_K/Q5_K, 4 for Q6_K).
+const fn k_idx(per: usize) -> [[u16; 32]; 4] {
+    let mut t = [[0u16; 32]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut k = 0;
+        while k < 32 {
+            t[c][k] = (c * per + k / (32 / per)) as u16;
+            k += 1;
+        }
+        c += 1;
+    }
+    t
+}
+static IDX_K4: [[u16; 32]; 4] = k_idx(2);
+static IDX_K6: [[u16; 32]; 4] = k_idx(4);
+/// Per-16-bit-lane shift counts: `a` for the low 256 bits, `b` for the high.
+const fn halves(a: u16, b: u16) -> [u16; 32] {
+    let mut t = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = if i < 16 { a } else { b };
+        i += 1;
+    }
+    t
+}
+static SH_0_4: [u16; 32] = halves(0, 4);
+static SH_0_1: [u16; 32] = halves(0, 1);
+static SH_4_2: [u16; 32] = halves(4, 2);
+static SH_0_2: [u16; 32] = halves(0, 2);
+
+/// The f16 at `p` in lanes 0-7 and (if `m` is given) the f16 at `m` in lanes 8-11, as f32;
+/// zero elsewhere.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn d_lanes(p: *const u8, m: Option<*const u8>) -> __m512 {
+    // SAFETY: the caller guarantees two readable bytes at `p` (and at `m`).
+    unsafe {
+        let v = _mm256_maskz_set1_epi16(0x00FF, avx2::rd16(p));
+        let v = match m {
+            Some(m) => _mm256_mask_set1_epi16(v, 0x0F00, avx2::rd16(m)),
+            None => v,
+        };
+        _mm512_cvtph_ps(v)
+    }
+}
+
+/// 32 bytes at `p` in both halves of a vector.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn bcast256(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i)) }
+}
+
+/// Q4_K/Q5_K header: per-chunk scales, mins and `d`/`dmin` lanes (ggml's `utmp` unpacking of
+/// the 12 packed 6-bit scales and mins).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m128i, __m512) {
+    const KM1: u32 = 0x3f3f_3f3f;
+    const KM2: u32 = 0x0f0f_0f0f;
+    const KM3: u32 = 0x0303_0303;
+    // SAFETY: the caller guarantees a whole Q4_K/Q5_K block at `p`; tables are 64 bytes.
+    unsafe {
+        let u0 = std::ptr::read_unaligned(p.add(4) as *const u32);
+        let u1 = std::ptr::read_unaligned(p.add(8) as *const u32);
+        let u2 = std::ptr::read_unaligned(p.add(12) as *const u32);
+        let sc_lo = u0 & KM1;
+        let sc_hi = (u2 & KM2) | (((u0 >> 6) & KM3) << 4);
+        let mn_lo = u1 & KM1;
+        let mn_hi = ((u2 >> 4) & KM2) | (((u1 >> 6) & KM3) << 4);
+        let sc = _mm256_cvtepu8_epi16(_mm_set_epi32(0, 0, sc_hi as i32, sc_lo as i32));
+        let sc = _mm512_castsi256_si512(sc);
+        let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K4[c]), sc));
+        let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32));
+        (scs, mins, d_lanes(p, Some(p.add(2))))
+    }
+}
+
+impl KQuant for Q4K {
+    const WB: usize = 144;
+    const WTY: GgmlType = GgmlType::Q4K;
+    const MINS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let (sc, mins, d) = k4_header(p);
+            let sh = ld512(&SH_0_4);
+            let q = std::array::from_fn(|c| {
+                let raw = bcast256(p.add(16 + 32 * c));
+                _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F))
+            });
+            WK { q, sc, mins, d }
+        }
+    }
+}
+
+impl KQuant for Q5K {
+    const WB: usize = 176;
+    const WTY: GgmlType = GgmlType::Q5K;
+    const MINS: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let (sc, mins, d) = k4_header(p);
+            let (sh, sh_h) = (ld512(&SH_0_4), ld512(&SH_0_1));
+            // Chunk c: the low nibbles take bit 2c of `qh`, the high nibbles bit 2c + 1.
+            let mut h = bcast256(p.add(16));
+            let mut q = [_mm512_setzero_si512(); 4];
+            for (c, qc) in q.iter_mut().enumerate() {
+                let raw = bcast256(p.add(48 + 32 * c));
+                let lo = _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F));
+                let hb = _mm512_and_si512(_mm512_srlv_epi16(h, sh_h), _mm512_set1_epi8(1));
+                *qc = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hb));
+                h = _mm512_srli_epi16::<2>(h);
+            }
+            WK { q, sc, mins, d }
+        }
+    }
+}
+
+impl KQuant for Q6K {
+    const WB: usize = 210;
+    const WTY: GgmlType = GgmlType::Q6K;
+    const MINS: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load_w(p: *const u8) -> WK {
+        // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
+        unsafe {
+            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+            let sc = _mm512_castsi256_si512(sc);
+            let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K6[c]), sc));
+            let (sh0, sh1) = (ld512(&SH_4_2), ld512(&SH_0_2));
+            let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+            let mut q = [_mm512_setzero_si512(); 4];
+            for n in 0..2 {
+                // Elements 128n + l and 128n + 32 + l (l < 32) from the low nibbles of
+                // ql[64n..64n+64] and bits 0-1 / 2-3 of qh[32n + l]; elements 128n + 64 + l
+                // and 128n + 96 + l from the high nibbles and bits 4-5 / 6-7.
+                let l = _mm512_loadu_si512(p.add(64 * n) as *const __m512i);
+                let h = bcast256(p.add(128 + 32 * n));
+                q[2 * n] = _mm512_or_si512(
+                    _mm512_and_si512(l, m4),
+                    _mm512_and_si512(_mm512_sllv_epi16(h, sh0), m30),
+                );
+                q[2 * n + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4),
+                    _mm512_and_si512(_mm512_srlv_epi16(h, sh1), m30),
+                );
+            }
+            WK {
+                q,
+                sc: scs,
+                mins: _mm_setzero_si128(),
+                d: d_lanes(p.add(208), None),
+            }
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_ak(p: *const u8, mins: bool) -> AK {
+    // SAFETY: the caller guarantees a whole Q8_K block at `p`.
+    unsafe {
+        let q = p.add(Q8K_QS);
+        let (q8s, a32) = if mins {
+            let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
+            let q8s = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bs),
+                _mm256_extracti128_si256::<1>(bs),
+            );
+            (q8s, [_mm512_setzero_si512(); 4])
+        } else {
+            let m32 = _mm512_set1_epi8(32);
+            let a32 = std::array::from_fn(|c| {
+                _mm512_maddubs_epi16(m32, _mm512_loadu_si512(q.add(64 * c) as *const __m512i))
+            });
+            (_mm_setzero_si128(), a32)
+        };
+        let d = _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32));
+        let neg = _mm512_sub_ps(_mm512_setzero_ps(), d);
+        AK {
+            p: q,
+            q8s,
+            a32,
+            d: _mm512_maskz_mov_ps(0x0FFF, _mm512_mask_mov_ps(d, 0x0F00, neg)),
+        }
+    }
+}
+
+/// Add one block pair's product to `acc`; the float ops depend only on the two blocks.
+/// `mins` is a constant per type (inlined away).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn step_k(mins: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
+    let mut isum = _mm512_setzero_si512();
+    for c in 0..4 {
+        // SAFETY: the activation block holds 256 quants at `a.p`.
+        let aq = unsafe { _mm512_loadu_si512(a.p.add(64 * c) as *const __m512i) };
+        let mut p = _mm512_maddubs_epi16(w.q[c], aq);
+        if !mins {
+            // |maddubs(q, a)| ≤ 2·63·127 and |maddubs(32, a)| ≤ 2·32·127: no i16 overflow.
+            p = _mm512_sub_epi16(p, a.a32[c]);
+        }
+        isum = _mm512_dpwssd_epi32(isum, p, w.sc[c]);
+    }
+    let s8 = _mm256_add_epi32(
+        _mm512_castsi512_si256(isum),
+        _mm512_extracti64x4_epi64::<1>(isum),
+    );
+    let all = if mins {
+        let m = _mm_madd_epi16(w.mins, a.q8s);
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s8), _mm256_zextsi128_si256(m))
+    } else {
+        _mm512_zextsi256_si512(s8)
+    };
+    _mm512_fmadd_ps(_mm512_mul_ps(a.d, w.d), _mm512_cvtepi32_ps(all), acc)
+}
+
+/// ggml's final sum: `hsum_float_8(acc)`, plus `hsum(acc_m)` of lanes 8-11 when there are mins.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn finish_k(mins: bool, acc: __m512) -> f32 {
+    let s = avx2::hsum256(_mm512_castps512_ps256(acc));
+    if mins {
+        s + avx2::hsum128(_mm512_extractf32x4_ps::<2>(acc))
+    } else {
+        s
+    }
+}
+
+/// `R` weight rows × `T` activation rows over `nb` super-blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    const AB: usize = 292;
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
+        unsafe {
+            let mut av = [load_ak(a.add(b * AB), K::MINS); T];
+            for (t, v) in av.iter_mut().enumerate().skip(1) {
+                *v = load_ak(a.add(t * as_ + b * AB), K::MINS);
+            }
+            for r in 0..R {
+                let wk = K::load_w(w.add(r * ws + b * K::WB));
+                for t in 0..T {
+                    acc[r][t] = step_k(K::MINS, &wk, &av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = finish_k(K::MINS, acc[r][t]) };
+        }
+    }
+}
+
+macro_rules! kq_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_kq, $k, nr, nt, (n / QK_K, w, ws, a, as_, o)) }
+        }
+    };
+}
+kq_wrapper!(tile_q4k, Q4K);
+kq_wrapper!(tile_q5k, Q5K);
+kq_wrapper!(tile_q6k, Q6K);
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit float rows (F16 or BF16 weights × activations of the same type), tiled: 16 elements
+// per step, converted to f32 and multiplied with one FMA per (row, token) into 16 f32 lanes; a
+// ragged tail is a masked load of zeros. The lane sums are reduced once at the end.
+
+trait Half16 {
+    const TY: GgmlType;
+    /// The `k` (< 16, `k` > 0) 16-bit floats at `p` as f32, zeros after them.
+    unsafe fn load(p: *const u8, k: usize) -> __m512;
+}
+
+struct F16;
+struct BF16;
+
+impl Half16 for F16 {
+    const TY: GgmlType = GgmlType::F16;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, k: usize) -> __m512 {
+        // SAFETY: the caller guarantees `k` readable f16 at `p`; the masked load reads no more.
+        unsafe {
+            let h = if k >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
+            };
+            _mm512_cvtph_ps(h)
+        }
+    }
+}
+
+impl Half16 for BF16 {
+    const TY: GgmlType = GgmlType::BF16;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, k: usize) -> __m512 {
+        // SAFETY: the caller guarantees `k` readable bf16 at `p`; the masked load reads no more.
+        unsafe {
+            let h = if k >= 16 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
+            };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+/// `R` weight rows × `T` activation rows of `n` 16-bit floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
+    n: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(16);
+        // SAFETY: elements `i..i + k` of rows `< R` / `< T` lie inside the ranges
+        // `check_tile` verified.
+        unsafe {
+            let mut wv = [K::load(w.add(2 * i), k); R];
+            for (r, v) in wv.iter_mut().enumerate().skip(1) {
+                *v = K::load(w.add(r * ws + 2 * i), k);
+            }
+            let mut av = [K::load(a.add(2 * i), k); T];
+            for (t, v) in av.iter_mut().enumerate().skip(1) {
+                *v = K::load(a.add(t * as_ + 2 * i), k);
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+        i += 16;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+macro_rules! h16_wrapper {
+    ($name:ident, $k:ty) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            check_tile(<$k>::TY, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { rt_match!(tile_h16, $k, nr, nt, (n, w, ws, a, as_, o)) }
+        }
+    };
+}
+h16_wrapper!(tile_f16, F16);
+h16_wrapper!(tile_bf16, BF16);

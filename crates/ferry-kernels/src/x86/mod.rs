@@ -1,7 +1,7 @@
 //! x86-64 SIMD kernels. `avx2` needs AVX2, FMA and F16C; `avx512` additionally needs
 //! AVX-512 F/BW/VL/VNNI/VBMI and reuses the AVX2 kernels for the types it does not cover.
 //! Nothing here is compiled with `-C target-cpu`: every kernel is a `#[target_feature]`
-//! function reachable only through a backend that `best()`/`all()` hand out after runtime
+//! function reachable only through a backend that `all()` hands out after runtime
 //! detection.
 
 use crate::dot::Backend;
@@ -19,11 +19,6 @@ pub(crate) fn all() -> Vec<&'static Backend> {
         }
     }
     v
-}
-
-/// The fastest SIMD backend this CPU supports.
-pub(crate) fn best() -> Option<&'static Backend> {
-    all().pop()
 }
 
 /// Match a runtime tile shape to a monomorphized kernel `$f::<$k, R, T>`, for R, T in 1..=4.
