@@ -208,7 +208,10 @@ def start_servers(a):
             [a.ferry_bin, "serve", "--model", a.ferry_model, "--port", str(port),
              "--threads", str(a.threads), "--kv-cache-tokens", str(a.ctx)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        servers["ferry"] = (p, port, a.ferry_model, "/ready")
+        # A path is served under its file stem (a directory under its name).
+        mp = pathlib.Path(a.ferry_model)
+        served = (mp.stem if mp.is_file() else mp.name) if mp.exists() else a.ferry_model
+        servers["ferry"] = (p, port, served, "/ready")
     if a.llama_server:
         port = free_port()
         p = subprocess.Popen(
