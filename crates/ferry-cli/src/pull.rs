@@ -229,20 +229,6 @@ struct Want {
     token: Option<String>,
 }
 
-/// An exclusive advisory lock on an open file (released when the file closes, also when the
-/// process dies, so a killed pull never leaves a stale lock).
-#[cfg(unix)]
-fn try_lock(f: &std::fs::File) -> bool {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a valid, open descriptor has no memory effects.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-#[cfg(not(unix))]
-fn try_lock(_: &std::fs::File) -> bool {
-    true
-}
-
 enum Attempt {
     Done,
     /// Interrupted after progress; worth retrying (resume).
@@ -265,7 +251,7 @@ fn download(http: &Http, w: &Want, retries: u32) -> Result<(PathBuf, String, u64
         .truncate(false)
         .open(&partial)
         .with_context(|| format!("opening {}", partial.display()))?;
-    if !try_lock(&f) {
+    if !store::flock(&f, true, false) {
         bail!(
             "another ferry pull is downloading {} into {}; wait for it to finish",
             w.label,

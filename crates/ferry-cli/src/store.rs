@@ -662,11 +662,29 @@ pub struct StoreLock {
     _file: std::fs::File,
 }
 
-#[cfg(unix)]
-fn flock(f: &std::fs::File, op: libc::c_int) -> bool {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a valid, open descriptor has no memory effects.
-    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+/// An advisory lock on an open file, shared or `exclusive`, waiting for it or not (`wait`);
+/// released when the file closes, also when the process dies, so a killed pull never leaves a
+/// stale lock. Always granted where there is no `flock`.
+pub fn flock(f: &std::fs::File, exclusive: bool, wait: bool) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        let mut op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        if !wait {
+            op |= libc::LOCK_NB;
+        }
+        // SAFETY: flock on a valid, open descriptor has no memory effects.
+        unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (f, exclusive, wait);
+        true
+    }
 }
 
 fn open_lock() -> Result<std::fs::File> {
@@ -683,8 +701,7 @@ fn open_lock() -> Result<std::fs::File> {
 /// Shared lock for a pull or import: many run at once; waits while a prune runs.
 pub fn writer_lock() -> Result<StoreLock> {
     let f = open_lock()?;
-    #[cfg(unix)]
-    if !flock(&f, libc::LOCK_SH) {
+    if !flock(&f, false, true) {
         bail!("cannot lock {}", home().join("store.lock").display());
     }
     Ok(StoreLock { _file: f })
@@ -733,8 +750,7 @@ fn remove_path(p: &Path) -> Result<()> {
 /// pull or import runs. With `dry_run` nothing is deleted.
 pub fn prune(partials: bool, dry_run: bool) -> Result<Pruned> {
     let f = open_lock()?;
-    #[cfg(unix)]
-    if !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+    if !flock(&f, true, false) {
         bail!(
             "a pull or import is running in {}; prune when it is done",
             home().display()
@@ -762,25 +778,14 @@ pub fn prune(partials: bool, dry_run: bool) -> Result<Pruned> {
     }
     present.sort();
     let store = db()?;
-    let gone = store.prune_blobs(&present, |b| {
-        if dry_run {
-            Ok(())
-        } else {
-            let size = blob_path(b).map(|p| size_of(&p)).unwrap_or(0);
+    store.prune_blobs(&present, |b| {
+        let size = blob_path(b).map(|p| size_of(&p)).unwrap_or(0);
+        if !dry_run {
             drop_blob(b)?;
-            out.blobs.push((b.to_string(), size));
-            Ok(())
         }
+        out.blobs.push((b.to_string(), size));
+        Ok(())
     })?;
-    if dry_run {
-        out.blobs = gone
-            .into_iter()
-            .map(|b| {
-                let size = blob_path(&b).map(|p| size_of(&p)).unwrap_or(0);
-                (b, size)
-            })
-            .collect();
-    }
     let trees = home().join("trees");
     if trees.is_dir() {
         let names = store.model_names()?;

@@ -452,6 +452,29 @@ fn blob_files(home: &Path) -> Vec<String> {
     v
 }
 
+/// Start `ferry pull URL` of the default GGUF with the hub stalling after 5 MiB; returns once
+/// 5 MiB of the partial download is on disk, with the running pull and the partial's path.
+fn stalled_pull(hub: &Hub, home: &Path, url: &str) -> (std::process::Child, PathBuf) {
+    *hub.stall_after.lock().unwrap() = Some(5 << 20);
+    let child = ferry_cmd(home, Some(hub), &["pull", url, "--sha256", GGUF_SHA])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = home
+        .join("blobs")
+        .join(format!(".partial-sha256-{GGUF_SHA}"));
+    let t = Instant::now();
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 << 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, partial)
+}
+
 // ------------------------------------------------------------------------------------------
 // Tests
 
@@ -719,23 +742,7 @@ fn wrong_sha_and_killed_pulls_leave_no_model() {
     assert!(blob_files(&home).is_empty(), "{:?}", blob_files(&home));
 
     // Killed mid-download: nothing visible; the next pull resumes.
-    *hub.stall_after.lock().unwrap() = Some(5 << 20);
-    let mut child = ferry_cmd(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let partial = home
-        .join("blobs")
-        .join(format!(".partial-sha256-{GGUF_SHA}"));
-    let t = Instant::now();
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 << 20 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "download did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, partial) = stalled_pull(&hub, &home, &url);
     // A second pull of the same file meanwhile is refused, not interleaved.
     let e = fails(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA]);
     assert!(e.contains("another ferry pull is downloading"), "{e}");
@@ -1065,24 +1072,8 @@ fn prune_deletes_what_no_model_uses_and_nothing_else() {
     let home = common::temp_home("reg-prune");
     // A pull killed mid-download leaves a resumable partial; while a pull runs, prune waits
     // its turn (refuses) rather than racing it.
-    *hub.stall_after.lock().unwrap() = Some(5 << 20);
     let url = format!("{}/files/smol.gguf", hub.url());
-    let mut child = ferry_cmd(&home, Some(&hub), &["pull", &url, "--sha256", GGUF_SHA])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let partial = home
-        .join("blobs")
-        .join(format!(".partial-sha256-{GGUF_SHA}"));
-    let t = Instant::now();
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 << 20 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "download did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, _partial) = stalled_pull(&hub, &home, &url);
     let e = fails(&home, None, &["prune"]);
     assert!(e.contains("a pull or import is running"), "{e}");
     child.kill().unwrap();

@@ -414,14 +414,12 @@ impl Registry {
             let (evicted, wait) = {
                 let mut t = self.lock();
                 let (evicted, over) = self.evict(&mut t, name, bytes);
-                let holding: Vec<watch::Receiver<bool>> = t
-                    .entries
-                    .iter()
-                    .filter(|(n, e)| *n != name && e.reserved.is_some())
-                    .filter_map(|(_, e)| e.done.clone())
-                    .collect();
+                // Over the limits with nothing left to unload: wait for a load holding room.
                 let wait = if over {
-                    holding.into_iter().next()
+                    t.entries
+                        .iter()
+                        .filter(|(n, e)| *n != name && e.reserved.is_some())
+                        .find_map(|(_, e)| e.done.clone())
                 } else {
                     None
                 };

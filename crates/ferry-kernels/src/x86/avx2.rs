@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::rt_match;
+use super::tile_wrapper;
 use crate::dot::{check_tile, Backend, TileKernel};
 use crate::quant::{quantize_row_act, GgmlType};
 use crate::quant_k::{q8k_finish, unpack_scales_mins, Q8K_BSUMS, Q8K_QS, QK_K};
@@ -466,30 +466,11 @@ unsafe fn tile_blk<K: Blk, const R: usize, const T: usize>(
     }
 }
 
-macro_rules! blk_wrapper {
-    ($name:ident, $k:ty) => {
-        fn $name(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { rt_match!(tile_blk, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
-        }
-    };
-}
-blk_wrapper!(tile_q4_0, Q40);
-blk_wrapper!(tile_q4_1, Q41);
-blk_wrapper!(tile_q8_0, Q80);
-blk_wrapper!(tile_q5_0, Q50);
-blk_wrapper!(tile_q5_1, Q51);
+tile_wrapper!(tile_q4_0, Q40::WTY, tile_blk, Q40, 32);
+tile_wrapper!(tile_q4_1, Q41::WTY, tile_blk, Q41, 32);
+tile_wrapper!(tile_q8_0, Q80::WTY, tile_blk, Q80, 32);
+tile_wrapper!(tile_q5_0, Q50::WTY, tile_blk, Q50, 32);
+tile_wrapper!(tile_q5_1, Q51::WTY, tile_blk, Q51, 32);
 
 /// A tile made of single-pair products (for kernels without a tiled form).
 macro_rules! single_wrapper {

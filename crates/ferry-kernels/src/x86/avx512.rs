@@ -14,8 +14,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{avx2, rt_match};
-use crate::dot::{check_tile, Backend, TileKernel};
+use super::{avx2, tile_wrapper};
+use crate::dot::{Backend, TileKernel};
 use crate::quant::GgmlType;
 use crate::quant_k::{Q8K_BSUMS, Q8K_QS, QK_K};
 
@@ -412,28 +412,9 @@ unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
     }
 }
 
-macro_rules! pair_wrapper {
-    ($name:ident, $k:ty) => {
-        fn $name(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { rt_match!(tile_pair, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
-        }
-    };
-}
-pair_wrapper!(tile_q4_0, Q40);
-pair_wrapper!(tile_q4_1, Q41);
-pair_wrapper!(tile_q8_0, Q80);
+tile_wrapper!(tile_q4_0, Q40::WTY, tile_pair, Q40, 32);
+tile_wrapper!(tile_q4_1, Q41::WTY, tile_pair, Q41, 32);
+tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
 
 // ---------------------------------------------------------------------------------------------
 // Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
@@ -745,27 +726,8 @@ unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
     }
 }
 
-macro_rules! tok2_wrapper {
-    ($name:ident, $k:ty) => {
-        fn $name(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { rt_match!(tile_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
-        }
-    };
-}
-tok2_wrapper!(tile_q5_0, Q50);
-tok2_wrapper!(tile_q5_1, Q51);
+tile_wrapper!(tile_q5_0, Q50::WTY, tile_tok2, Q50, 32);
+tile_wrapper!(tile_q5_1, Q51::WTY, tile_tok2, Q51, 32);
 
 // ---------------------------------------------------------------------------------------------
 // K-quants (256-element super-blocks) against Q8_K activations, tiled.
@@ -1092,28 +1054,9 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     }
 }
 
-macro_rules! kq_wrapper {
-    ($name:ident, $k:ty) => {
-        fn $name(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            check_tile(<$k>::WTY, n, nr, nt, w, ws, a, as_, out);
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { rt_match!(tile_kq, $k, nr, nt, (n / QK_K, w, ws, a, as_, o)) }
-        }
-    };
-}
-kq_wrapper!(tile_q4k, Q4K);
-kq_wrapper!(tile_q5k, Q5K);
-kq_wrapper!(tile_q6k, Q6K);
+tile_wrapper!(tile_q4k, Q4K::WTY, tile_kq, Q4K, QK_K);
+tile_wrapper!(tile_q5k, Q5K::WTY, tile_kq, Q5K, QK_K);
+tile_wrapper!(tile_q6k, Q6K::WTY, tile_kq, Q6K, QK_K);
 
 // ---------------------------------------------------------------------------------------------
 // 16-bit float rows (F16 or BF16 weights × activations of the same type), tiled: 16 elements
@@ -1204,24 +1147,5 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
     }
 }
 
-macro_rules! h16_wrapper {
-    ($name:ident, $k:ty) => {
-        fn $name(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            check_tile(<$k>::TY, n, nr, nt, w, ws, a, as_, out);
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { rt_match!(tile_h16, $k, nr, nt, (n, w, ws, a, as_, o)) }
-        }
-    };
-}
-h16_wrapper!(tile_f16, F16);
-h16_wrapper!(tile_bf16, BF16);
+tile_wrapper!(tile_f16, F16::TY, tile_h16, F16, 1);
+tile_wrapper!(tile_bf16, BF16::TY, tile_h16, BF16, 1);

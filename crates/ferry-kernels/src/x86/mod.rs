@@ -46,3 +46,27 @@ macro_rules! rt_match {
     };
 }
 pub(crate) use rt_match;
+
+/// A safe `TileFn` named `$name` over the generic tile kernel `$tile::<$k, R, T>`: checks the
+/// tile's bounds for weight type `$ty`, then dispatches on the tile shape. `$per` is the
+/// number of elements per step of the kernel (its first argument is `n / $per`).
+macro_rules! tile_wrapper {
+    ($name:ident, $ty:expr, $tile:ident, $k:ty, $per:expr) => {
+        fn $name(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            $crate::dot::check_tile($ty, n, nr, nt, w, ws, a, as_, out);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { $crate::x86::rt_match!($tile, $k, nr, nt, (n / $per, w, ws, a, as_, o)) }
+        }
+    };
+}
+pub(crate) use tile_wrapper;
