@@ -25,7 +25,7 @@ pub fn chat(model: &str, o: &ChatOpts, ea: &EngineArgs) -> Result<()> {
     if path.is_dir() {
         bail!("{name} is an embedding model; `ferry chat` needs a chat model (GGUF)");
     }
-    let l = load(&path, ea.config())?;
+    let l = load(&path, ea.config_for(model)?)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("chatting with {name}; /bye or Ctrl-D to exit, /clear to start over");

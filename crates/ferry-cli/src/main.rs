@@ -63,6 +63,20 @@ enum Cmd {
     List,
     /// Show a model's architecture, parameters, quantization, context, template and files.
     Show { model: String },
+    /// Show or change a model's serving options, which override `ferry serve`'s flags for it
+    /// (`ferry run`/`chat` flags override them): context_length (a cap below the model's own
+    /// context), kv_cache_tokens, max_running, max_batch_tokens, max_waiting, threads.
+    Config {
+        model: String,
+        /// KEY=VALUE pairs to set, e.g. context_length=2048 kv_cache_tokens=4096.
+        set: Vec<String>,
+        /// Remove an option (the server's flag applies again).
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+        /// Remove every option.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Remove models; blobs another model shares stay.
     Rm {
         #[arg(required = true)]
@@ -142,34 +156,91 @@ enum Cmd {
     },
 }
 
-#[derive(Args, Clone)]
+/// Engine sizing flags. Each is optional so that a flag given on the command line can be told
+/// from its default: `ferry run`/`chat` let a given flag win over the model's own options
+/// (`ferry config`), `ferry serve` lets each model's options win over its flags (the flags
+/// are the defaults for models without their own).
+#[derive(Args, Clone, Default)]
 pub struct EngineArgs {
-    /// Compute threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// KV cache capacity in tokens, shared by all sequences.
-    #[arg(long, default_value_t = 16384)]
-    kv_cache_tokens: usize,
-    /// Most sequences decoding together.
-    #[arg(long, default_value_t = 32)]
-    max_running: usize,
-    /// Most tokens per engine step.
-    #[arg(long, default_value_t = 256)]
-    max_batch_tokens: usize,
-    /// Most requests waiting; beyond it requests get 429.
-    #[arg(long, default_value_t = 128)]
-    max_waiting: usize,
+    /// Compute threads (0 = one per core) [default: 0].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// KV cache capacity in tokens, shared by all sequences [default: 16384].
+    #[arg(long)]
+    kv_cache_tokens: Option<usize>,
+    /// Most sequences decoding together [default: 32].
+    #[arg(long)]
+    max_running: Option<usize>,
+    /// Most tokens per engine step [default: 256].
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Most requests waiting; beyond it requests get 429 [default: 128].
+    #[arg(long)]
+    max_waiting: Option<usize>,
+    /// Cap on a sequence's tokens, prompt and completion (vLLM's max_model_len)
+    /// [default: the model's context].
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    context_length: Option<usize>,
 }
 
 impl EngineArgs {
+    /// The defaults with the given flags over them.
     pub fn config(&self) -> EngineConfig {
-        EngineConfig {
-            threads: self.threads,
-            kv_cache_tokens: self.kv_cache_tokens,
+        let mut cfg = EngineConfig {
+            threads: 0,
+            kv_cache_tokens: 16384,
             block_size: 16,
-            max_running: self.max_running,
-            max_batch_tokens: self.max_batch_tokens,
-            max_waiting: self.max_waiting,
+            max_running: 32,
+            max_batch_tokens: 256,
+            max_waiting: 128,
+            max_context: 0,
+        };
+        self.overlay(&mut cfg);
+        cfg
+    }
+
+    /// For the model named by `arg`: the defaults, then the model's options (a registered
+    /// name; a path has none), then the given flags.
+    pub fn config_for(&self, arg: &str) -> Result<EngineConfig> {
+        let mut cfg = self.config();
+        if !Path::new(arg).exists() {
+            apply_options(&mut cfg, &store::options(arg)?);
+            self.overlay(&mut cfg);
+        }
+        Ok(cfg)
+    }
+
+    fn overlay(&self, cfg: &mut EngineConfig) {
+        let pairs = [
+            (&mut cfg.threads, self.threads),
+            (&mut cfg.kv_cache_tokens, self.kv_cache_tokens),
+            (&mut cfg.max_running, self.max_running),
+            (&mut cfg.max_batch_tokens, self.max_batch_tokens),
+            (&mut cfg.max_waiting, self.max_waiting),
+            (&mut cfg.max_context, self.context_length),
+        ];
+        for (slot, v) in pairs {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+    }
+}
+
+/// A model's stored options (`ferry config`) over `cfg`.
+pub fn apply_options(cfg: &mut EngineConfig, opts: &ferry_store::ModelOptions) {
+    for (k, &v) in opts {
+        let v = usize::try_from(v).unwrap_or(usize::MAX);
+        match k.as_str() {
+            "threads" => cfg.threads = v,
+            "kv_cache_tokens" => cfg.kv_cache_tokens = v,
+            "max_running" => cfg.max_running = v,
+            "max_batch_tokens" => cfg.max_batch_tokens = v,
+            "max_waiting" => cfg.max_waiting = v,
+            "context_length" => cfg.max_context = v,
+            // The store refuses keys it does not know, so this is unreachable unless the two
+            // lists drift apart; the unit test below keeps them together.
+            other => tracing::warn!("model option {other:?} is not applied"),
         }
     }
 }
@@ -246,10 +317,14 @@ pub fn load_embedding(dir: &Path, cfg: &EngineConfig) -> Result<ferry_server::Em
 }
 
 fn embed_config(cfg: &EngineConfig) -> ferry_engine::embed::EmbedConfig {
+    let d = ferry_engine::embed::EmbedConfig::default();
     ferry_engine::embed::EmbedConfig {
         threads: cfg.threads,
         max_waiting: cfg.max_waiting,
-        ..Default::default()
+        max_context: cfg.max_context,
+        // `--max-batch-tokens` sizes chat steps; an embedding engine keeps its own (larger)
+        // step (`ferry config` refuses the chat-only options for embedding models).
+        max_batch_tokens: d.max_batch_tokens,
     }
 }
 
@@ -296,6 +371,12 @@ fn main() {
         ),
         Cmd::List => list(),
         Cmd::Show { model } => registry_cmds::show(&model),
+        Cmd::Config {
+            model,
+            set,
+            unset,
+            reset,
+        } => registry_cmds::config(&model, &set, &unset, reset),
         Cmd::Rm { models } => registry_cmds::rm(&models),
         Cmd::Prune { partials, dry_run } => registry_cmds::prune(partials, dry_run),
         Cmd::Ps { url, api_key } => registry_cmds::ps(
@@ -535,7 +616,7 @@ fn run(
     ea: &EngineArgs,
 ) -> Result<()> {
     let (_, path) = store::resolve(model)?;
-    let l = load(&path, ea.config())?;
+    let l = load(&path, ea.config_for(model)?)?;
     let text = l.template.render(
         &[ChatMessage {
             role: "user".into(),
@@ -571,4 +652,43 @@ fn run(
     }
     writeln!(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option the store accepts changes the engine configuration (the two lists cannot
+    /// drift apart unnoticed), and given flags win over options only in `config_for`'s order.
+    #[test]
+    fn every_stored_option_is_applied() {
+        let base = EngineArgs::default().config();
+        for (i, k) in ferry_store::models::OPTION_KEYS.iter().enumerate() {
+            let v = 1000 + i as u64;
+            let mut cfg = base.clone();
+            apply_options(&mut cfg, &[(k.to_string(), v)].into_iter().collect());
+            let got = [
+                cfg.threads,
+                cfg.kv_cache_tokens,
+                cfg.max_running,
+                cfg.max_batch_tokens,
+                cfg.max_waiting,
+                cfg.max_context,
+            ];
+            assert_eq!(
+                got.iter().filter(|&&x| x == v as usize).count(),
+                1,
+                "{k} not applied"
+            );
+        }
+        let flags = EngineArgs {
+            max_running: Some(7),
+            ..Default::default()
+        };
+        let mut cfg = flags.config();
+        apply_options(&mut cfg, &[("max_running".into(), 3)].into_iter().collect());
+        assert_eq!(cfg.max_running, 3);
+        flags.overlay(&mut cfg);
+        assert_eq!(cfg.max_running, 7);
+    }
 }

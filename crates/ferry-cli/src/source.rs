@@ -22,6 +22,17 @@ impl StoreSource {
         Arc::new(Self { pinned, cfg })
     }
 
+    /// The server's engine settings with the model's own options (`ferry config`) over them;
+    /// `--model` paths have none.
+    fn config(&self, name: &str) -> Result<EngineConfig, String> {
+        let mut cfg = self.cfg.clone();
+        if !self.pinned.contains_key(name) {
+            let opts = store::options(name).map_err(|e| format!("{e:#}"))?;
+            crate::apply_options(&mut cfg, &opts);
+        }
+        Ok(cfg)
+    }
+
     fn path(&self, name: &str) -> Result<PathBuf, String> {
         Ok(match self.pinned.get(name) {
             Some(p) => p.clone(),
@@ -46,16 +57,17 @@ impl ModelSource for StoreSource {
 
     fn estimate_bytes(&self, name: &str) -> Option<u64> {
         let path = self.path(name).ok()?;
-        crate::estimate_memory(&path, &self.cfg).ok()
+        crate::estimate_memory(&path, &self.config(name).ok()?).ok()
     }
 
     fn load(&self, name: &str) -> Result<Loaded, String> {
         let path = self.path(name)?;
+        let cfg = self.config(name)?;
         if path.is_dir() {
-            let m = crate::load_embedding(&path, &self.cfg).map_err(|e| format!("{e:#}"))?;
+            let m = crate::load_embedding(&path, &cfg).map_err(|e| format!("{e:#}"))?;
             return Ok(Loaded::Embedding(m));
         }
-        let l = crate::load(&path, self.cfg.clone()).map_err(|e| format!("{e:#}"))?;
+        let l = crate::load(&path, cfg).map_err(|e| format!("{e:#}"))?;
         Ok(Loaded::Chat(Box::new(LoadedModel {
             engine: l.engine,
             template: l.template,

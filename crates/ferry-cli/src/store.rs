@@ -579,6 +579,11 @@ pub fn import_dir(src: &Path, name: &str, sha256: Option<&str>) -> Result<Manife
     )
 }
 
+/// A registered model's serving options (`ferry config`); empty when none are set.
+pub fn options(name: &str) -> Result<ferry_store::ModelOptions> {
+    Ok(db()?.model_options(name)?)
+}
+
 /// Resolve a model argument: a path to a `.gguf` file, a Hugging Face-style model directory
 /// (served under the directory's name), or a registered name.
 pub fn resolve(arg: &str) -> Result<(String, PathBuf)> {

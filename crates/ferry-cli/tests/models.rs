@@ -454,3 +454,114 @@ fn concurrent_loads_hold_room_so_the_budget_is_never_overshot() {
     assert!(loaded[0] == "alpha" || loaded[0] == "beta", "{loaded:?}");
     assert_eq!(state(&s, MODEL), "available");
 }
+
+/// `ferry config` failing: its stderr.
+fn config_refused(home: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("config")
+        .args(args)
+        .env("FERRY_HOME", home)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "ferry config {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn each_model_runs_with_its_own_options_over_the_servers_flags() {
+    let home = home_with("opts", &["small", "big"], true, false);
+    // Refused, with the reason, and nothing stored.
+    for (args, why) in [
+        (
+            &["small", "context_length=999999"][..],
+            "own maximum of 8192",
+        ),
+        (&["small", "num_ctx=5"], "unknown model option"),
+        (&["small", "threads=0"], "between 1 and"),
+        (&["small", "context_length"], "KEY=VALUE"),
+        (&["small", "max_running=two"], "not a whole number"),
+        (&["minilm", "kv_cache_tokens=64"], "chat (GGUF) models only"),
+        (&["minilm", "context_length=513"], "own maximum of 512"),
+        (&["nosuch", "threads=1"], "nosuch"),
+    ] {
+        let err = config_refused(&home, args);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    assert!(ferry(&home, &["config", "small"]).contains("no options"));
+    ferry(
+        &home,
+        &[
+            "config",
+            "small",
+            "context_length=64",
+            "kv-cache-tokens=256",
+            "max_running=3",
+            "threads=1",
+        ],
+    );
+    let out = ferry(&home, &["config", "small", "--unset", "threads"]);
+    assert!(
+        out.contains("small: context_length=64 kv_cache_tokens=256 max_running=3"),
+        "{out}"
+    );
+    ferry(&home, &["config", "minilm", "context_length=16"]);
+    let shown = ferry(&home, &["show", "small"]);
+    assert!(
+        shown.contains("context_length=64 kv_cache_tokens=256 max_running=3"),
+        "{shown}"
+    );
+
+    // The server's flags are the defaults; each model's options win over them.
+    // (The test server runs with `--kv-cache-tokens 8192`.)
+    let s = start_in(&home, &["--max-running", "5", "--context-length", "4096"]);
+    assert_eq!(ask(&s, "small").status, 200);
+    assert_eq!(ask(&s, "big").status, 200);
+    let small = card(&s, "small");
+    assert_eq!(small["max_model_len"], 64, "{small}");
+    assert_eq!(small["engine"]["kv_cache_tokens"], 256, "{small}");
+    assert_eq!(small["engine"]["max_running"], 3, "{small}");
+    let big = card(&s, "big");
+    assert_eq!(big["max_model_len"], 4096, "{big}");
+    assert_eq!(big["engine"]["kv_cache_tokens"], 8192, "{big}");
+    assert_eq!(big["engine"]["max_running"], 5, "{big}");
+    // A smaller budget than the flags' is also what the memory estimate counts.
+    assert!(
+        small["memory_bytes"].as_u64().unwrap() < big["memory_bytes"].as_u64().unwrap(),
+        "{small} {big}"
+    );
+
+    // The cap is enforced, never a silent cut: 60 completion tokens on top of the prompt fit
+    // `big` but not `small`.
+    let long = chat(
+        "Say hi.",
+        json!({"model": "small", "max_tokens": 60, "temperature": 0}),
+    );
+    let r = s.post("/v1/chat/completions", &long);
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    assert!(
+        body(&r).contains("maximum context length is 64 tokens"),
+        "{}",
+        body(&r)
+    );
+    let mut long = long;
+    long["model"] = json!("big");
+    long["max_tokens"] = json!(8);
+    assert_eq!(s.post("/v1/chat/completions", &long).status, 200);
+
+    // The embedding model's cap: 16 tokens with [CLS] and [SEP].
+    let words =
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen";
+    let r = s.post(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": words}),
+    );
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert!(body(&r).contains("16"), "{}", body(&r));
+    let r = s.post(
+        "/v1/embeddings",
+        &json!({"model": "minilm", "input": "one two"}),
+    );
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(card(&s, "minilm")["max_model_len"], 16);
+}

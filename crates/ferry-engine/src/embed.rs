@@ -26,6 +26,8 @@ pub struct EmbedConfig {
     pub max_batch_tokens: usize,
     /// Most requests waiting; beyond it `submit` refuses (429).
     pub max_waiting: usize,
+    /// Cap on tokens per input, below the model's own maximum; 0 = the model's.
+    pub max_context: usize,
 }
 
 impl Default for EmbedConfig {
@@ -34,6 +36,7 @@ impl Default for EmbedConfig {
             threads: 0,
             max_batch_tokens: 8192,
             max_waiting: 128,
+            max_context: 0,
         }
     }
 }
@@ -101,7 +104,10 @@ impl EmbedEngine {
     }
     /// Most tokens per input (specials included).
     pub fn context_length(&self) -> usize {
-        self.model.max_tokens()
+        match self.cfg.max_context {
+            0 => self.model.max_tokens(),
+            cap => self.model.max_tokens().min(cap),
+        }
     }
     pub fn dim(&self) -> usize {
         self.model.dim()

@@ -39,6 +39,10 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Most requests waiting for admission; beyond it `submit` refuses (429).
     pub max_waiting: usize,
+    /// Cap on a sequence's length, prompt and completion together (vLLM's `max_model_len`);
+    /// 0 = the model's own context. The context in force is the least of this, the model's
+    /// and `kv_cache_tokens`.
+    pub max_context: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,8 +54,18 @@ impl Default for EngineConfig {
             max_running: 32,
             max_batch_tokens: 256,
             max_waiting: 128,
+            max_context: 0,
         }
     }
+}
+
+fn effective_context(model: usize, cfg: &EngineConfig) -> usize {
+    let cap = if cfg.max_context == 0 {
+        usize::MAX
+    } else {
+        cfg.max_context
+    };
+    model.min(cap).min(cfg.kv_cache_tokens)
 }
 
 /// Why a generation ended.
@@ -192,8 +206,10 @@ impl Engine {
     pub fn model(&self) -> &Llama {
         &self.model
     }
+    /// The longest sequence (prompt and completion) this engine runs: the least of the
+    /// model's context, `max_context` (when set) and the KV cache's capacity.
     pub fn context_length(&self) -> usize {
-        self.model.cfg.context_length
+        effective_context(self.model.cfg.context_length, &self.cfg)
     }
     pub fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
@@ -225,7 +241,7 @@ impl Engine {
 
     /// Check a request against the model's limits without queueing it.
     pub fn check(&self, prompt_len: usize, max_tokens: usize) -> Result<(), SubmitError> {
-        let context = self.context_length().min(self.cfg.kv_cache_tokens);
+        let context = self.context_length();
         if prompt_len == 0 {
             return Err(SubmitError::EmptyPrompt);
         }
@@ -625,7 +641,7 @@ impl Scheduler {
                 s.text.feed(self.tok.token_bytes(id))
             };
             let at_limit = s.generated() >= s.max_tokens
-                || s.tokens.len() >= self.model.cfg.context_length.min(self.cfg.kv_cache_tokens);
+                || s.tokens.len() >= effective_context(self.model.cfg.context_length, &self.cfg);
             let reason = if eog || feed.stopped {
                 Some(FinishReason::Stop)
             } else if at_limit {

@@ -7,19 +7,39 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_types::openai::{ModelCard, ModelList};
+use ferry_types::openai::{EngineSettings, ModelCard, ModelList};
 use ferry_types::ApiError;
 
 use crate::error::Result;
 use crate::state::{AppState, ModelSlot, ModelState};
 
 fn card(s: &ModelSlot) -> ModelCard {
-    let (state, max_model_len, error) = match &s.state {
-        ModelState::Available => ("available", None, None),
-        ModelState::Loading => ("loading", None, None),
-        ModelState::Loaded(m) => ("loaded", Some(m.engine.context_length()), None),
-        ModelState::LoadedEmbedding(m) => ("loaded", Some(m.engine.context_length()), None),
-        ModelState::Failed(why) => ("failed", None, Some(why.clone())),
+    let (state, max_model_len, error, engine) = match &s.state {
+        ModelState::Available => ("available", None, None, None),
+        ModelState::Loading => ("loading", None, None, None),
+        ModelState::Loaded(m) => {
+            let c = m.engine.config();
+            let e = EngineSettings {
+                threads: c.threads,
+                max_batch_tokens: c.max_batch_tokens,
+                max_waiting: c.max_waiting,
+                kv_cache_tokens: Some(c.kv_cache_tokens),
+                max_running: Some(c.max_running),
+            };
+            ("loaded", Some(m.engine.context_length()), None, Some(e))
+        }
+        ModelState::LoadedEmbedding(m) => {
+            let c = m.engine.config();
+            let e = EngineSettings {
+                threads: c.threads,
+                max_batch_tokens: c.max_batch_tokens,
+                max_waiting: c.max_waiting,
+                kv_cache_tokens: None,
+                max_running: None,
+            };
+            ("loaded", Some(m.engine.context_length()), None, Some(e))
+        }
+        ModelState::Failed(why) => ("failed", None, Some(why.clone()), None),
     };
     ModelCard {
         id: s.id.clone(),
@@ -30,6 +50,7 @@ fn card(s: &ModelSlot) -> ModelCard {
         max_model_len,
         memory_bytes: s.memory_bytes,
         error,
+        engine,
     }
 }
 

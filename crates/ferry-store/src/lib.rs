@@ -26,7 +26,7 @@ pub use files::{BlobWriter, FileRow};
 pub use jobs::{JobEvent, JobRow, Outcome, TrainedModel};
 pub use key_usage::{UsageDelta, UsageRow};
 pub use migrations::LATEST_VERSION;
-pub use models::{ModelFile, ModelRecord};
+pub use models::{ModelFile, ModelOptions, ModelRecord};
 
 /// The database file's name under Ferry's data directory.
 pub const DB_FILE: &str = "ferry.db";

@@ -109,7 +109,20 @@ Migration {
             artifact_dir TEXT NOT NULL           -- relative to the data directory
         );
     ",
-}];
+    },
+    Migration {
+        version: 5,
+        name: "model_options",
+        sql: "
+        CREATE TABLE model_options (
+            model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+            key   TEXT NOT NULL,                   -- one of models::OPTION_KEYS
+            value INTEGER NOT NULL CHECK (value > 0),
+            PRIMARY KEY (model, key)
+        ) WITHOUT ROWID;
+    ",
+    },
+];
 
 /// The schema version this program writes.
 pub const LATEST_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -45,6 +45,37 @@ pub struct ModelRecord {
     pub files: Vec<ModelFile>,
 }
 
+/// Per-model serving options, stored by name (they survive a re-import under the same name
+/// and go with `remove_model`). Each overrides the server's flag of the same name for that
+/// model; `context_length` caps the model's context (vLLM's `max_model_len`).
+pub const OPTION_KEYS: &[&str] = &[
+    "context_length",
+    "kv_cache_tokens",
+    "max_running",
+    "max_batch_tokens",
+    "max_waiting",
+    "threads",
+];
+
+/// A model's options: key (one of `OPTION_KEYS`) -> value.
+pub type ModelOptions = std::collections::BTreeMap<String, u64>;
+
+/// An option key must be one of `OPTION_KEYS` and its value positive and at most 2^31.
+pub fn check_option(key: &str, value: u64) -> std::result::Result<(), String> {
+    if !OPTION_KEYS.contains(&key) {
+        return Err(format!(
+            "unknown model option {key:?}: known are {}",
+            OPTION_KEYS.join(", ")
+        ));
+    }
+    if value == 0 || value > 1 << 31 {
+        return Err(format!(
+            "{key} must be between 1 and 2147483648, got {value}"
+        ));
+    }
+    Ok(())
+}
+
 /// Model names: letters, digits, `-`, `_`, `.`, `:`; at most 128 bytes; no `..`, no leading `.`.
 pub fn check_model_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
@@ -302,6 +333,69 @@ impl Store {
         Ok(gone)
     }
 
+    /// A model's serving options (`OPTION_KEYS` -> value), empty when none are set.
+    pub fn model_options(&self, name: &str) -> Result<ModelOptions> {
+        check_model_name(name).map_err(invalid)?;
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT key, value FROM model_options WHERE model = ?1")?;
+        let rows = st.query_map([name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = ModelOptions::new();
+        for row in rows {
+            let (k, v) = row?;
+            // A row edited by hand is an error naming it, never a silently ignored setting.
+            check_option(&k, v.max(0) as u64)
+                .map_err(|e| invalid(format!("model {name:?}: stored option {e}")))?;
+            out.insert(k, v as u64);
+        }
+        Ok(out)
+    }
+
+    /// Set and unset serving options of a registered model in one transaction; returns the
+    /// options now stored. Unknown keys and zero values are refused; unknown models too.
+    pub fn update_model_options(
+        &self,
+        name: &str,
+        set: &ModelOptions,
+        unset: &[String],
+    ) -> Result<ModelOptions> {
+        check_model_name(name).map_err(invalid)?;
+        for (k, v) in set {
+            check_option(k, *v).map_err(invalid)?;
+        }
+        for k in unset {
+            check_option(k, 1).map_err(invalid)?;
+        }
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE name = ?1)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if !known {
+                return Err(invalid(format!("no model named {name:?}")));
+            }
+            for k in unset {
+                tx.execute(
+                    "DELETE FROM model_options WHERE model = ?1 AND key = ?2",
+                    params![name, k],
+                )?;
+            }
+            for (k, v) in set {
+                tx.execute(
+                    "INSERT INTO model_options (model, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (model, key) DO UPDATE SET value = excluded.value",
+                    params![name, k, int(*v)],
+                )?;
+            }
+            tx.commit()?;
+        }
+        self.model_options(name)
+    }
+
     /// Whether any model references `blob`.
     pub fn blob_in_use(&self, blob: &str) -> Result<bool> {
         Ok(self.conn().query_row(
@@ -342,6 +436,41 @@ mod tests {
 
     fn ok() -> std::result::Result<(), String> {
         Ok(())
+    }
+
+    #[test]
+    fn options_survive_a_reimport_go_with_the_model_and_refuse_unknown_keys() {
+        let d = TempDir::new();
+        let s = Store::open_in(&d.0).unwrap();
+        let set = |pairs: &[(&str, u64)]| -> ModelOptions {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // Unknown model, unknown key, zero: refused, nothing stored.
+        assert!(s
+            .update_model_options("m", &set(&[("threads", 1)]), &[])
+            .is_err());
+        s.put_model(&rec("m", &[("m.gguf", 'a')]), ok, |_| panic!())
+            .unwrap();
+        for bad in [set(&[("num_ctx", 5)]), set(&[("threads", 0)])] {
+            assert!(s.update_model_options("m", &bad, &[]).is_err());
+        }
+        assert!(s.model_options("m").unwrap().is_empty());
+        let o = s
+            .update_model_options("m", &set(&[("context_length", 512), ("threads", 1)]), &[])
+            .unwrap();
+        assert_eq!(o, set(&[("context_length", 512), ("threads", 1)]));
+        let o = s
+            .update_model_options("m", &set(&[("context_length", 256)]), &["threads".into()])
+            .unwrap();
+        assert_eq!(o, set(&[("context_length", 256)]));
+        // A re-import under the same name keeps them; removal drops them.
+        s.put_model(&rec("m", &[("m.gguf", 'b')]), ok, |_| Ok(()))
+            .unwrap();
+        assert_eq!(s.model_options("m").unwrap(), o);
+        s.remove_model("m", |_| Ok(())).unwrap();
+        s.put_model(&rec("m", &[("m.gguf", 'b')]), ok, |_| Ok(()))
+            .unwrap();
+        assert!(s.model_options("m").unwrap().is_empty());
     }
 
     #[test]

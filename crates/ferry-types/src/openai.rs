@@ -475,6 +475,25 @@ pub struct ModelCard {
     /// Ferry extension: why the last load failed (state `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ferry extension: the engine settings a loaded model runs with (the server's flags with
+    /// the model's own options over them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineSettings>,
+}
+
+/// Engine settings of a loaded model (`ModelCard::engine`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineSettings {
+    /// Compute threads (0 = one per core).
+    pub threads: usize,
+    pub max_batch_tokens: usize,
+    pub max_waiting: usize,
+    /// Chat models only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_cache_tokens: Option<usize>,
+    /// Chat models only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
