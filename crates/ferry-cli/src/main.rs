@@ -8,6 +8,7 @@ mod chat;
 mod client;
 mod keys;
 mod lifecycle;
+mod options;
 mod progress;
 mod pull;
 mod registry_cmds;
@@ -204,7 +205,7 @@ impl EngineArgs {
     pub fn config_for(&self, arg: &str) -> Result<EngineConfig> {
         let mut cfg = self.config();
         if !Path::new(arg).exists() {
-            apply_options(&mut cfg, &store::options(arg)?);
+            options::apply(&mut cfg, &store::options(arg)?);
             self.overlay(&mut cfg);
         }
         Ok(cfg)
@@ -223,24 +224,6 @@ impl EngineArgs {
             if let Some(v) = v {
                 *slot = v;
             }
-        }
-    }
-}
-
-/// A model's stored options (`ferry config`) over `cfg`.
-pub fn apply_options(cfg: &mut EngineConfig, opts: &ferry_store::ModelOptions) {
-    for (k, &v) in opts {
-        let v = usize::try_from(v).unwrap_or(usize::MAX);
-        match k.as_str() {
-            "threads" => cfg.threads = v,
-            "kv_cache_tokens" => cfg.kv_cache_tokens = v,
-            "max_running" => cfg.max_running = v,
-            "max_batch_tokens" => cfg.max_batch_tokens = v,
-            "max_waiting" => cfg.max_waiting = v,
-            "context_length" => cfg.max_context = v,
-            // The store refuses keys it does not know, so this is unreachable unless the two
-            // lists drift apart; the unit test below keeps them together.
-            other => tracing::warn!("model option {other:?} is not applied"),
         }
     }
 }
@@ -666,7 +649,7 @@ mod tests {
         for (i, k) in ferry_store::models::OPTION_KEYS.iter().enumerate() {
             let v = 1000 + i as u64;
             let mut cfg = base.clone();
-            apply_options(&mut cfg, &[(k.to_string(), v)].into_iter().collect());
+            options::apply(&mut cfg, &[(k.to_string(), v)].into_iter().collect());
             let got = [
                 cfg.threads,
                 cfg.kv_cache_tokens,
@@ -686,7 +669,7 @@ mod tests {
             ..Default::default()
         };
         let mut cfg = flags.config();
-        apply_options(&mut cfg, &[("max_running".into(), 3)].into_iter().collect());
+        options::apply(&mut cfg, &[("max_running".into(), 3)].into_iter().collect());
         assert_eq!(cfg.max_running, 3);
         flags.overlay(&mut cfg);
         assert_eq!(cfg.max_running, 7);

@@ -232,16 +232,11 @@ fn options_line(o: &ferry_store::ModelOptions) -> String {
         .join(" ")
 }
 
-/// Options that only a chat (GGUF) model's engine has.
-const CHAT_ONLY: &[&str] = &["kv_cache_tokens", "max_running", "max_batch_tokens"];
-
 /// `ferry config NAME [KEY=VALUE]... [--unset KEY]... [--reset]`: show or change a registered
-/// model's serving options, checked against the model (a context cap above the model's own
-/// context, or a chat-only option on an embedding model, is refused). They apply from the
-/// model's next load.
+/// model's serving options (checked against the model by `options::update`). They apply from
+/// the model's next load.
 pub fn config(name: &str, set: &[String], unset: &[String], reset: bool) -> Result<()> {
     let rec: ModelRecord = store::record(name)?;
-    let path = store::model_path(&rec)?;
     let key = |k: &str| k.trim().replace('-', "_");
     let mut new = ferry_store::ModelOptions::new();
     for kv in set {
@@ -253,48 +248,13 @@ pub fn config(name: &str, set: &[String], unset: &[String], reset: bool) -> Resu
             .trim()
             .parse()
             .map_err(|_| anyhow!("{k}: {v:?} is not a whole number"))?;
-        ferry_store::models::check_option(&k, v).map_err(anyhow::Error::msg)?;
         new.insert(k, v);
     }
     let mut gone: Vec<String> = unset.iter().map(|k| key(k)).collect();
-    for k in &gone {
-        ferry_store::models::check_option(k, 1).map_err(anyhow::Error::msg)?;
-    }
-    let db = store::db()?;
     if reset {
-        gone.extend(db.model_options(&rec.name)?.into_keys());
+        gone.extend(store::options(&rec.name)?.into_keys());
     }
-    let (context, what) = if rec.format == "hf-dir" {
-        if let Some(k) = new.keys().find(|k| CHAT_ONLY.contains(&k.as_str())) {
-            bail!(
-                "{k} applies to chat (GGUF) models only; {} is an embedding model",
-                rec.name
-            );
-        }
-        let c = ferry_models::bert::BertConfig::from_dir(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        (c.max_position_embeddings, "its position embeddings")
-    } else {
-        let f = ferry_models::gguf::GgufFile::open(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let c = ferry_models::llama::LlamaConfig::from_gguf(&f)
-            .with_context(|| format!("reading {}", path.display()))?;
-        (c.context_length, "its trained context")
-    };
-    if let Some(&c) = new.get("context_length") {
-        if c > context as u64 {
-            bail!(
-                "context_length={c} is above {}'s own maximum of {context} tokens ({what}); the option can only lower it",
-                rec.name
-            );
-        }
-    }
-    if let Some(&k) = new.get("kv_cache_tokens") {
-        if k < 16 {
-            bail!("kv_cache_tokens={k} is below one KV block (16 tokens)");
-        }
-    }
-    let now = db.update_model_options(&rec.name, &new, &gone)?;
+    let now = crate::options::update(&rec.name, &new, &gone).map_err(|e| anyhow!(e.message))?;
     if now.is_empty() {
         println!("{}: no options (the server's flags apply)", rec.name);
     } else {

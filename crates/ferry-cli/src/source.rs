@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_engine::EngineConfig;
-use ferry_server::{Loaded, LoadedModel, ModelSource};
+use ferry_server::{Loaded, LoadedModel, ModelOptions, ModelSource};
+use ferry_types::{ApiError, ErrorCode};
 
 use crate::store;
 
@@ -28,7 +29,7 @@ impl StoreSource {
         let mut cfg = self.cfg.clone();
         if !self.pinned.contains_key(name) {
             let opts = store::options(name).map_err(|e| format!("{e:#}"))?;
-            crate::apply_options(&mut cfg, &opts);
+            crate::options::apply(&mut cfg, &opts);
         }
         Ok(cfg)
     }
@@ -58,6 +59,28 @@ impl ModelSource for StoreSource {
     fn estimate_bytes(&self, name: &str) -> Option<u64> {
         let path = self.path(name).ok()?;
         crate::estimate_memory(&path, &self.config(name).ok()?).ok()
+    }
+
+    fn options(&self, name: &str) -> Result<ModelOptions, ApiError> {
+        if self.pinned.contains_key(name) {
+            return Err(ferry_server::no_options(name));
+        }
+        if store::record(name).is_err() {
+            return Err(ApiError::model_not_found(name));
+        }
+        store::options(name).map_err(|e| ApiError::new(ErrorCode::InternalError, format!("{e:#}")))
+    }
+
+    fn update_options(
+        &self,
+        name: &str,
+        set: &ModelOptions,
+        unset: &[String],
+    ) -> Result<ModelOptions, ApiError> {
+        if self.pinned.contains_key(name) {
+            return Err(ferry_server::no_options(name));
+        }
+        crate::options::update(name, set, unset)
     }
 
     fn load(&self, name: &str) -> Result<Loaded, String> {

@@ -192,7 +192,8 @@ fn every_route_against_every_kind_of_key() {
             let open = matches!(template.as_str(), "/health" | "/ready");
             let admin_only = template.starts_with("/v1/admin")
                 || template.ends_with("/load")
-                || template.ends_with("/unload");
+                || template.ends_with("/unload")
+                || template.ends_with("/options");
             for (who, key) in creds {
                 let auth = key.map(bearer);
                 let headers: Vec<(&str, &str)> = auth

@@ -564,4 +564,60 @@ fn each_model_runs_with_its_own_options_over_the_servers_flags() {
     );
     assert_eq!(r.status, 200, "{}", body(&r));
     assert_eq!(card(&s, "minilm")["max_model_len"], 16);
+
+    // The same through the admin route: a JSON merge patch, checked like the CLI's.
+    let r = s.get("/v1/models/small/options");
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(
+        r.json()["options"],
+        json!({"context_length": 64, "kv_cache_tokens": 256, "max_running": 3})
+    );
+    for (id, patch, status, param) in [
+        (
+            "small",
+            json!({"context_length": 99999}),
+            400,
+            "context_length",
+        ),
+        ("small", json!({"num_ctx": 5}), 400, "num_ctx"),
+        ("small", json!({"max_running": -1}), 400, "max_running"),
+        ("small", json!({"max_running": "2"}), 400, "max_running"),
+        ("minilm", json!({"max_running": 2}), 400, "max_running"),
+        ("nosuch", json!({"threads": 1}), 404, "model"),
+        // A `--model` path has no registry row to keep options in.
+        (MODEL, json!({"threads": 1}), 400, "model"),
+    ] {
+        let r = s.request(
+            "PATCH",
+            &format!("/v1/models/{id}/options"),
+            &[],
+            Some(&patch),
+        );
+        assert_eq!(r.status, status, "{id} {patch}: {}", body(&r));
+        assert_eq!(
+            r.json()["error"]["param"],
+            param,
+            "{id} {patch}: {}",
+            body(&r)
+        );
+    }
+    let r = s.request(
+        "PATCH",
+        "/v1/models/small/options",
+        &[],
+        Some(&json!({"max_running": 2, "context_length": null})),
+    );
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(
+        r.json()["options"],
+        json!({"kv_cache_tokens": 256, "max_running": 2})
+    );
+    // A loaded model keeps its settings until it loads again.
+    assert_eq!(card(&s, "small")["engine"]["max_running"], 3);
+    assert_eq!(s.post("/v1/models/small/unload", &json!({})).status, 200);
+    assert_eq!(ask(&s, "small").status, 200);
+    let small = card(&s, "small");
+    assert_eq!(small["engine"]["max_running"], 2, "{small}");
+    assert_eq!(small["max_model_len"], 256, "{small}");
+    assert!(ferry(&home, &["show", "small"]).contains("kv_cache_tokens=256 max_running=2"));
 }

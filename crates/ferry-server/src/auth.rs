@@ -42,6 +42,7 @@ pub(crate) fn is_admin_route(route: &str) -> bool {
         || route.starts_with("/v1/admin/")
         || route == "/v1/models/{id}/load"
         || route == "/v1/models/{id}/unload"
+        || route == "/v1/models/{id}/options"
 }
 
 struct Snapshot {
@@ -549,6 +550,7 @@ mod tests {
         assert!(!is_admin_route("/v1/administer"));
         assert!(is_admin_route("/v1/models/{id}/load"));
         assert!(is_admin_route("/v1/models/{id}/unload"));
+        assert!(is_admin_route("/v1/models/{id}/options"));
         assert!(!is_admin_route("/v1/models/{id}"));
     }
 }

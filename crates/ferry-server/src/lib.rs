@@ -42,7 +42,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-pub use registry::{parse_bytes, Limits, Loaded, ModelSource, Registry};
+pub use registry::{no_options, parse_bytes, Limits, Loaded, ModelOptions, ModelSource, Registry};
 pub use state::{AppState, EmbeddingModel, LoadedModel, ModelSlot, ModelState, ServerConfig};
 pub use {auth::Auth, drain::Drain, metrics::Metrics};
 
@@ -55,6 +55,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(models::get_one))
         .route("/v1/models/{id}/load", post(models::load))
         .route("/v1/models/{id}/unload", post(models::unload))
+        .route(
+            "/v1/models/{id}/options",
+            get(models::get_options).patch(models::patch_options),
+        )
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
         .route("/v1/embeddings", post(embeddings::create))

@@ -8,7 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ferry_types::openai::{EngineSettings, ModelCard, ModelList};
-use ferry_types::ApiError;
+use ferry_types::{ApiError, ErrorCode};
+use serde_json::{json, Value};
+
+use crate::body::JsonBody;
+use crate::ModelOptions;
 
 use crate::error::Result;
 use crate::state::{AppState, ModelSlot, ModelState};
@@ -104,4 +108,72 @@ pub async fn unload(
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>> {
     Ok(Json(card(&st.models.unload(&id).await?)))
+}
+
+/// `GET /v1/models/{id}/options` (admin): the model's own engine options.
+pub async fn get_options(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let source = source(&st)?;
+    let name = id.clone();
+    let opts = tokio::task::spawn_blocking(move || source.options(&name))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
+    Ok(Json(options_body(&id, &opts)))
+}
+
+/// `PATCH /v1/models/{id}/options` (admin): a JSON merge patch of the model's options — a
+/// number sets one, `null` removes it (the server's flag applies again). Checked against the
+/// model (400 naming the option); applies from the model's next load (`.../unload`, then use).
+pub async fn patch_options(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>> {
+    let source = source(&st)?;
+    let obj = body.as_object().ok_or_else(|| {
+        ApiError::invalid(
+            "options",
+            "The body must be a JSON object of options, e.g. {\"context_length\": 2048}.",
+        )
+    })?;
+    let mut set = ModelOptions::new();
+    let mut unset = Vec::new();
+    for (k, v) in obj {
+        match v {
+            Value::Null => unset.push(k.clone()),
+            v => match v.as_u64() {
+                Some(n) => {
+                    set.insert(k.clone(), n);
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        k,
+                        format!("`{k}` must be a positive whole number or null, got {v}."),
+                    )
+                    .into())
+                }
+            },
+        }
+    }
+    let name = id.clone();
+    let opts = tokio::task::spawn_blocking(move || source.update_options(&name, &set, &unset))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
+    Ok(Json(options_body(&id, &opts)))
+}
+
+fn source(st: &AppState) -> Result<Arc<dyn crate::ModelSource>> {
+    st.models.source().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ServiceUnavailable,
+            "No model source is configured.",
+        )
+        .into()
+    })
+}
+
+fn options_body(id: &str, opts: &ModelOptions) -> Value {
+    json!({"object": "model.options", "id": id, "options": opts})
 }

@@ -49,6 +49,31 @@ pub trait ModelSource: Send + Sync {
     }
     /// Load `name` (blocking: runs on a blocking thread). The error is shown to clients.
     fn load(&self, name: &str) -> Result<Loaded, String>;
+    /// `name`'s own engine options (blocking), which apply over the server's flags when it
+    /// loads. Sources that keep none refuse.
+    fn options(&self, name: &str) -> Result<ModelOptions, ApiError> {
+        Err(no_options(name))
+    }
+    /// Set and unset `name`'s options after checking them against the model (blocking);
+    /// returns the options now kept.
+    fn update_options(
+        &self,
+        name: &str,
+        _set: &ModelOptions,
+        _unset: &[String],
+    ) -> Result<ModelOptions, ApiError> {
+        Err(no_options(name))
+    }
+}
+
+/// Per-model options: option name -> value (see `ferry_store::models::OPTION_KEYS`).
+pub use ferry_store::ModelOptions;
+
+pub fn no_options(name: &str) -> ApiError {
+    ApiError::invalid(
+        "model",
+        format!("`{name}` has no options of its own here: options are kept for registered models (ferry pull), not for --model paths."),
+    )
 }
 
 /// A freshly loaded model.
@@ -160,6 +185,11 @@ impl Registry {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where models come from (`None` before `configure`).
+    pub fn source(&self) -> Option<Arc<dyn ModelSource>> {
+        self.source.get().cloned()
     }
 
     fn limits(&self) -> Limits {
