@@ -134,7 +134,8 @@ impl EmbedEngine {
         let small = (c.num_hidden_layers * (9 * h + ff) + 2 * h) as u64;
         let matrix_bytes = match format {
             WeightFormat::F32 => matrix * 4,
-            WeightFormat::F16 | WeightFormat::BF16 => matrix * 2,
+            // I16: 2 bytes a weight, plus a scale per row (in `small`'s margin).
+            WeightFormat::F16 | WeightFormat::BF16 | WeightFormat::I16 => matrix * 2,
             WeightFormat::Q8_0 => matrix * 34 / 32,
         };
         let workspace = (cfg.max_batch_tokens * (6 * h + ff)) as u64 * f;
