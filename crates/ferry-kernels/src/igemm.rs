@@ -138,8 +138,10 @@ impl PackedI16 {
 /// Quantized activations, reusable across calls.
 #[derive(Default)]
 pub struct I16Scratch {
-    /// `n` rounded up to `MT` tokens × `kp` values, zero-padded.
-    q: Vec<i16>,
+    /// Tiles of `MT` tokens (the last padded with zero tokens); within a tile, per column pair
+    /// `p`, the `MT` tokens' `(x[2p], x[2p + 1])` as one u32 (little end first, as two i16
+    /// lie in memory): the micro-kernel's broadcasts of a pair are `MT` consecutive words.
+    q: Vec<u32>,
     /// Per-token scale.
     s: Vec<f32>,
 }
@@ -156,7 +158,7 @@ pub struct Epilogue<'a> {
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (token, row) elements.
 unsafe impl Sync for OutPtr {}
-struct QPtr(*mut i16, *mut f32);
+struct QPtr(*mut u32, *mut f32);
 // SAFETY: tasks write disjoint tokens' rows of `q` and entries of `s`.
 unsafe impl Sync for QPtr {}
 
@@ -223,8 +225,9 @@ pub fn gemm_i16(
     gemm_with(isa(), pool, w, x, n_tokens, epi, out, scratch)
 }
 
-/// Quantize `n` token rows of `x` (`cols` each) into `s.q` (row stride `kp`, rows padded to a
-/// multiple of `MT` with zeros) and `s.s`.
+/// Quantize `n` token rows of `x` (`cols` each) into `s.q` (tiles of `MT` tokens × `kp / 2`
+/// pairs, see `I16Scratch`) and `s.s`. Every word up to the last whole tile is written (zero
+/// for the padding), so the buffer is never cleared.
 fn quantize_acts(
     isa: Isa,
     pool: &ThreadPool,
@@ -234,34 +237,50 @@ fn quantize_acts(
     kp: usize,
     s: &mut I16Scratch,
 ) {
-    const ROWS: usize = 16;
-    let n_pad = n.next_multiple_of(MT);
-    s.q.clear();
-    s.q.resize(n_pad * kp, 0);
+    let tiles = n.div_ceil(MT);
+    let pairs = kp / 2;
+    s.q.resize(tiles * MT * pairs, 0);
     s.s.clear();
     s.s.resize(n, 0.0);
     let p = QPtr(s.q.as_mut_ptr(), s.s.as_mut_ptr());
     let p = &p;
-    pool.run(n.div_ceil(ROWS), &|c| {
-        for t in c * ROWS..((c + 1) * ROWS).min(n) {
-            let row = &x[t * cols..(t + 1) * cols];
-            // SAFETY: token t's row of `q` (kp values inside n_pad × kp) and `s[t]` belong
-            // to this task only.
-            let (q, st) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(p.0.add(t * kp), cols),
-                    &mut *p.1.add(t),
-                )
-            };
-            *st = match isa {
-                // SAFETY: AVX-512F was detected (Vnni512 implies it); `q` and `row` have
-                // the same length.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Vnni512 => unsafe { x86::quantize_row512(row, q) },
-                _ => quantize_row(row, q),
-            };
-        }
+    pool.run(tiles, &|tile| {
+        ROW.with(|cell| {
+            let row_q = &mut *cell.borrow_mut();
+            row_q.clear();
+            row_q.resize(kp, 0);
+            // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) and the
+            // scales of its tokens belong to this task only.
+            let q = unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            for j in 0..MT {
+                let t = tile * MT + j;
+                if t < n {
+                    let row = &x[t * cols..(t + 1) * cols];
+                    let sc = match isa {
+                        // SAFETY: AVX-512F/BW/VL were detected (Vnni512 implies them); the
+                        // lengths are equal.
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut row_q[..cols]) },
+                        _ => quantize_row(row, &mut row_q[..cols]),
+                    };
+                    // SAFETY: as above (token t < n of this tile).
+                    unsafe { *p.1.add(t) = sc };
+                    for (k2, pr) in row_q.chunks_exact(2).enumerate() {
+                        q[k2 * MT + j] = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
+                    }
+                } else {
+                    for k2 in 0..pairs {
+                        q[k2 * MT + j] = 0;
+                    }
+                }
+            }
+        })
     });
+}
+
+thread_local! {
+    /// One quantized activation row per pool thread.
+    static ROW: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Quantize one activation row to `X_MAX` levels each side; returns its scale. The reference
@@ -314,8 +333,8 @@ fn gemm_with(
         let mut t = t0;
         while t < t1 {
             let nt = MT.min(t1 - t);
-            // Always MT rows: the quantized activations are padded to a multiple of MT.
-            let xs = &xq[t * kp..(t + MT) * kp];
+            // Always a whole tile: the quantized activations are padded to MT tokens.
+            let xs = &xq[t * kp / 2..(t + MT) * kp / 2];
             let tile = Tile {
                 kp,
                 nt,
@@ -333,7 +352,7 @@ fn gemm_with(
                 Isa::Portable => portable(panel, xs, &tile),
                 // SAFETY: the features were detected by `isa()` (or by the test that picked
                 // the ISA); slices are sized as the kernels read them (panel kp × 32, xs
-                // MT × kp); `dst` as above.
+                // kp / 2 × MT words); `dst` as above.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { x86::avx2(panel, xs, &tile) },
                 #[cfg(target_arch = "x86_64")]
@@ -376,16 +395,18 @@ fn store_tile(acc: &[f32; PR * MT], t: &Tile<'_>) {
 
 /// Portable reference: per (token, row), exact i32 sums per chunk of `KCH` columns, added in
 /// f32 in chunk order.
-fn portable(panel: &[i16], xs: &[i16], t: &Tile<'_>) {
+fn portable(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
     let mut acc = [0f32; PR * MT];
+    let pairs = t.kp / 2;
     for j in 0..t.nt {
-        let xr = &xs[j * t.kp..(j + 1) * t.kp];
-        for (c, xc) in xr.chunks(KCH).enumerate() {
+        for c in 0..pairs.div_ceil(KCH / 2) {
             let mut isum = [0i32; PR];
-            for (k2, pair) in xc.chunks_exact(2).enumerate() {
-                let wk = &panel[(c * KCH / 2 + k2) * 2 * PR..][..2 * PR];
+            for k2 in c * KCH / 2..((c + 1) * KCH / 2).min(pairs) {
+                let v = xs[k2 * MT + j];
+                let (x0, x1) = (v as u16 as i16 as i32, (v >> 16) as u16 as i16 as i32);
+                let wk = &panel[k2 * 2 * PR..][..2 * PR];
                 for i in 0..PR {
-                    isum[i] += wk[2 * i] as i32 * pair[0] as i32 + wk[2 * i + 1] as i32 * pair[1] as i32;
+                    isum[i] += wk[2 * i] as i32 * x0 + wk[2 * i + 1] as i32 * x1;
                 }
             }
             for i in 0..PR {
@@ -410,11 +431,12 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F and AVX-512 VNNI must be available; `panel` holds `kp × 32` values, `xs`
-    /// `MT × kp`; rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the caller's.
+    /// `kp / 2 × MT` pairs; rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the
+    /// caller's.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn vnni512(panel: &[i16], xs: &[i16], t: &Tile<'_>) {
+    pub(super) unsafe fn vnni512(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         let kp = t.kp;
-        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp && t.nt <= MT && t.nr <= PR);
+        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
         assert!(t.sw.len() >= PR && t.sx.len() >= t.nt);
         let mut facc = [[_mm512_setzero_ps(); 2]; MT];
         let (wp, xp) = (panel.as_ptr(), xs.as_ptr());
@@ -425,13 +447,13 @@ mod x86 {
             let mut hi = [_mm512_setzero_si512(); MT];
             for p in 0..pairs {
                 let k = k0 + 2 * p;
-                // SAFETY: k + 1 < kp; the extents were checked above. Activation pairs are
-                // read as one (unaligned) i32.
+                // SAFETY: k + 1 < kp; the extents were checked above.
                 unsafe {
                     let w0 = _mm512_loadu_si512(wp.add(k * PR).cast());
                     let w1 = _mm512_loadu_si512(wp.add(k * PR + 32).cast());
+                    let xk = xp.add(k / 2 * MT);
                     for j in 0..MT {
-                        let xv = _mm512_set1_epi32(xp.add(j * kp + k).cast::<i32>().read_unaligned());
+                        let xv = _mm512_set1_epi32(*xk.add(j) as i32);
                         lo[j] = _mm512_dpwssd_epi32(lo[j], w0, xv);
                         hi[j] = _mm512_dpwssd_epi32(hi[j], w1, xv);
                     }
@@ -516,9 +538,9 @@ mod x86 {
     /// # Safety
     /// AVX2 must be available; extents as for `vnni512`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn avx2(panel: &[i16], xs: &[i16], t: &Tile<'_>) {
+    pub(super) unsafe fn avx2(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         let kp = t.kp;
-        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp && t.nt <= MT && t.nr <= PR);
+        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
         let mut acc = [0f32; PR * MT];
         let mut j0 = 0;
         while j0 < t.nt {
@@ -548,16 +570,16 @@ mod x86 {
         w: *const i16,
         half: usize,
         kp: usize,
-        x: *const i16,
+        x: *const u32,
         j0: usize,
         acc: &mut [f32; PR * MT],
     ) {
         let mut flo = [_mm256_setzero_ps(); T];
         let mut fhi = [_mm256_setzero_ps(); T];
-        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (MT × kp), as
-        // the caller checked; k + 1 < kp.
+        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (kp / 2 × MT),
+        // as the caller checked; k + 1 < kp.
         let w = unsafe { w.add(half * 32) };
-        let x = unsafe { x.add(j0 * kp) };
+        let x = unsafe { x.add(j0) };
         let mut k0 = 0;
         while k0 < kp {
             let pairs = KCH.min(kp - k0) / 2;
@@ -572,7 +594,7 @@ mod x86 {
                     )
                 };
                 for j in 0..T {
-                    let xv = _mm256_set1_epi32(unsafe { x.add(j * kp + k).cast::<i32>().read_unaligned() });
+                    let xv = _mm256_set1_epi32(unsafe { *x.add(k / 2 * MT + j) } as i32);
                     lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(w0, xv));
                     hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(w1, xv));
                 }
