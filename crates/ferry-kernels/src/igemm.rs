@@ -265,13 +265,11 @@ fn quantize_acts(
                     };
                     // SAFETY: as above (token t < n of this tile).
                     unsafe { *p.1.add(t) = sc };
-                    for (k2, pr) in row_q.chunks_exact(2).enumerate() {
-                        q[k2 * MT + j] = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
+                    for (d, pr) in q[j..].iter_mut().step_by(MT).zip(row_q.chunks_exact(2)) {
+                        *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
                     }
                 } else {
-                    for k2 in 0..pairs {
-                        q[k2 * MT + j] = 0;
-                    }
+                    q[j..].iter_mut().step_by(MT).for_each(|d| *d = 0);
                 }
             }
         })
