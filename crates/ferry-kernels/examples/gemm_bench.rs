@@ -71,7 +71,15 @@ fn main() {
             let mut calls = 0usize;
             while t0.elapsed().as_secs_f64() < secs {
                 if int {
-                    gemm_i16(&pool, &pi, &x, n, Default::default(), &mut out, &mut scratch);
+                    gemm_i16(
+                        &pool,
+                        &pi,
+                        &x,
+                        n,
+                        Default::default(),
+                        &mut out,
+                        &mut scratch,
+                    );
                 } else {
                     gemm_f32(&pool, &p, &x, n, &mut out);
                 }

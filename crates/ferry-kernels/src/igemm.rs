@@ -251,7 +251,8 @@ fn quantize_acts(
             row_q.resize(kp, 0);
             // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) and the
             // scales of its tokens belong to this task only.
-            let q = unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            let q =
+                unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
             for j in 0..MT {
                 let t = tile * MT + j;
                 if t < n {
@@ -467,7 +468,11 @@ mod x86 {
             }
             k0 += 2 * pairs;
         }
-        let m = if t.nr == PR { u32::MAX } else { (1u32 << t.nr) - 1 };
+        let m = if t.nr == PR {
+            u32::MAX
+        } else {
+            (1u32 << t.nr) - 1
+        };
         let (m0, m1) = (m as u16, (m >> 16) as u16);
         // SAFETY: sw and bias hold 32 values.
         let (sw0, sw1, b0, b1) = unsafe {
@@ -504,7 +509,13 @@ mod x86 {
     pub(super) unsafe fn quantize_row512(row: &[f32], q: &mut [i16]) -> f32 {
         assert_eq!(row.len(), q.len());
         let n = row.len();
-        let tail = |i: usize| -> __mmask16 { if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 } };
+        let tail = |i: usize| -> __mmask16 {
+            if n - i >= 16 {
+                0xffff
+            } else {
+                (1u16 << (n - i)) - 1
+            }
+        };
         let mut m = _mm512_setzero_ps();
         let mut i = 0;
         while i < n {
@@ -671,7 +682,11 @@ mod tests {
                         .map(|k| (xq[t * cols + k] * wq[r * cols + k]) as i64)
                         .sum();
                     assert!(isum.abs() <= i32::MAX as i64);
-                    acc = if c == 0 { isum as f32 } else { acc + isum as f32 };
+                    acc = if c == 0 {
+                        isum as f32
+                    } else {
+                        acc + isum as f32
+                    };
                 }
                 out.push((acc, sx[t] * sw[r]));
             }
@@ -731,7 +746,10 @@ mod tests {
                     let mut s = I16Scratch::default();
                     let mut out = vec![f32::NAN; n * rows];
                     gemm_with(isa, &pool, &p, &x, n, epi, &mut out, &mut s);
-                    assert_eq!(out, want, "{isa:?} {rows}x{cols} n={n} bias={with_bias} gelu={gelu}");
+                    assert_eq!(
+                        out, want,
+                        "{isa:?} {rows}x{cols} n={n} bias={with_bias} gelu={gelu}"
+                    );
                     // One token alone: the same bits.
                     let t = n / 2;
                     let mut one = vec![0f32; rows];
@@ -791,8 +809,21 @@ mod tests {
             let want = acc.mul_add((1.0 / X_MAX as f32) * (1.0 / W_MAX as f32), 0.0);
             for &isa in &isas() {
                 let mut out = vec![0f32; n * rows];
-                gemm_with(isa, &pool, &p, &x, n, Epilogue::default(), &mut out, &mut I16Scratch::default());
-                assert!(out.iter().all(|&v| v == want), "{isa:?}: {} vs {want}", out[0]);
+                gemm_with(
+                    isa,
+                    &pool,
+                    &p,
+                    &x,
+                    n,
+                    Epilogue::default(),
+                    &mut out,
+                    &mut I16Scratch::default(),
+                );
+                assert!(
+                    out.iter().all(|&v| v == want),
+                    "{isa:?}: {} vs {want}",
+                    out[0]
+                );
                 assert!((want - sign * cols as f32).abs() < 1e-3 * cols as f32);
             }
         }

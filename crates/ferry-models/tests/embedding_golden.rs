@@ -123,7 +123,12 @@ fn embeddings_match_sentence_transformers() {
         assert!((norm - 1.0).abs() < 1e-4, "normalized");
     }
     eprintln!("worst cosine {:.7} ({:?} weights)", worst.0, e.model.format);
-    assert!(worst.0 >= MIN_COSINE, "cosine {} for {:?}", worst.0, worst.1);
+    assert!(
+        worst.0 >= MIN_COSINE,
+        "cosine {} for {:?}",
+        worst.0,
+        worst.1
+    );
     // Batch invariance: each sentence alone gives the same vector, bit for bit.
     for (i, s) in seqs.iter().enumerate().step_by(5) {
         let solo = e.model.forward(&e.pool, &[s], &mut ws).unwrap();
