@@ -141,6 +141,8 @@ impl EmbedEngine {
         let matrix_bytes = match format {
             WeightFormat::F32 => matrix * 4,
             WeightFormat::F16 | WeightFormat::BF16 => matrix * 2,
+            // 2 bytes a weight and an f32 scale per row (QKV, output, up, down).
+            WeightFormat::I16 => matrix * 2 + (c.num_hidden_layers * (5 * h + ff) * 4) as u64,
             WeightFormat::Q8_0 => matrix * 34 / 32,
         };
         let workspace = (cfg.max_batch_tokens * (6 * h + ff)) as u64 * f;

@@ -4,11 +4,14 @@
 //! `cargo run --release -p ferry-kernels --example gemm_bench [threads] [tokens] [seconds]`
 //! prints GFLOP/s (2·rows·cols·tokens per call) per shape and for the whole layer mix, both by
 //! wall clock and per CPU second (the machine may be shared). `FERRY_KERNELS=scalar` forces
-//! the portable kernel.
+//! the portable kernel. Each shape also runs the int16 GEMM (`igemm::gemm_i16`), alternating
+//! with F32 three times (the machine may be shared); the `i16/f32` column is the ratio of the
+//! median wall-clock rates.
 
 use std::time::Instant;
 
 use ferry_kernels::gemm::{gemm_f32, PackedF32};
+use ferry_kernels::igemm::{self, gemm_i16, I16Scratch, PackedI16};
 use ferry_kernels::ThreadPool;
 
 /// CPU seconds used by this process so far (user + system), from `/proc/self/stat`.
@@ -46,33 +49,71 @@ fn main() {
         ("down", 384, 1536),
     ];
     let (mut flops_all, mut wall_all, mut cpu_all) = (0.0, 0.0, 0.0);
-    println!("threads {threads}, tokens {n}");
+    let (mut flops_all_i, mut wall_all_i, mut cpu_all_i) = (0.0, 0.0, 0.0);
+    println!(
+        "threads {threads}, tokens {n}, int16 kernels: {}",
+        igemm::backend()
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for (name, rows, cols) in shapes {
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
         let p = PackedF32::new(&w, rows, cols).unwrap();
+        let pi = PackedI16::new(&w, rows, cols).unwrap();
+        let mut scratch = I16Scratch::default();
         let mut out = vec![0f32; n * rows];
-        gemm_f32(&pool, &p, &x, n, &mut out);
-        let (t0, c0) = (Instant::now(), cpu_seconds());
-        let mut calls = 0usize;
-        while t0.elapsed().as_secs_f64() < secs {
-            gemm_f32(&pool, &p, &x, n, &mut out);
-            calls += 1;
+        let flops_call = 2.0 * (rows * cols * n) as f64;
+        let mut run = |int: bool| -> (f64, f64, f64) {
+            let (t0, c0) = (Instant::now(), cpu_seconds());
+            let mut calls = 0usize;
+            while t0.elapsed().as_secs_f64() < secs {
+                if int {
+                    gemm_i16(
+                        &pool,
+                        &pi,
+                        &x,
+                        n,
+                        Default::default(),
+                        &mut out,
+                        &mut scratch,
+                    );
+                } else {
+                    gemm_f32(&pool, &p, &x, n, &mut out);
+                }
+                calls += 1;
+            }
+            let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+            (flops_call * calls as f64, wall, cpu)
+        };
+        run(false);
+        run(true);
+        let (mut rf, mut ri) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (f, w, c) = run(false);
+            rf.push(f / w / 1e9);
+            flops_all += f;
+            wall_all += w;
+            cpu_all += c;
+            let (f, w, c) = run(true);
+            ri.push(f / w / 1e9);
+            flops_all_i += f;
+            wall_all_i += w;
+            cpu_all_i += c;
         }
-        let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-        let flops = 2.0 * (rows * cols * n * calls) as f64;
+        let (mf, mi) = (median(rf), median(ri));
         println!(
-            "{name:>9} {rows:>5}x{cols:<5} {:7.1} GFLOP/s wall  {:7.1} GFLOP/s per CPU-s",
-            flops / wall / 1e9,
-            flops / cpu / 1e9
+            "{name:>9} {rows:>5}x{cols:<5} f32 {mf:7.1} GFLOP/s  i16 {mi:7.1} GFLOP/s  i16/f32 {:.2}x",
+            mi / mf
         );
-        flops_all += flops;
-        wall_all += wall;
-        cpu_all += cpu;
     }
     println!(
-        "      all             {:7.1} GFLOP/s wall  {:7.1} GFLOP/s per CPU-s",
+        "      all             f32 {:7.1} GFLOP/s wall ({:.1} per CPU-s)  i16 {:7.1} GFLOP/s wall ({:.1} per CPU-s)",
         flops_all / wall_all / 1e9,
-        flops_all / cpu_all / 1e9
+        flops_all / cpu_all / 1e9,
+        flops_all_i / wall_all_i / 1e9,
+        flops_all_i / cpu_all_i / 1e9,
     );
 }

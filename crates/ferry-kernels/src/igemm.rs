@@ -1,0 +1,831 @@
+//! Integer (int16) matrix products `out = act(x · Wᵀ + b)` for encoders (BERT), as an
+//! alternative to the F32 GEMM of `gemm.rs` that runs twice the multiply-accumulates per
+//! instruction: AVX-512 VNNI `vpdpwssd` (32 i16 × i16 → i32 per zmm, against 16 for
+//! `vfmadd231ps`).
+//!
+//! Quantization (why these widths: int8 weights or activations, even per channel / per token,
+//! cost all-MiniLM-L6-v2 up to 0.5% of cosine; see docs/PERFORMANCE.md, Embeddings):
+//! - weights per output row, symmetric, 12 bits: `wq = clamp(round(w · 2047 / amax_r), ±2047)`,
+//!   scale `sw_r = amax_r / 2047`;
+//! - activations per token, symmetric, 14 bits: `xq = clamp(round(x · 8191 / amax_t), ±8191)`,
+//!   scale `sx_t = amax_t / 8191` (rounding half to even, as `vcvtps2dq` does).
+//!
+//! **No overflow.** `|xq · wq| ≤ 8191 · 2047 = 16 766 977`. The integer products are summed
+//! in chunks of `KCH` = 128 columns: a chunk's sum, and every partial sum on the way (each
+//! `vpdpwssd`/`vpmaddwd` lane adds two products at a time), is at most
+//! `128 · 16 766 977 = 2 146 173 056 < 2³¹ − 1 = 2 147 483 647` in magnitude, so the wrapping
+//! `vpdpwssd` never wraps and `vpmaddwd` (which only overflows for two −32768² products) is
+//! exact. Each chunk's exact i32 sum is converted to f32 (round to nearest even) and added to
+//! an f32 accumulator, chunks in column order.
+//!
+//! Every output is therefore the same arithmetic whatever the tile, the batch or the
+//! instruction set: `acc = Σ_chunks f32(Σ_chunk xq·wq)` (f32 adds in chunk order, from the
+//! first chunk), then `y = fma(acc, sx_t · sw_r, b_r)` (`b_r = 0` without bias), then GELU
+//! (`gelu_ref`/`gelu512`, bit-identical) if asked. The portable code is the reference; the
+//! AVX2 (`vpmaddwd`) and AVX-512 VNNI (`vpdpwssd`) kernels are tested against it bitwise.
+
+// The micro-kernels index registers and lanes by position.
+#![allow(clippy::needless_range_loop)]
+
+use crate::pool::ThreadPool;
+use crate::vmath::gelu_ref;
+use crate::KernelError;
+
+/// Rows per panel.
+const PR: usize = 32;
+/// Tokens per register tile.
+const MT: usize = 14;
+/// Tokens per task (a multiple of `MT`).
+const TOK_BLOCK: usize = 8 * MT;
+/// Columns per exact integer chunk (see the bound in the module comment).
+pub const KCH: usize = 128;
+/// Largest weight magnitude after quantization (12 bits).
+pub const W_MAX: i32 = 2047;
+/// Largest activation magnitude after quantization (14 bits).
+pub const X_MAX: i32 = 8191;
+
+// The overflow bound of the module comment, checked by the compiler.
+const _: () = assert!((KCH as i64) * (W_MAX as i64) * (X_MAX as i64) <= i32::MAX as i64);
+
+/// A weight matrix quantized to 12-bit integers per row, in the packed panel layout: panels of
+/// 32 rows; within a panel, per column pair `p`, the 32 rows' `(w[r][2p], w[r][2p + 1])` pairs
+/// (64 i16, one zmm).
+#[derive(Clone)]
+pub struct PackedI16 {
+    rows: usize,
+    cols: usize,
+    /// `cols` rounded up to even.
+    kp: usize,
+    /// `panels × kp × 32`, zero-padded past `rows` and `cols`.
+    data: Vec<i16>,
+    /// Per-row scale (`rows` values, zero-padded to whole panels).
+    scale: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedI16 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedI16({}×{})", self.rows, self.cols)
+    }
+}
+
+/// `(scale, 1 / scale as the quantizer multiplies)` of a row whose largest magnitude is `amax`,
+/// for `lim` levels each side. A zero (or non-finite) row quantizes to zeros with scale 0.
+fn scales(amax: f32, lim: i32) -> (f32, f32) {
+    if amax > 0.0 && amax.is_finite() {
+        (amax / lim as f32, lim as f32 / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// `clamp(round_half_even(v · inv), ±lim)`.
+#[inline]
+fn quant(v: f32, inv: f32, lim: i32) -> i16 {
+    let q = (v * inv).round_ties_even();
+    // `as i32` saturates (and maps NaN to 0); the clamp bounds the magnitude.
+    (q as i32).clamp(-lim, lim) as i16
+}
+
+impl PackedI16 {
+    /// Quantize and pack a row-major `rows × cols` matrix.
+    pub fn new(w: &[f32], rows: usize, cols: usize) -> Result<Self, KernelError> {
+        let want = rows.checked_mul(cols).ok_or(KernelError::SizeMismatch {
+            got: w.len(),
+            want: usize::MAX,
+        })?;
+        if w.len() != want {
+            return Err(KernelError::SizeMismatch { got: w.len(), want });
+        }
+        let kp = cols.next_multiple_of(2);
+        let panels = rows.div_ceil(PR);
+        let mut data = vec![0i16; panels * kp * PR];
+        let mut scale = vec![0f32; panels * PR];
+        for r in 0..rows {
+            let row = &w[r * cols..(r + 1) * cols];
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let (s, inv) = scales(amax, W_MAX);
+            scale[r] = s;
+            let (p, i) = (r / PR, r % PR);
+            let base = p * kp * PR;
+            for (k, &v) in row.iter().enumerate() {
+                data[base + (k / 2) * 2 * PR + 2 * i + k % 2] = quant(v, inv, W_MAX);
+            }
+        }
+        Ok(Self {
+            rows,
+            cols,
+            kp,
+            data,
+            scale,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    fn panels(&self) -> usize {
+        self.rows.div_ceil(PR)
+    }
+    /// Bytes held (weights and scales).
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2 + self.scale.len() * 4
+    }
+}
+
+/// Quantized activations, reusable across calls.
+#[derive(Default)]
+pub struct I16Scratch {
+    /// Tiles of `MT` tokens (the last padded with zero tokens); within a tile, per column pair
+    /// `p`, the `MT` tokens' `(x[2p], x[2p + 1])` as one u32 (little end first, as two i16
+    /// lie in memory): the micro-kernel's broadcasts of a pair are `MT` consecutive words.
+    q: Vec<u32>,
+    /// Per-token scale.
+    s: Vec<f32>,
+}
+
+/// What is applied to the product before it is stored.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added per output row (`rows` values).
+    pub bias: Option<&'a [f32]>,
+    /// GELU (erf form, `vmath::gelu_ref`) after the bias.
+    pub gelu: bool,
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (token, row) elements.
+unsafe impl Sync for OutPtr {}
+struct QPtr(*mut u32, *mut f32);
+// SAFETY: tasks write disjoint tokens' rows of `q` and entries of `s`.
+unsafe impl Sync for QPtr {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni512,
+}
+
+/// What `Isa::Vnni512` needs: AVX-512F/BW/VL (quantizer) and AVX-512 VNNI (`vpdpwssd`).
+#[cfg(target_arch = "x86_64")]
+fn vnni512_detected() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+fn isa() -> Isa {
+    static I: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *I.get_or_init(|| {
+        if std::env::var_os("FERRY_KERNELS").is_some_and(|v| v == "scalar") {
+            return Isa::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::env::var_os("FERRY_KERNELS").is_some_and(|v| v == "avx2");
+            if !avx2 && vnni512_detected() {
+                return Isa::Vnni512;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// The kernel family in use: `avx512-vnni`, `avx2` or `portable`.
+pub fn backend() -> &'static str {
+    match isa() {
+        Isa::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni512 => "avx512-vnni",
+    }
+}
+
+/// `out[t * rows + r] = act(sx_t · sw_r · Σ_k xq[t][k] · wq[r][k] + bias[r])` for `t < n_tokens`
+/// (see the module comment for the exact arithmetic).
+pub fn gemm_i16(
+    pool: &ThreadPool,
+    w: &PackedI16,
+    x: &[f32],
+    n_tokens: usize,
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    scratch: &mut I16Scratch,
+) {
+    gemm_with(isa(), pool, w, x, n_tokens, epi, out, scratch)
+}
+
+/// Quantize `n` token rows of `x` (`cols` each) into `s.q` (tiles of `MT` tokens × `kp / 2`
+/// pairs, see `I16Scratch`) and `s.s`. Every word up to the last whole tile is written (zero
+/// for the padding), so the buffer is never cleared.
+fn quantize_acts(
+    isa: Isa,
+    pool: &ThreadPool,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    kp: usize,
+    s: &mut I16Scratch,
+) {
+    let tiles = n.div_ceil(MT);
+    let pairs = kp / 2;
+    s.q.resize(tiles * MT * pairs, 0);
+    s.s.clear();
+    s.s.resize(n, 0.0);
+    let p = QPtr(s.q.as_mut_ptr(), s.s.as_mut_ptr());
+    let p = &p;
+    pool.run(tiles, &|tile| {
+        ROW.with(|cell| {
+            let row_q = &mut *cell.borrow_mut();
+            row_q.clear();
+            row_q.resize(kp, 0);
+            // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) and the
+            // scales of its tokens belong to this task only.
+            let q =
+                unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            for j in 0..MT {
+                let t = tile * MT + j;
+                if t < n {
+                    let row = &x[t * cols..(t + 1) * cols];
+                    let sc = match isa {
+                        // SAFETY: AVX-512F/BW/VL were detected (Vnni512 implies them); the
+                        // lengths are equal.
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut row_q[..cols]) },
+                        _ => quantize_row(row, &mut row_q[..cols]),
+                    };
+                    // SAFETY: as above (token t < n of this tile).
+                    unsafe { *p.1.add(t) = sc };
+                    for (d, pr) in q[j..].iter_mut().step_by(MT).zip(row_q.chunks_exact(2)) {
+                        *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
+                    }
+                } else {
+                    q[j..].iter_mut().step_by(MT).for_each(|d| *d = 0);
+                }
+            }
+        })
+    });
+}
+
+thread_local! {
+    /// One quantized activation row per pool thread.
+    static ROW: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Quantize one activation row to `X_MAX` levels each side; returns its scale. The reference
+/// of `x86::quantize_row512` (bit-identical for finite inputs).
+fn quantize_row(row: &[f32], q: &mut [i16]) -> f32 {
+    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let (sc, inv) = scales(amax, X_MAX);
+    for (d, &v) in q.iter_mut().zip(row) {
+        *d = quant(v, inv, X_MAX);
+    }
+    sc
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    w: &PackedI16,
+    x: &[f32],
+    n_tokens: usize,
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    scratch: &mut I16Scratch,
+) {
+    assert_eq!(x.len(), n_tokens * w.cols, "activation shape");
+    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
+    if let Some(b) = epi.bias {
+        assert_eq!(b.len(), w.rows, "bias length");
+    }
+    if n_tokens == 0 || w.rows == 0 {
+        return;
+    }
+    let kp = w.kp;
+    quantize_acts(isa, pool, x, n_tokens, w.cols, kp, scratch);
+    let (xq, sx) = (&scratch.q[..], &scratch.s[..]);
+    let panels = w.panels();
+    let n_tb = n_tokens.div_ceil(TOK_BLOCK);
+    let outp = OutPtr(out.as_mut_ptr());
+    let outp = &outp;
+    pool.run(panels * n_tb, &|task| {
+        let (p, tb) = (task % panels, task / panels);
+        let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(n_tokens));
+        let panel = &w.data[p * kp * PR..(p + 1) * kp * PR];
+        let r0 = p * PR;
+        let nr = PR.min(w.rows - r0);
+        let sw = &w.scale[r0..r0 + PR];
+        let zero = [0f32; PR];
+        let mut bias = [0f32; PR];
+        bias[..nr].copy_from_slice(epi.bias.map_or(&zero[..nr], |b| &b[r0..r0 + nr]));
+        let mut t = t0;
+        while t < t1 {
+            let nt = MT.min(t1 - t);
+            // Always a whole tile: the quantized activations are padded to MT tokens.
+            let xs = &xq[t * kp / 2..(t + MT) * kp / 2];
+            let tile = Tile {
+                kp,
+                nt,
+                nr,
+                sw,
+                sx: &sx[t..t + nt],
+                bias: &bias,
+                gelu: epi.gelu,
+                // SAFETY: rows r0..r0 + nr of tokens t..t + nt lie inside `out`
+                // (n_tokens × rows) and belong to this task only.
+                dst: unsafe { outp.0.add(t * w.rows + r0) },
+                ld: w.rows,
+            };
+            match isa {
+                Isa::Portable => portable(panel, xs, &tile),
+                // SAFETY: the features were detected by `isa()` (or by the test that picked
+                // the ISA); slices are sized as the kernels read them (panel kp × 32, xs
+                // kp / 2 × MT words); `dst` as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { x86::avx2(panel, xs, &tile) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Vnni512 => unsafe { x86::vnni512(panel, xs, &tile) },
+            }
+            t += nt;
+        }
+    });
+}
+
+/// One 32-row × `MT`-token tile's shape and epilogue.
+struct Tile<'a> {
+    /// Values per quantized row (even).
+    kp: usize,
+    /// Tokens stored (`≤ MT`) and rows stored (`≤ 32`).
+    nt: usize,
+    nr: usize,
+    /// Row scales (32), token scales (`nt`), bias (32, zeros when absent).
+    sw: &'a [f32],
+    sx: &'a [f32],
+    bias: &'a [f32; PR],
+    gelu: bool,
+    dst: *mut f32,
+    ld: usize,
+}
+
+/// Store `acc[j * 32 + i]` (token `j < nt`, row `i < nr`) through the epilogue.
+fn store_tile(acc: &[f32; PR * MT], t: &Tile<'_>) {
+    for j in 0..t.nt {
+        for i in 0..t.nr {
+            let mut v = acc[j * PR + i].mul_add(t.sw[i] * t.sx[j], t.bias[i]);
+            if t.gelu {
+                v = gelu_ref(v);
+            }
+            // SAFETY: the caller owns rows 0..nr of tokens 0..nt at `dst` with stride `ld`.
+            unsafe { *t.dst.add(j * t.ld + i) = v };
+        }
+    }
+}
+
+/// Portable reference: per (token, row), exact i32 sums per chunk of `KCH` columns, added in
+/// f32 in chunk order.
+fn portable(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
+    let mut acc = [0f32; PR * MT];
+    let pairs = t.kp / 2;
+    for j in 0..t.nt {
+        for c in 0..pairs.div_ceil(KCH / 2) {
+            let mut isum = [0i32; PR];
+            for k2 in c * KCH / 2..((c + 1) * KCH / 2).min(pairs) {
+                let v = xs[k2 * MT + j];
+                let (x0, x1) = (v as u16 as i16 as i32, (v >> 16) as u16 as i16 as i32);
+                let wk = &panel[k2 * 2 * PR..][..2 * PR];
+                for i in 0..PR {
+                    isum[i] += wk[2 * i] as i32 * x0 + wk[2 * i + 1] as i32 * x1;
+                }
+            }
+            for i in 0..PR {
+                let v = isum[i] as f32;
+                acc[j * PR + i] = if c == 0 { v } else { acc[j * PR + i] + v };
+            }
+        }
+    }
+    store_tile(&acc, t);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{store_tile, Tile, KCH, MT, PR, X_MAX};
+    use crate::vmath::x86::gelu512;
+
+    /// AVX-512 VNNI: 28 i32 accumulators (32 rows × 14 tokens) per chunk of `KCH` columns; per
+    /// column pair two weight loads and 14 broadcast pairs of activations feed 28 `vpdpwssd`.
+    /// Chunk sums are folded into f32 accumulators kept in `facc` (L1).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 VNNI must be available; `panel` holds `kp × 32` values, `xs`
+    /// `kp / 2 × MT` pairs; rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the
+    /// caller's.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn vnni512(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
+        let kp = t.kp;
+        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
+        assert!(t.sw.len() >= PR && t.sx.len() >= t.nt);
+        let mut facc = [[_mm512_setzero_ps(); 2]; MT];
+        let (wp, xp) = (panel.as_ptr(), xs.as_ptr());
+        let mut k0 = 0;
+        while k0 < kp {
+            let pairs = KCH.min(kp - k0) / 2;
+            let mut lo = [_mm512_setzero_si512(); MT];
+            let mut hi = [_mm512_setzero_si512(); MT];
+            for p in 0..pairs {
+                let k = k0 + 2 * p;
+                // SAFETY: k + 1 < kp; the extents were checked above.
+                unsafe {
+                    let w0 = _mm512_loadu_si512(wp.add(k * PR).cast());
+                    let w1 = _mm512_loadu_si512(wp.add(k * PR + 32).cast());
+                    let xk = xp.add(k / 2 * MT);
+                    for j in 0..MT {
+                        let xv = _mm512_set1_epi32(*xk.add(j) as i32);
+                        lo[j] = _mm512_dpwssd_epi32(lo[j], w0, xv);
+                        hi[j] = _mm512_dpwssd_epi32(hi[j], w1, xv);
+                    }
+                }
+            }
+            for j in 0..MT {
+                let (a, b) = (_mm512_cvtepi32_ps(lo[j]), _mm512_cvtepi32_ps(hi[j]));
+                if k0 == 0 {
+                    facc[j] = [a, b];
+                } else {
+                    facc[j] = [_mm512_add_ps(facc[j][0], a), _mm512_add_ps(facc[j][1], b)];
+                }
+            }
+            k0 += 2 * pairs;
+        }
+        let m = if t.nr == PR {
+            u32::MAX
+        } else {
+            (1u32 << t.nr) - 1
+        };
+        let (m0, m1) = (m as u16, (m >> 16) as u16);
+        // SAFETY: sw and bias hold 32 values.
+        let (sw0, sw1, b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(t.sw.as_ptr()),
+                _mm512_loadu_ps(t.sw.as_ptr().add(16)),
+                _mm512_loadu_ps(t.bias.as_ptr()),
+                _mm512_loadu_ps(t.bias.as_ptr().add(16)),
+            )
+        };
+        for j in 0..t.nt {
+            let sx = _mm512_set1_ps(t.sx[j]);
+            let mut a = _mm512_fmadd_ps(facc[j][0], _mm512_mul_ps(sw0, sx), b0);
+            let mut b = _mm512_fmadd_ps(facc[j][1], _mm512_mul_ps(sw1, sx), b1);
+            if t.gelu {
+                a = gelu512(a);
+                b = gelu512(b);
+            }
+            // SAFETY: the masks cover rows 0..nr of token j, owned by the caller.
+            unsafe {
+                _mm512_mask_storeu_ps(t.dst.add(j * t.ld), m0, a);
+                _mm512_mask_storeu_ps(t.dst.add(j * t.ld + 16), m1, b);
+            }
+        }
+    }
+
+    /// `quantize_row` with AVX-512F: the largest magnitude (max is exact in any order), then
+    /// `vcvtps2dq` (round half to even under the default MXCSR, as `round_ties_even`) and a
+    /// clamp to `±X_MAX`. Identical to `quantize_row` for finite inputs.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `q.len() == row.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_row512(row: &[f32], q: &mut [i16]) -> f32 {
+        assert_eq!(row.len(), q.len());
+        let n = row.len();
+        let tail = |i: usize| -> __mmask16 {
+            if n - i >= 16 {
+                0xffff
+            } else {
+                (1u16 << (n - i)) - 1
+            }
+        };
+        let mut m = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            // SAFETY: the mask covers row[i..n] only.
+            let v = unsafe { _mm512_maskz_loadu_ps(tail(i), row.as_ptr().add(i)) };
+            m = _mm512_max_ps(m, _mm512_abs_ps(v));
+            i += 16;
+        }
+        let (sc, inv) = super::scales(_mm512_reduce_max_ps(m), X_MAX);
+        let inv = _mm512_set1_ps(inv);
+        let (lo, hi) = (_mm512_set1_epi32(-X_MAX), _mm512_set1_epi32(X_MAX));
+        let mut i = 0;
+        while i < n {
+            let k = tail(i);
+            // SAFETY: the masks cover row[i..n] and q[i..n] only.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
+                let r = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+                let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+                _mm256_mask_storeu_epi16(q.as_mut_ptr().add(i).cast(), k, _mm512_cvtepi32_epi16(r));
+            }
+            i += 16;
+        }
+        sc
+    }
+
+    /// AVX2: `vpmaddwd` + `vpaddd` per 8 rows × column pair; 16 rows × up to 6 tokens at a time.
+    ///
+    /// # Safety
+    /// AVX2 must be available; extents as for `vnni512`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
+        let kp = t.kp;
+        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
+        let mut acc = [0f32; PR * MT];
+        let mut j0 = 0;
+        while j0 < t.nt {
+            let n = 6.min(t.nt - j0);
+            for half in 0..2 {
+                // SAFETY: same contract as this function's; `acc` holds MT × 32.
+                unsafe {
+                    let (w, x) = (panel.as_ptr(), xs.as_ptr());
+                    match n {
+                        1 => k256::<1>(w, half, kp, x, j0, &mut acc),
+                        2 => k256::<2>(w, half, kp, x, j0, &mut acc),
+                        3 => k256::<3>(w, half, kp, x, j0, &mut acc),
+                        4 => k256::<4>(w, half, kp, x, j0, &mut acc),
+                        5 => k256::<5>(w, half, kp, x, j0, &mut acc),
+                        _ => k256::<6>(w, half, kp, x, j0, &mut acc),
+                    }
+                }
+            }
+            j0 += n;
+        }
+        store_tile(&acc, t);
+    }
+
+    /// 16 panel rows (`half`) × `T` tokens from token `j0`, into `acc[j * 32 + half * 16 ..]`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn k256<const T: usize>(
+        w: *const i16,
+        half: usize,
+        kp: usize,
+        x: *const u32,
+        j0: usize,
+        acc: &mut [f32; PR * MT],
+    ) {
+        let mut flo = [_mm256_setzero_ps(); T];
+        let mut fhi = [_mm256_setzero_ps(); T];
+        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (kp / 2 × MT),
+        // as the caller checked; k + 1 < kp.
+        let w = unsafe { w.add(half * 32) };
+        let x = unsafe { x.add(j0) };
+        let mut k0 = 0;
+        while k0 < kp {
+            let pairs = KCH.min(kp - k0) / 2;
+            let mut lo = [_mm256_setzero_si256(); T];
+            let mut hi = [_mm256_setzero_si256(); T];
+            for p in 0..pairs {
+                let k = k0 + 2 * p;
+                let (w0, w1) = unsafe {
+                    (
+                        _mm256_loadu_si256(w.add(k * PR).cast()),
+                        _mm256_loadu_si256(w.add(k * PR + 16).cast()),
+                    )
+                };
+                for j in 0..T {
+                    let xv = _mm256_set1_epi32(unsafe { *x.add(k / 2 * MT + j) } as i32);
+                    lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(w0, xv));
+                    hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(w1, xv));
+                }
+            }
+            for j in 0..T {
+                let (a, b) = (_mm256_cvtepi32_ps(lo[j]), _mm256_cvtepi32_ps(hi[j]));
+                if k0 == 0 {
+                    flo[j] = a;
+                    fhi[j] = b;
+                } else {
+                    flo[j] = _mm256_add_ps(flo[j], a);
+                    fhi[j] = _mm256_add_ps(fhi[j], b);
+                }
+            }
+            k0 += 2 * pairs;
+        }
+        for j in 0..T {
+            let o = (j0 + j) * PR + half * 16;
+            // SAFETY: o + 16 <= MT × 32 since j0 + j < MT.
+            unsafe {
+                _mm256_storeu_ps(acc.as_mut_ptr().add(o), flo[j]);
+                _mm256_storeu_ps(acc.as_mut_ptr().add(o + 8), fhi[j]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if vnni512_detected() {
+                v.push(Isa::Vnni512);
+            }
+        }
+        v
+    }
+
+    /// The arithmetic of the module comment, written out per element from the row-major
+    /// matrices (independent of the packing and the tiles): per (token, row) the f32 sum of
+    /// the exact chunk sums, and the scale `sx_t · sw_r`.
+    fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<(f32, f32)> {
+        let quant_rows = |m: &[f32], lim: i32| -> (Vec<i32>, Vec<f32>) {
+            let mut q = Vec::with_capacity(m.len());
+            let mut s = Vec::new();
+            for row in m.chunks_exact(cols) {
+                let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let (sc, inv) = scales(amax, lim);
+                s.push(sc);
+                q.extend(row.iter().map(|&v| quant(v, inv, lim) as i32));
+            }
+            (q, s)
+        };
+        let (wq, sw) = quant_rows(w, W_MAX);
+        let (xq, sx) = quant_rows(x, X_MAX);
+        let mut out = Vec::with_capacity(n * rows);
+        for t in 0..n {
+            for r in 0..rows {
+                let mut acc = 0f32;
+                for (c, k0) in (0..cols).step_by(KCH).enumerate() {
+                    let isum: i64 = (k0..(k0 + KCH).min(cols))
+                        .map(|k| (xq[t * cols + k] * wq[r * cols + k]) as i64)
+                        .sum();
+                    assert!(isum.abs() <= i32::MAX as i64);
+                    acc = if c == 0 {
+                        isum as f32
+                    } else {
+                        acc + isum as f32
+                    };
+                }
+                out.push((acc, sx[t] * sw[r]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_reference_bitwise_across_isas_and_batches() {
+        let pool = ThreadPool::new(2);
+        let mut seed = 5u64;
+        let shapes = [
+            (37, 50, 1),
+            (48, 96, 29),
+            (16, 7, 200),
+            (5, 3, 15),
+            (70, 33, 13),
+            (96, 64, 97),
+            (17, 128, 12),
+            (33, 5, 25),
+            // Several integer chunks (KCH), ragged last chunk, odd columns.
+            (40, 400, 30),
+            (64, 2 * KCH, 14),
+            (9, KCH + 1, 101),
+            (32, 3 * KCH + 7, 28),
+        ];
+        for (rows, cols, n) in shapes {
+            let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+            let mut x: Vec<f32> = (0..n * cols).map(|_| 4.0 * lcg(&mut seed)).collect();
+            // An all-zero token and an outlier.
+            if n > 2 {
+                x[cols..2 * cols].fill(0.0);
+                x[2 * cols] = 300.0;
+            }
+            let bias: Vec<f32> = (0..rows).map(|_| lcg(&mut seed)).collect();
+            let p = PackedI16::new(&w, rows, cols).unwrap();
+            let plain = reference(&w, &x, rows, cols, n);
+            for (with_bias, gelu) in [(false, false), (true, false), (true, true), (false, true)] {
+                let want: Vec<f32> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(acc, scale))| {
+                        let b = if with_bias { bias[i % rows] } else { 0.0 };
+                        let v = acc.mul_add(scale, b);
+                        if gelu {
+                            gelu_ref(v)
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let epi = Epilogue {
+                    bias: with_bias.then_some(bias.as_slice()),
+                    gelu,
+                };
+                for &isa in &isas() {
+                    let mut s = I16Scratch::default();
+                    let mut out = vec![f32::NAN; n * rows];
+                    gemm_with(isa, &pool, &p, &x, n, epi, &mut out, &mut s);
+                    assert_eq!(
+                        out, want,
+                        "{isa:?} {rows}x{cols} n={n} bias={with_bias} gelu={gelu}"
+                    );
+                    // One token alone: the same bits.
+                    let t = n / 2;
+                    let mut one = vec![0f32; rows];
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    gemm_with(isa, &pool, &p, xt, 1, epi, &mut one, &mut s);
+                    assert_eq!(one, want[t * rows..(t + 1) * rows].to_vec());
+                }
+            }
+        }
+        assert!(PackedI16::new(&[0.0; 5], 2, 3).is_err());
+    }
+
+    #[test]
+    fn quantize_row_simd_matches_reference() {
+        #[cfg(target_arch = "x86_64")]
+        if vnni512_detected() {
+            let mut seed = 11u64;
+            for n in [1usize, 2, 15, 16, 17, 31, 33, 100, 384, 385, 1536] {
+                for case in 0..4 {
+                    let mut row: Vec<f32> = (0..n).map(|_| 3.0 * lcg(&mut seed)).collect();
+                    if case == 1 {
+                        // Exact ties: amax 8191 makes the multiplier 1.
+                        row = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.5).collect();
+                        row[0] = 8191.0;
+                    }
+                    if case == 2 {
+                        row.fill(0.0);
+                    }
+                    if case == 3 {
+                        row[n / 2] = -1e30;
+                    }
+                    let (mut a, mut b) = (vec![7i16; n], vec![7i16; n]);
+                    let sa = quantize_row(&row, &mut a);
+                    // SAFETY: the features were detected; the lengths are equal.
+                    let sb = unsafe { x86::quantize_row512(&row, &mut b) };
+                    assert_eq!((sa, &a), (sb, &b), "n={n} case={case}");
+                    assert!(a.iter().all(|&q| (q as i32).abs() <= X_MAX));
+                }
+            }
+        }
+    }
+
+    /// The overflow bound's worst case: every product at its largest magnitude, one sign.
+    #[test]
+    fn worst_case_chunks_do_not_wrap() {
+        let pool = ThreadPool::new(2);
+        let (rows, cols, n) = (33, 3 * KCH + 2, 15);
+        for sign in [1.0f32, -1.0] {
+            let w = vec![sign; rows * cols];
+            let x = vec![1.0f32; n * cols];
+            let p = PackedI16::new(&w, rows, cols).unwrap();
+            // Each of the three whole chunks sums to ±128 · 8191 · 2047 (exact in f32 after
+            // rounding), the last to ±2 · 8191 · 2047.
+            let chunk = (KCH as i64 * X_MAX as i64 * W_MAX as i64) as f32;
+            let tail = (2 * X_MAX as i64 * W_MAX as i64) as f32;
+            let acc = sign * (((chunk + chunk) + chunk) + tail);
+            let want = acc.mul_add((1.0 / X_MAX as f32) * (1.0 / W_MAX as f32), 0.0);
+            for &isa in &isas() {
+                let mut out = vec![0f32; n * rows];
+                gemm_with(
+                    isa,
+                    &pool,
+                    &p,
+                    &x,
+                    n,
+                    Epilogue::default(),
+                    &mut out,
+                    &mut I16Scratch::default(),
+                );
+                assert!(
+                    out.iter().all(|&v| v == want),
+                    "{isa:?}: {} vs {want}",
+                    out[0]
+                );
+                assert!((want - sign * cols as f32).abs() < 1e-3 * cols as f32);
+            }
+        }
+    }
+}
