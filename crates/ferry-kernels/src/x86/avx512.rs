@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::{avx2, tile_wrapper};
-use crate::dot::{Backend, TileKernel};
+use crate::dot::{Backend, PreparedKernel, TileFn, TileKernel};
 use crate::quant::GgmlType;
 use crate::quant_k::{Q8K_BSUMS, Q8K_QS, QK_K};
 
@@ -33,6 +33,7 @@ pub(crate) static BACKEND: Backend = Backend {
     name: "avx512vnni",
     tile,
     quant: avx2::BACKEND.quant,
+    prepared,
 };
 
 const MAX_R: usize = 4;
@@ -415,6 +416,178 @@ unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
 tile_wrapper!(tile_q4_0, Q40::WTY, tile_pair, Q40, 32);
 tile_wrapper!(tile_q4_1, Q41::WTY, tile_pair, Q41, 32);
 tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
+
+// ---------------------------------------------------------------------------------------------
+// Prepared operands for the pair types: each block pair of a weight row is stored as the `WP`
+// that `load_w` builds (nibbles split to bytes, scales as f32, Q4_1 mins), each pair of an
+// activation row as the `AP` of `load_a` (scales as f32, the Q8 sums' offsets), 3 vectors =
+// 192 bytes per pair either way. `tile_prep` then only loads them and runs the same `step`s
+// in the same order as `tile_pair`, so its bits are those of `tile_pair`. `matmul` prepares
+// the activations once per batch and each 4-row weight group once per 64 tokens.
+
+/// Bytes of one prepared pair (three 512-bit vectors).
+const PREP_PAIR: usize = 192;
+
+fn prep_bytes(n: usize) -> usize {
+    (n / 32).div_ceil(2) * PREP_PAIR
+}
+
+fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
+    let h16 = |prep: fn(usize, &[u8], &mut [u8]), f: TileFn| PreparedKernel {
+        w_bytes: prep_bytes_h16,
+        prep_w: prep,
+        a_bytes: prep_bytes_h16,
+        prep_a: prep,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
+    let (prep_w, prep_a, f): (fn(usize, &[u8], &mut [u8]), fn(usize, &[u8], &mut [u8]), TileFn) =
+        match ty {
+            GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
+            GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+            GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
+            GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
+            GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
+            _ => return None,
+        };
+    Some(PreparedKernel {
+        w_bytes: prep_bytes,
+        prep_w,
+        a_bytes: prep_bytes,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    })
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn store3(dst: *mut u8, q: __m512i, d: __m512, m: __m512) {
+    // SAFETY: the caller guarantees `PREP_PAIR` writable bytes at `dst`.
+    unsafe {
+        _mm512_storeu_si512(dst as *mut __m512i, q);
+        _mm512_storeu_ps(dst.add(64) as *mut f32, d);
+        _mm512_storeu_ps(dst.add(128) as *mut f32, m);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load3(p: *const u8) -> (__m512i, __m512, __m512) {
+    // SAFETY: the caller guarantees `PREP_PAIR` readable bytes at `p`.
+    unsafe {
+        (
+            _mm512_loadu_si512(p as *const __m512i),
+            _mm512_loadu_ps(p.add(64) as *const f32),
+            _mm512_loadu_ps(p.add(128) as *const f32),
+        )
+    }
+}
+
+/// Prepare the `nb` blocks of one weight row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_pairs<K: Pair<W = WP>>(nb: usize, src: *const u8, dst: *mut u8) {
+    for i in 0..nb.div_ceil(2) {
+        let b = 2 * i;
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let w = K::load_w(src.add(b * K::WB), b + 1 < nb);
+            store3(dst.add(i * PREP_PAIR), w.q, w.d, w.m);
+        }
+    }
+}
+
+/// Prepare the `nb` blocks of one activation row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_a_pairs<K: Pair<A = AP>>(nb: usize, src: *const u8, dst: *mut u8) {
+    for i in 0..nb.div_ceil(2) {
+        let b = 2 * i;
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let a = K::load_a(src.add(b * K::AB), b + 1 < nb);
+            store3(dst.add(i * PREP_PAIR), a.q, a.d, a.s);
+        }
+    }
+}
+
+/// `tile_pair` over prepared rows: `np` pairs per row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep<K: Pair<W = WP, A = AP>, const R: usize, const T: usize>(
+    np: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for i in 0..np {
+        // SAFETY: pair `i` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let wv: [WP; R] = std::array::from_fn(|r| {
+                let (q, d, m) = load3(w.add(r * ws + i * PREP_PAIR));
+                WP { q, d, m }
+            });
+            let av: [AP; T] = std::array::from_fn(|t| {
+                let (q, d, s) = load3(a.add(t * as_ + i * PREP_PAIR));
+                AP { q, d, s }
+            });
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = K::step(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+/// The safe entry points of the prepared pair kernels for `$k`.
+macro_rules! prep_fns {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_w_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            // SAFETY: as above.
+            unsafe { prep_a_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let pb = prep_bytes(n);
+            assert!(n % 32 == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(ws >= pb && w.len() >= (nr - 1) * ws + pb, "weight tile out of bounds");
+            assert!(as_ >= pb && a.len() >= (nt - 1) * as_ + pb, "activation tile out of bounds");
+            let np = (n / 32).div_ceil(2);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep, $k, nr, nt, (np, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
+prep_fns!(Q41, prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1);
+prep_fns!(Q80, prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0);
 
 // ---------------------------------------------------------------------------------------------
 // Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
@@ -1149,3 +1322,89 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
 
 tile_wrapper!(tile_f16, F16::TY, tile_h16, F16, 1);
 tile_wrapper!(tile_bf16, BF16::TY, tile_h16, BF16, 1);
+
+// Prepared 16-bit float rows: widened to f32 once (16 lanes per chunk, the ragged last chunk
+// zero-filled exactly as `Half16::load` fills it), so `tile_prep_h16` only loads and runs the
+// fused multiply-adds of `tile_h16` in the same order: the same bits.
+
+fn prep_bytes_h16(n: usize) -> usize {
+    n.div_ceil(16) * 64
+}
+
+/// Widen the `n` 16-bit floats at `src` into `dst` (`prep_bytes_h16(n)` bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_h16<K: Half16>(n: usize, src: *const u8, dst: *mut u8) {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller checked `n` elements at `src` and the prepared row's length.
+        unsafe {
+            let v = K::load(src.add(2 * i), (n - i).min(16));
+            _mm512_storeu_ps(dst.add(4 * i) as *mut f32, v);
+        }
+        i += 16;
+    }
+}
+
+/// `tile_h16` over prepared rows of `nc` chunks of 16 f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_h16<K: Half16, const R: usize, const T: usize>(
+    nc: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for c in 0..nc {
+        // SAFETY: chunk `c` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let wv: [__m512; R] =
+                std::array::from_fn(|r| _mm512_loadu_ps(w.add(r * ws + 64 * c) as *const f32));
+            let av: [__m512; T] =
+                std::array::from_fn(|t| _mm512_loadu_ps(a.add(t * as_ + 64 * c) as *const f32));
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+/// The safe entry points of the prepared 16-bit float kernels for `$k`.
+macro_rules! prep_fns_h16 {
+    ($k:ty, $prep:ident, $tile:ident) => {
+        fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
+            assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_h16(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let pb = prep_bytes_h16(n);
+            assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(ws >= pb && w.len() >= (nr - 1) * ws + pb, "weight tile out of bounds");
+            assert!(as_ >= pb && a.len() >= (nt - 1) * as_ + pb, "activation tile out of bounds");
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep_h16, $k, nr, nt, (n.div_ceil(16), w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns_h16!(F16, prep_f16, tile_prep_f16);
+prep_fns_h16!(BF16, prep_bf16, tile_prep_bf16);
