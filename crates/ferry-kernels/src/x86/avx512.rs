@@ -425,6 +425,9 @@ tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
 // in the same order as `tile_pair`, so its bits are those of `tile_pair`. `matmul` prepares
 // the activations once per batch and each 4-row weight group once per 64 tokens.
 
+/// Prepares one row of `n` elements.
+type PrepFn = fn(usize, &[u8], &mut [u8]);
+
 /// Bytes of one prepared pair (three 512-bit vectors).
 const PREP_PAIR: usize = 192;
 
@@ -433,7 +436,7 @@ fn prep_bytes(n: usize) -> usize {
 }
 
 fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
-    let h16 = |prep: fn(usize, &[u8], &mut [u8]), f: TileFn| PreparedKernel {
+    let h16 = |prep: PrepFn, f: TileFn| PreparedKernel {
         w_bytes: prep_bytes_h16,
         prep_w: prep,
         a_bytes: prep_bytes_h16,
@@ -442,10 +445,21 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let (prep_w, prep_a, f): (fn(usize, &[u8], &mut [u8]), fn(usize, &[u8], &mut [u8]), TileFn) =
+    let tok2 = |prep_w: PrepFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+        w_bytes: prep_w_bytes_tok2,
+        prep_w,
+        a_bytes: prep_a_bytes_tok2,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
+    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) =
         match ty {
             GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
             GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+            GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
+            GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
             GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
             GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
             GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
@@ -901,6 +915,172 @@ unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
 
 tile_wrapper!(tile_q5_0, Q50::WTY, tile_tok2, Q50, 32);
 tile_wrapper!(tile_q5_1, Q51::WTY, tile_tok2, Q51, 32);
+
+// Prepared Q5_0/Q5_1 operands: each weight block as the `W5` of `load_w` (144 bytes), each
+// activation block as one token's half of the `A5` of `load_a` (quants, scale, offsets: 3 × 32
+// bytes, then `s`; 128 bytes). `tile_prep_tok2` joins two tokens' halves into the `A5` that
+// `load_a` builds for the pair (an absent second token is all zeros there too) and runs
+// `tile_tok2`'s token-pair steps: the same float operations per token, so the same bits as
+// `tile_tok2` (whose single-token path also performs them).
+
+const PREP_W5: usize = 144;
+const PREP_A5: usize = 128;
+
+fn prep_w_bytes_tok2(n: usize) -> usize {
+    (n / 32) * PREP_W5
+}
+
+fn prep_a_bytes_tok2(n: usize) -> usize {
+    (n / 32) * PREP_A5
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let w = K::load_w(src.add(b * K::WB));
+            let o = dst.add(b * PREP_W5);
+            _mm512_storeu_si512(o as *mut __m512i, w.q);
+            _mm512_storeu_ps(o.add(64) as *mut f32, w.d);
+            _mm_storeu_ps(o.add(128) as *mut f32, w.m);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_a_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let a = K::load_a(src.add(b * K::AB), None);
+            let o = dst.add(b * PREP_A5);
+            _mm256_storeu_si256(o as *mut __m256i, _mm512_castsi512_si256(a.q));
+            _mm256_storeu_ps(o.add(32) as *mut f32, _mm512_castps512_ps256(a.d));
+            _mm256_storeu_si256(o.add(64) as *mut __m256i, _mm512_castsi512_si256(a.k));
+            _mm_storeu_ps(o.add(96) as *mut f32, a.s);
+        }
+    }
+}
+
+/// The `A5` of tokens at `p0` and `p1` (prepared blocks), as `load_a(p0, p1)` builds it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn join_a5(p0: *const u8, p1: Option<*const u8>) -> A5 {
+    // SAFETY: the caller guarantees prepared blocks at `p0` and `p1`.
+    unsafe {
+        let half = |p: Option<*const u8>, off: usize| {
+            p.map_or(_mm256_setzero_si256(), |p| {
+                _mm256_loadu_si256(p.add(off) as *const __m256i)
+            })
+        };
+        let join = |off: usize| {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(Some(p0), off)), half(p1, off))
+        };
+        let s0 = _mm_load_ss(p0.add(96) as *const f32);
+        let s1 = p1.map_or(_mm_setzero_ps(), |p| _mm_load_ss(p.add(96) as *const f32));
+        A5 {
+            q: join(0),
+            d: _mm512_castsi512_ps(join(32)),
+            k: join(64),
+            s: _mm_unpacklo_ps(s0, s1),
+        }
+    }
+}
+
+/// `tile_tok2` over prepared rows of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_tok2<K: Tok2, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let np = T.div_ceil(2);
+    let zero = Acc5 {
+        v: _mm512_setzero_ps(),
+        m: _mm_setzero_ps(),
+    };
+    let mut acc = [[zero; 2]; R];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let at = |t: usize| a.add(t * as_ + b * PREP_A5);
+            let mut av = [join_a5(at(0), (T > 1).then(|| at(1))); 2];
+            if np > 1 {
+                av[1] = join_a5(at(2), (T > 3).then(|| at(3)));
+            }
+            for r in 0..R {
+                let o = w.add(r * ws + b * PREP_W5);
+                let wv = W5 {
+                    q: _mm512_loadu_si512(o as *const __m512i),
+                    d: _mm512_loadu_ps(o.add(64) as *const f32),
+                    m: _mm_loadu_ps(o.add(128) as *const f32),
+                };
+                for p in 0..np {
+                    acc[r][p] = K::step(&wv, &av[p], acc[r][p]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let c = acc[r][t / 2];
+            let (v, m) = if t % 2 == 0 {
+                (_mm512_castps512_ps256(c.v), _mm_cvtss_f32(c.m))
+            } else {
+                (
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c.v))),
+                    _mm_cvtss_f32(_mm_movehdup_ps(c.m)),
+                )
+            };
+            let s = avx2::hsum256(v);
+            let s = if K::MINS { s + m } else { s };
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = s };
+        }
+    }
+}
+
+/// The safe entry points of the prepared token-pair kernels for `$k`.
+macro_rules! prep_fns_tok2 {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_w_bytes_tok2(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_w_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_a_bytes_tok2(n));
+            // SAFETY: as above.
+            unsafe { prep_a_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let (pw, pa) = (prep_w_bytes_tok2(n), prep_a_bytes_tok2(n));
+            assert!(n % 32 == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(ws >= pw && w.len() >= (nr - 1) * ws + pw, "weight tile out of bounds");
+            assert!(as_ >= pa && a.len() >= (nt - 1) * as_ + pa, "activation tile out of bounds");
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns_tok2!(Q50, prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0);
+prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 
 // ---------------------------------------------------------------------------------------------
 // K-quants (256-element super-blocks) against Q8_K activations, tiled.
