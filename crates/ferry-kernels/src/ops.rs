@@ -120,18 +120,14 @@ impl Default for SoftmaxState {
     }
 }
 
-use crate::vmath::exp_ref;
-
 /// Fold `n` consecutive key/value rows into one query's attention: row `p` of the keys is
 /// `k[p * stride..][..q.len()]`, of the values `v[p * stride..][..q.len()]`. Scores are
-/// `dot16(q, key) * scale` (with fused multiply-adds); the state is rescaled once per call to
-/// the rows' largest score, then every row adds `exp(score - m)` (`vmath::exp_ref`) times its
-/// value to `acc` (fused). The result depends only on
+/// `dot16(q, key) * scale`; the state is rescaled once per call to the rows' largest score,
+/// then every row adds `exp(score - m)` times its value to `acc`. The result depends only on
 /// how the rows are grouped into calls, so callers group by position (cache block).
 ///
-/// Portable code (compiled for AVX2+FMA too, on x86-64), and an AVX-512 kernel that runs the
-/// same element-wise operations in the same order (`exp_ref` is `vmath`'s bit-exact 16-lane
-/// exp there), so the bits agree.
+/// Portable code, and (on x86-64) an AVX-512 kernel that runs the same element-wise operations
+/// in the same order (no fused multiply-adds), so the bits agree.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_rows(
     q: &[f32],
@@ -154,45 +150,15 @@ pub fn attend_rows(
             // SAFETY: AVX-512F was detected at run time.
             return unsafe { attend_rows_avx512(q, k, v, stride, n, scale, st, acc) };
         }
-        static FMA: OnceLock<bool> = OnceLock::new();
-        if *FMA.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && std::env::var_os("FERRY_KERNELS").is_none_or(|v| v != "scalar")
-        }) {
-            // SAFETY: AVX2 and FMA were detected at run time.
-            return unsafe { attend_rows_fma(q, k, v, stride, n, scale, st, acc) };
-        }
     }
     attend_rows_body(q, k, v, stride, n, scale, st, acc)
 }
 
-/// The portable body with hardware fused multiply-adds (same bits: `mul_add` is exact either
-/// way, only faster than the software fallback of targets without FMA).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_rows_fma(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    n: usize,
-    scale: f32,
-    st: &mut SoftmaxState,
-    acc: &mut [f32],
-) {
-    attend_rows_body(q, k, v, stride, n, scale, st, acc)
-}
-
 /// The AVX-512 build of `attend_rows_body`: the same IEEE operations in the same order, so the
-/// same bits, but organised for 16 lanes. Each key's `dot16_fma` partial sums (lane `i` = indices
+/// same bits, but organised for 16 lanes. Each key's `dot16` partial sums (lane `i` = indices
 /// `≡ i mod 16`) are kept in one vector per key, and the 16→8→4→2→1 lane folds of 16 keys are
 /// done together by a transposing reduction (each level adds the same pairs of partial sums
-/// as `dot16_fma`'s fold; IEEE addition is commutative, so the bits are those of `dot16_fma`). The
+/// as `dot16`'s fold; IEEE addition is commutative, so the bits are those of `dot16`). The
 /// query and the output accumulator stay in registers for head sizes that are a multiple of
 /// 16 up to 128; other head sizes take the portable body (compiled for AVX-512).
 ///
@@ -232,12 +198,11 @@ unsafe fn attend_rows_avx512(
 
 #[cfg(target_arch = "x86_64")]
 mod attend_x86 {
-    use super::{exp_ref, SoftmaxState, ATTEND_MAX_ROWS};
-    use crate::vmath::x86::exp512;
+    use super::{SoftmaxState, ATTEND_MAX_ROWS};
     use std::arch::x86_64::*;
 
     /// Fold 16 vectors of 16 lane sums (vector `p` = key `p`) into one vector whose lane `p`
-    /// is `dot16_fma`'s fold of vector `p`: lanes `i + 8` onto `i`, then `+ 4`, `+ 2`, `+ 1`.
+    /// is `dot16`'s fold of vector `p`: lanes `i + 8` onto `i`, then `+ 4`, `+ 2`, `+ 1`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn fold16(a: &[__m512; 16]) -> __m512 {
@@ -314,7 +279,7 @@ mod attend_x86 {
                 let mut t = _mm512_setzero_ps();
                 for (c, qc) in qv.iter().enumerate() {
                     let kc = unsafe { _mm512_loadu_ps(kr.add(16 * c)) };
-                    t = _mm512_fmadd_ps(*qc, kc, t);
+                    t = _mm512_add_ps(t, _mm512_mul_ps(*qc, kc));
                 }
                 *ap = t;
             }
@@ -329,7 +294,7 @@ mod attend_x86 {
         let mut av: [__m512; NC] =
             std::array::from_fn(|c| unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * c)) });
         if mc > st.m {
-            let c = exp_ref(st.m - mc);
+            let c = (st.m - mc).exp();
             st.l *= c;
             let cv = _mm512_set1_ps(c);
             for a in av.iter_mut() {
@@ -337,28 +302,18 @@ mod attend_x86 {
             }
             st.m = mc;
         }
-        // The weights, 16 at a time, then their sum in order, then the values.
-        let mv = _mm512_set1_ps(st.m);
-        let mut p0 = 0;
-        while p0 < n {
-            let cnt = (n - p0).min(16);
-            let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
-            unsafe {
-                let sp = s.as_mut_ptr().add(p0);
-                let e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sp), mv));
-                _mm512_mask_storeu_ps(sp, m, e);
-            }
-            p0 += 16;
-        }
-        for &e in &s[..n] {
-            st.l += e;
+        // The weights first, then the values: no call inside the value loop, so the
+        // accumulator stays in registers.
+        for sp in s[..n].iter_mut() {
+            *sp = (*sp - st.m).exp();
+            st.l += *sp;
         }
         for (p, &e) in s[..n].iter().enumerate() {
             let ev = _mm512_set1_ps(e);
             let vr = unsafe { vp.add(p * stride) };
             for (c, a) in av.iter_mut().enumerate() {
                 let x = unsafe { _mm512_loadu_ps(vr.add(16 * c)) };
-                *a = _mm512_fmadd_ps(ev, x, *a);
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(ev, x));
             }
         }
         for (c, a) in av.iter().enumerate() {
@@ -387,53 +342,24 @@ fn attend_rows_body(
     assert!(k.len() >= (n - 1) * stride + hd && v.len() >= (n - 1) * stride + hd);
     let mut s = [0f32; ATTEND_MAX_ROWS];
     for (p, sp) in s[..n].iter_mut().enumerate() {
-        *sp = dot16_fma(q, &k[p * stride..p * stride + hd]) * scale;
+        *sp = dot16(q, &k[p * stride..p * stride + hd]) * scale;
     }
     let mc = s[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     if mc > st.m {
-        let c = exp_ref(st.m - mc);
+        let c = (st.m - mc).exp();
         st.l *= c;
         for a in acc.iter_mut() {
             *a *= c;
         }
         st.m = mc;
     }
-    for sp in s[..n].iter_mut() {
-        *sp = exp_ref(*sp - st.m);
-        st.l += *sp;
-    }
-    for (p, &e) in s[..n].iter().enumerate() {
+    for (p, &sp) in s[..n].iter().enumerate() {
+        let e = (sp - st.m).exp();
+        st.l += e;
         for (a, x) in acc.iter_mut().zip(&v[p * stride..p * stride + hd]) {
-            *a = e.mul_add(*x, *a);
+            *a += e * x;
         }
     }
-}
-
-/// `dot16` with fused multiply-adds: lane `i` accumulates `fma(a, b, lane)` over the indices
-/// `≡ i (mod 16)` in order, then the lanes fold pairwise (16→8→4→2→1).
-#[inline(always)]
-#[allow(clippy::needless_range_loop)]
-fn dot16_fma(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot16 lengths");
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[i] = x.mul_add(*y, acc[i]);
-    }
-    let mut w = 8;
-    while w > 0 {
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-        w /= 2;
-    }
-    acc[0]
 }
 
 /// `y += a * x`.
@@ -555,27 +481,6 @@ mod tests {
                     p += c;
                 }
                 assert_eq!(st.l.to_bits(), st2.l.to_bits());
-                // So does the AVX2+FMA build of the portable body.
-                #[cfg(target_arch = "x86_64")]
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    let mut st3 = SoftmaxState::default();
-                    let mut acc3 = vec![0f32; hd];
-                    let mut p = 0;
-                    while p < n {
-                        let c = group.min(n - p);
-                        let o = p * stride;
-                        // SAFETY: AVX2 and FMA were detected.
-                        unsafe {
-                            attend_rows_fma(&q, &k[o..], &v[o..], stride, c, scale, &mut st3, &mut acc3)
-                        };
-                        p += c;
-                    }
-                    assert_eq!(st3.l.to_bits(), st2.l.to_bits());
-                    assert_eq!(
-                        acc3.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        acc2.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-                    );
-                }
                 assert_eq!(
                     acc.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                     acc2.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
