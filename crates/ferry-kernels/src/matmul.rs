@@ -341,7 +341,16 @@ fn prepared_task(
             while t < t1 {
                 let nt = pk.max_t.min(t1 - t);
                 let a = &prep[t * pab..(t + nt) * pab];
-                (pk.f)(w.cols, nr, nt, &pw[..nr * pwb], pwb, a, pab, &mut tile[..nr * nt]);
+                (pk.f)(
+                    w.cols,
+                    nr,
+                    nt,
+                    &pw[..nr * pwb],
+                    pwb,
+                    a,
+                    pab,
+                    &mut tile[..nr * nt],
+                );
                 put(r, nr, t, nt, &tile[..nr * nt]);
                 t += nt;
             }

@@ -178,7 +178,7 @@ unsafe fn attend_rows_avx512(
     acc: &mut [f32],
 ) {
     let hd = q.len();
-    if hd % 16 == 0 {
+    if hd.is_multiple_of(16) {
         let f = match hd / 16 {
             1 => attend_x86::rows::<1>,
             2 => attend_x86::rows::<2>,

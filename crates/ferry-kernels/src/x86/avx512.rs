@@ -454,17 +454,16 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) =
-        match ty {
-            GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
-            GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
-            GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
-            GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
-            GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
-            GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
-            GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
-            _ => return None,
-        };
+    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) = match ty {
+        GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
+        GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+        GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
+        GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
+        GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
+        GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
+        GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
+        _ => return None,
+    };
     Some(PreparedKernel {
         w_bytes: prep_bytes,
         prep_w,
@@ -589,9 +588,15 @@ macro_rules! prep_fns {
             out: &mut [f32],
         ) {
             let pb = prep_bytes(n);
-            assert!(n % 32 == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
-            assert!(ws >= pb && w.len() >= (nr - 1) * ws + pb, "weight tile out of bounds");
-            assert!(as_ >= pb && a.len() >= (nt - 1) * as_ + pb, "activation tile out of bounds");
+            assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pb && w.len() >= (nr - 1) * ws + pb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+                "activation tile out of bounds"
+            );
             let np = (n / 32).div_ceil(2);
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
@@ -1070,9 +1075,15 @@ macro_rules! prep_fns_tok2 {
             out: &mut [f32],
         ) {
             let (pw, pa) = (prep_w_bytes_tok2(n), prep_a_bytes_tok2(n));
-            assert!(n % 32 == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
-            assert!(ws >= pw && w.len() >= (nr - 1) * ws + pw, "weight tile out of bounds");
-            assert!(as_ >= pa && a.len() >= (nt - 1) * as_ + pa, "activation tile out of bounds");
+            assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pw && w.len() >= (nr - 1) * ws + pw,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pa && a.len() >= (nt - 1) * as_ + pa,
+                "activation tile out of bounds"
+            );
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
             unsafe { super::rt_match!(tile_prep_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
@@ -1578,11 +1589,25 @@ macro_rules! prep_fns_h16 {
         ) {
             let pb = prep_bytes_h16(n);
             assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
-            assert!(ws >= pb && w.len() >= (nr - 1) * ws + pb, "weight tile out of bounds");
-            assert!(as_ >= pb && a.len() >= (nt - 1) * as_ + pb, "activation tile out of bounds");
+            assert!(
+                ws >= pb && w.len() >= (nr - 1) * ws + pb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+                "activation tile out of bounds"
+            );
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { super::rt_match!(tile_prep_h16, $k, nr, nt, (n.div_ceil(16), w, ws, a, as_, o)) }
+            unsafe {
+                super::rt_match!(
+                    tile_prep_h16,
+                    $k,
+                    nr,
+                    nt,
+                    (n.div_ceil(16), w, ws, a, as_, o)
+                )
+            }
         }
     };
 }
