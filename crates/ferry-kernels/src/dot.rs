@@ -36,11 +36,40 @@ pub(crate) struct TileKernel {
     pub max_t: usize,
 }
 
+/// A tile kernel over *prepared* operands, for batches: weight rows and activation rows are
+/// first converted (`prep_w`, `prep_a`) into a layout the kernel only loads (nibbles split,
+/// scales widened to f32, activation sums precomputed), so that this work is done once per
+/// row per batch instead of once per tile. For every (row, token) pair, `f` performs exactly
+/// the float operations of the backend's plain `TileKernel` on the same operands, so results
+/// are bit-identical to it (tested in `tests.rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct PreparedKernel {
+    /// Bytes of one prepared weight row of `n` elements.
+    pub w_bytes: fn(n: usize) -> usize,
+    /// Prepare one weight row (`ty.row_bytes(n)` bytes) into `w_bytes(n)` bytes.
+    pub prep_w: fn(n: usize, src: &[u8], dst: &mut [u8]),
+    /// Bytes of one prepared activation row of `n` elements.
+    pub a_bytes: fn(n: usize) -> usize,
+    /// Prepare one activation row (in `ty.vec_dot_type()`) into `a_bytes(n)` bytes.
+    pub prep_a: fn(n: usize, src: &[u8], dst: &mut [u8]),
+    /// A `TileFn` whose rows and strides are those of the prepared rows.
+    pub f: TileFn,
+    pub max_r: usize,
+    pub max_t: usize,
+}
+
 /// One instruction-set level's kernels.
 pub(crate) struct Backend {
     pub name: &'static str,
     pub tile: fn(GgmlType) -> TileKernel,
     pub quant: QuantFn,
+    /// The prepared-operand kernel for a weight type, where the backend has one.
+    pub prepared: fn(GgmlType) -> Option<PreparedKernel>,
+}
+
+/// For backends without prepared-operand kernels.
+pub(crate) fn no_prepared(_: GgmlType) -> Option<PreparedKernel> {
+    None
 }
 
 /// Check that a tile's operands are in bounds (shared by every implementation).
@@ -128,6 +157,7 @@ pub(crate) static SCALAR: Backend = Backend {
     name: "scalar",
     tile: scalar_tile,
     quant: quantize_row_act,
+    prepared: no_prepared,
 };
 
 /// The backend this CPU runs, detected on first use.

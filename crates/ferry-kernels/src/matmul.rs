@@ -8,7 +8,9 @@
 // Tile kernels take a weight tile, an activation tile and an output slice with strides.
 #![allow(clippy::too_many_arguments)]
 
-use crate::dot::{backend, Backend};
+use std::cell::RefCell;
+
+use crate::dot::{backend, Backend, PreparedKernel};
 use crate::pool::ThreadPool;
 use crate::quant::GgmlType;
 use crate::KernelError;
@@ -72,6 +74,8 @@ impl<'a> Matrix<'a> {
 #[derive(Default)]
 pub struct MatmulScratch {
     act: Vec<u8>,
+    /// Prepared activations (`PreparedKernel::prep_a`), for batches.
+    prep: Vec<u8>,
 }
 
 struct OutPtrs<'a>(&'a [*mut f32]);
@@ -153,6 +157,7 @@ pub(crate) fn matmul_multi_with(
         &ptrs[..ws.len()],
         &scratch.act[..arb * n_tokens],
         n_tokens,
+        &mut scratch.prep,
     );
 }
 
@@ -201,6 +206,7 @@ pub(crate) fn matmul_with(
         &[out.as_mut_ptr()],
         &scratch.act[..arb * n_tokens],
         n_tokens,
+        &mut scratch.prep,
     );
 }
 
@@ -208,6 +214,15 @@ pub(crate) fn matmul_with(
 const TOK_CHUNK: usize = 64;
 /// Most weight rows per task, so that a task's rows stay in L1/L2 across its token tiles.
 const MAX_ROW_CHUNK: usize = 128;
+
+/// Batches of at least this many tokens use the backend's prepared-operand kernel, if any
+/// (below it, preparing a weight row costs more than it saves). Either path gives the same bits.
+const PREP_MIN_TOKENS: usize = 8;
+
+thread_local! {
+    /// Prepared weight rows of the current task (one row group at a time).
+    static PREP_W: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The products with activations already converted to the matrices' `vec_dot_type`; `outs[i]`
 /// points at `n_tokens × ws[i].rows` writable floats. All matrices share type and width.
@@ -218,9 +233,26 @@ fn matmul_quantized(
     outs: &[*mut f32],
     act: &[u8],
     n_tokens: usize,
+    prep: &mut Vec<u8>,
 ) {
     let k = (be.tile)(ws[0].ty);
+    let pk = if n_tokens >= PREP_MIN_TOKENS {
+        (be.prepared)(ws[0].ty)
+    } else {
+        None
+    };
     let arb = act.len() / n_tokens;
+    let cols = ws[0].cols;
+    // Prepared activations, once for the whole batch.
+    let pab = pk.map_or(0, |pk| (pk.a_bytes)(cols));
+    if let Some(pk) = pk {
+        prep.resize(pab * n_tokens, 0);
+        for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab)) {
+            (pk.prep_a)(cols, src, dst);
+        }
+    }
+    let prep = &prep[..];
+    let max_r = pk.map_or(k.max_r, |pk| pk.max_r);
     let tc = n_tokens.min(TOK_CHUNK);
     let n_tc = n_tokens.div_ceil(tc);
     let total_rows: usize = ws.iter().map(|w| w.rows).sum();
@@ -232,7 +264,7 @@ fn matmul_quantized(
     let per = (total_rows * n_tc)
         .div_ceil(want_tasks)
         .clamp(1, MAX_ROW_CHUNK);
-    let rc = per.div_ceil(k.max_r) * k.max_r;
+    let rc = per.div_ceil(max_r) * max_r;
     // Task ranges per matrix: matrix i owns tasks first[i]..first[i + 1].
     let mut first = [0usize; MAX_MULTI + 1];
     let mut n_rcs = [0usize; MAX_MULTI];
@@ -253,6 +285,19 @@ fn matmul_quantized(
         let (t0, t1) = (ti * tc, ((ti + 1) * tc).min(n_tokens));
         let out = outp.get(mi);
         let mut tile = [0f32; 64];
+        let mut put = |r: usize, nr: usize, t: usize, nt: usize, tile: &[f32]| {
+            for i in 0..nr {
+                for j in 0..nt {
+                    // SAFETY: (t + j, r + i) is in bounds of output `mi` and written by this
+                    // task only.
+                    unsafe { *out.add((t + j) * rows + r + i) = tile[i * nt + j] };
+                }
+            }
+        };
+        if let Some(pk) = pk {
+            prepared_task(&pk, w, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
+            return;
+        }
         let mut t = t0;
         while t < t1 {
             let nt = k.max_t.min(t1 - t);
@@ -262,16 +307,54 @@ fn matmul_quantized(
                 let nr = k.max_r.min(r1 - r);
                 let wt = &w.data[r * wrb..(r + nr) * wrb];
                 (k.f)(w.cols, nr, nt, wt, wrb, a, arb, &mut tile[..nr * nt]);
-                for i in 0..nr {
-                    for j in 0..nt {
-                        // SAFETY: (t + j, r + i) is in bounds of output `mi` and written by
-                        // this task only.
-                        unsafe { *out.add((t + j) * rows + r + i) = tile[i * nt + j] };
-                    }
-                }
+                put(r, nr, t, nt, &tile[..nr * nt]);
                 r += nr;
             }
             t += nt;
+        }
+    });
+}
+
+/// One task of `matmul_quantized` with prepared operands: each group of `max_r` weight rows is
+/// prepared once, then run against every token tile of the task.
+fn prepared_task(
+    pk: &PreparedKernel,
+    w: &Matrix<'_>,
+    prep: &[u8],
+    pab: usize,
+    (r0, r1): (usize, usize),
+    (t0, t1): (usize, usize),
+    tile: &mut [f32; 64],
+    put: &mut impl FnMut(usize, usize, usize, usize, &[f32]),
+) {
+    let (wrb, pwb) = (w.row_bytes(), (pk.w_bytes)(w.cols));
+    PREP_W.with_borrow_mut(|pw| {
+        pw.resize(pwb * pk.max_r, 0);
+        let mut r = r0;
+        while r < r1 {
+            let nr = pk.max_r.min(r1 - r);
+            for i in 0..nr {
+                let src = &w.data[(r + i) * wrb..(r + i + 1) * wrb];
+                (pk.prep_w)(w.cols, src, &mut pw[i * pwb..(i + 1) * pwb]);
+            }
+            let mut t = t0;
+            while t < t1 {
+                let nt = pk.max_t.min(t1 - t);
+                let a = &prep[t * pab..(t + nt) * pab];
+                (pk.f)(
+                    w.cols,
+                    nr,
+                    nt,
+                    &pw[..nr * pwb],
+                    pwb,
+                    a,
+                    pab,
+                    &mut tile[..nr * nt],
+                );
+                put(r, nr, t, nt, &tile[..nr * nt]);
+                t += nt;
+            }
+            r += nr;
         }
     });
 }

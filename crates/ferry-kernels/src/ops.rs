@@ -126,8 +126,8 @@ impl Default for SoftmaxState {
 /// then every row adds `exp(score - m)` times its value to `acc`. The result depends only on
 /// how the rows are grouped into calls, so callers group by position (cache block).
 ///
-/// Compiled twice, for the baseline target and (on x86-64) for AVX-512; both run the same
-/// element-wise operations in the same order (no fused multiply-adds), so the bits agree.
+/// Portable code, and (on x86-64) an AVX-512 kernel that runs the same element-wise operations
+/// in the same order (no fused multiply-adds), so the bits agree.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_rows(
     q: &[f32],
@@ -154,6 +154,16 @@ pub fn attend_rows(
     attend_rows_body(q, k, v, stride, n, scale, st, acc)
 }
 
+/// The AVX-512 build of `attend_rows_body`: the same IEEE operations in the same order, so the
+/// same bits, but organised for 16 lanes. Each key's `dot16` partial sums (lane `i` = indices
+/// `≡ i mod 16`) are kept in one vector per key, and the 16→8→4→2→1 lane folds of 16 keys are
+/// done together by a transposing reduction (each level adds the same pairs of partial sums
+/// as `dot16`'s fold; IEEE addition is commutative, so the bits are those of `dot16`). The
+/// query and the output accumulator stay in registers for head sizes that are a multiple of
+/// 16 up to 128; other head sizes take the portable body (compiled for AVX-512).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -167,7 +177,149 @@ unsafe fn attend_rows_avx512(
     st: &mut SoftmaxState,
     acc: &mut [f32],
 ) {
+    let hd = q.len();
+    if hd.is_multiple_of(16) {
+        let f = match hd / 16 {
+            1 => attend_x86::rows::<1>,
+            2 => attend_x86::rows::<2>,
+            3 => attend_x86::rows::<3>,
+            4 => attend_x86::rows::<4>,
+            5 => attend_x86::rows::<5>,
+            6 => attend_x86::rows::<6>,
+            7 => attend_x86::rows::<7>,
+            8 => attend_x86::rows::<8>,
+            _ => return attend_rows_body(q, k, v, stride, n, scale, st, acc),
+        };
+        // SAFETY: AVX-512F is available (this function's contract); `rows` checks bounds.
+        return unsafe { f(q, k, v, stride, n, scale, st, acc) };
+    }
     attend_rows_body(q, k, v, stride, n, scale, st, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod attend_x86 {
+    use super::{SoftmaxState, ATTEND_MAX_ROWS};
+    use std::arch::x86_64::*;
+
+    /// Fold 16 vectors of 16 lane sums (vector `p` = key `p`) into one vector whose lane `p`
+    /// is `dot16`'s fold of vector `p`: lanes `i + 8` onto `i`, then `+ 4`, `+ 2`, `+ 1`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn fold16(a: &[__m512; 16]) -> __m512 {
+        // Level 1: [p lo 8 | p+1 lo 8] + [p hi 8 | p+1 hi 8]; b[j] holds keys 2j, 2j+1 (8 each).
+        let b: [__m512; 8] = std::array::from_fn(|j| {
+            let (x, y) = (a[2 * j], a[2 * j + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+            )
+        });
+        // Level 2: 128-bit chunk k of c[m] holds key 4m + k's 4 partial sums.
+        let c: [__m512; 4] = std::array::from_fn(|m| {
+            let (x, y) = (b[2 * m], b[2 * m + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        });
+        // Level 3: chunk k of d[m] holds keys 8m + k and 8m + 4 + k, 2 partial sums each.
+        let d: [__m512; 2] = std::array::from_fn(|m| {
+            let (x, y) = (c[2 * m], c[2 * m + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+            )
+        });
+        // Level 4: lane 4k + j holds key 4j + k; put key p in lane p.
+        let e = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(d[0], d[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(d[0], d[1]),
+        );
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(idx, e)
+    }
+
+    /// `attend_rows_body` for head size `16 * NC`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows<const NC: usize>(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        st: &mut SoftmaxState,
+        acc: &mut [f32],
+    ) {
+        let hd = 16 * NC;
+        assert!(q.len() == hd && n <= ATTEND_MAX_ROWS && acc.len() == hd && stride >= hd);
+        if n == 0 {
+            return;
+        }
+        assert!(k.len() >= (n - 1) * stride + hd && v.len() >= (n - 1) * stride + hd);
+        let (kp, vp) = (k.as_ptr(), v.as_ptr());
+        // SAFETY (all loads and stores below): `q` and `acc` hold `hd` floats; keys and values
+        // `p < n` start at `p * stride` and hold `hd` floats, inside `k` and `v` (checked).
+        let qv: [__m512; NC] =
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
+        // Scores, 16 keys per vector; lanes past `n` are -inf (they never win the max and are
+        // never read).
+        let mut s = [0f32; ATTEND_MAX_ROWS];
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut p0 = 0;
+        while p0 < n {
+            let cnt = (n - p0).min(16);
+            let mut a = [_mm512_setzero_ps(); 16];
+            for (p, ap) in a.iter_mut().enumerate().take(cnt) {
+                let kr = unsafe { kp.add((p0 + p) * stride) };
+                let mut t = _mm512_setzero_ps();
+                for (c, qc) in qv.iter().enumerate() {
+                    let kc = unsafe { _mm512_loadu_ps(kr.add(16 * c)) };
+                    t = _mm512_add_ps(t, _mm512_mul_ps(*qc, kc));
+                }
+                *ap = t;
+            }
+            let sc = _mm512_mul_ps(fold16(&a), _mm512_set1_ps(scale));
+            let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
+            unsafe { _mm512_mask_storeu_ps(s.as_mut_ptr().add(p0), m, sc) };
+            mx = _mm512_mask_max_ps(mx, m, mx, sc);
+            p0 += 16;
+        }
+        // The maximum of the scores is exact whatever the order it is taken in.
+        let mc = _mm512_reduce_max_ps(mx);
+        let mut av: [__m512; NC] =
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(acc.as_ptr().add(16 * c)) });
+        if mc > st.m {
+            let c = (st.m - mc).exp();
+            st.l *= c;
+            let cv = _mm512_set1_ps(c);
+            for a in av.iter_mut() {
+                *a = _mm512_mul_ps(*a, cv);
+            }
+            st.m = mc;
+        }
+        // The weights first, then the values: no call inside the value loop, so the
+        // accumulator stays in registers.
+        for sp in s[..n].iter_mut() {
+            *sp = (*sp - st.m).exp();
+            st.l += *sp;
+        }
+        for (p, &e) in s[..n].iter().enumerate() {
+            let ev = _mm512_set1_ps(e);
+            let vr = unsafe { vp.add(p * stride) };
+            for (c, a) in av.iter_mut().enumerate() {
+                let x = unsafe { _mm512_loadu_ps(vr.add(16 * c)) };
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(ev, x));
+            }
+        }
+        for (c, a) in av.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(16 * c), *a) };
+        }
+    }
 }
 
 #[inline(always)]
@@ -268,8 +420,24 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        let (hd, stride) = (24, 40);
-        for n in [1, 5, 16, 37, 130] {
+        for (hd, stride, n) in [
+            (24, 40, 1),
+            (24, 40, 5),
+            (24, 40, 16),
+            (24, 40, 37),
+            (24, 40, 130),
+            (16, 16, 1),
+            (16, 20, 17),
+            (32, 96, 33),
+            (64, 192, 1),
+            (64, 192, 15),
+            (64, 64, 16),
+            (64, 192, 49),
+            (64, 200, 130),
+            (128, 130, 64),
+            (128, 128, 70),
+            (144, 150, 23),
+        ] {
             let q: Vec<f32> = (0..hd).map(|_| 4.0 * r()).collect();
             let k: Vec<f32> = (0..n * stride).map(|_| 4.0 * r()).collect();
             let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();

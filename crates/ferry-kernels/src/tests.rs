@@ -199,6 +199,85 @@ fn check_backend_dots(be: &Backend, exact: bool) {
     }
 }
 
+/// Prepared-operand kernels give, for every tile shape at every offset, the bits of the
+/// backend's plain 1x1 tile (odd block counts exercise the single-block tail).
+#[test]
+fn prepared_kernels_are_bit_identical_to_plain_tiles() {
+    let mut rng = Rng(555);
+    let mut checked = 0;
+    for be in available_backends() {
+        for ty in WEIGHT_TYPES {
+            let Some(pk) = (be.prepared)(ty) else {
+                continue;
+            };
+            let k = (be.tile)(ty);
+            for &cols in col_counts(ty) {
+                for exact in [false, true] {
+                    let rows = 2 * pk.max_r + 1;
+                    let nt = 2 * pk.max_t + 1;
+                    let w = weights(ty, rows, cols, &mut rng, exact);
+                    let x = activations(nt, cols, &mut rng, exact);
+                    let at = ty.vec_dot_type();
+                    let (arb, wrb) = (at.row_bytes(cols).unwrap(), ty.row_bytes(cols).unwrap());
+                    let mut a = vec![0u8; arb * nt];
+                    for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
+                        quantize_row_act(at, xr, ar);
+                    }
+                    // Prepared rows with some slack in the stride, filled with garbage first.
+                    let (pwb, pab) = ((pk.w_bytes)(cols) + 64, (pk.a_bytes)(cols) + 192);
+                    let mut pw = vec![0xA5u8; pwb * rows];
+                    let mut pa = vec![0x5Au8; pab * nt];
+                    for r in 0..rows {
+                        (pk.prep_w)(cols, &w[r * wrb..(r + 1) * wrb], &mut pw[r * pwb..]);
+                    }
+                    for t in 0..nt {
+                        (pk.prep_a)(cols, &a[t * arb..(t + 1) * arb], &mut pa[t * pab..]);
+                    }
+                    let mut single = vec![0f32; rows * nt];
+                    for r in 0..rows {
+                        for t in 0..nt {
+                            let mut o = [0f32; 1];
+                            (k.f)(cols, 1, 1, &w[r * wrb..], wrb, &a[t * arb..], arb, &mut o);
+                            single[r * nt + t] = o[0];
+                        }
+                    }
+                    for nr in 1..=pk.max_r {
+                        for ntt in 1..=pk.max_t {
+                            for r0 in 0..=rows - nr {
+                                for t0 in 0..=nt - ntt {
+                                    let mut o = vec![0f32; nr * ntt];
+                                    (pk.f)(
+                                        cols,
+                                        nr,
+                                        ntt,
+                                        &pw[r0 * pwb..],
+                                        pwb,
+                                        &pa[t0 * pab..],
+                                        pab,
+                                        &mut o,
+                                    );
+                                    for i in 0..nr {
+                                        for j in 0..ntt {
+                                            assert_eq!(
+                                                o[i * ntt + j].to_bits(),
+                                                single[(r0 + i) * nt + t0 + j].to_bits(),
+                                                "{} {ty:?} cols {cols} tile {nr}x{ntt} at ({r0},{t0})",
+                                                be.name
+                                            );
+                                        }
+                                    }
+                                    checked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{checked} prepared tiles checked");
+}
+
 #[test]
 fn fast_dots_match_reference_within_tolerance() {
     for be in available_backends() {
@@ -324,7 +403,7 @@ fn matmul_is_batch_invariant_for_every_backend_and_type() {
                 for rows in [1, 5, 13, 67] {
                     let data = weights(ty, rows, cols, &mut rng, false);
                     let w = Matrix::new(ty, rows, cols, &data).unwrap();
-                    for n in [2, 7, 70] {
+                    for n in [2, 7, 8, 70] {
                         let x = activations(n, cols, &mut rng, false);
                         let mut out = vec![0f32; n * rows];
                         let mut s = MatmulScratch::default();

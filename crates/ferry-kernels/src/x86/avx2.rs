@@ -28,6 +28,7 @@ pub(crate) static BACKEND: Backend = Backend {
     name: "avx2",
     tile,
     quant,
+    prepared: crate::dot::no_prepared,
 };
 
 /// Largest tile of the block kernels (rows, tokens).

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::{avx2, tile_wrapper};
-use crate::dot::{Backend, TileKernel};
+use crate::dot::{Backend, PreparedKernel, TileFn, TileKernel};
 use crate::quant::GgmlType;
 use crate::quant_k::{Q8K_BSUMS, Q8K_QS, QK_K};
 
@@ -33,6 +33,7 @@ pub(crate) static BACKEND: Backend = Backend {
     name: "avx512vnni",
     tile,
     quant: avx2::BACKEND.quant,
+    prepared,
 };
 
 const MAX_R: usize = 4;
@@ -417,6 +418,197 @@ tile_wrapper!(tile_q4_1, Q41::WTY, tile_pair, Q41, 32);
 tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
 
 // ---------------------------------------------------------------------------------------------
+// Prepared operands for the pair types: each block pair of a weight row is stored as the `WP`
+// that `load_w` builds (nibbles split to bytes, scales as f32, Q4_1 mins), each pair of an
+// activation row as the `AP` of `load_a` (scales as f32, the Q8 sums' offsets), 3 vectors =
+// 192 bytes per pair either way. `tile_prep` then only loads them and runs the same `step`s
+// in the same order as `tile_pair`, so its bits are those of `tile_pair`. `matmul` prepares
+// the activations once per batch and each 4-row weight group once per 64 tokens.
+
+/// Prepares one row of `n` elements.
+type PrepFn = fn(usize, &[u8], &mut [u8]);
+
+/// Bytes of one prepared pair (three 512-bit vectors).
+const PREP_PAIR: usize = 192;
+
+fn prep_bytes(n: usize) -> usize {
+    (n / 32).div_ceil(2) * PREP_PAIR
+}
+
+fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
+    let h16 = |prep: PrepFn, f: TileFn| PreparedKernel {
+        w_bytes: prep_bytes_h16,
+        prep_w: prep,
+        a_bytes: prep_bytes_h16,
+        prep_a: prep,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
+    let tok2 = |prep_w: PrepFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+        w_bytes: prep_w_bytes_tok2,
+        prep_w,
+        a_bytes: prep_a_bytes_tok2,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
+    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) = match ty {
+        GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
+        GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+        GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
+        GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
+        GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
+        GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
+        GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
+        _ => return None,
+    };
+    Some(PreparedKernel {
+        w_bytes: prep_bytes,
+        prep_w,
+        a_bytes: prep_bytes,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    })
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn store3(dst: *mut u8, q: __m512i, d: __m512, m: __m512) {
+    // SAFETY: the caller guarantees `PREP_PAIR` writable bytes at `dst`.
+    unsafe {
+        _mm512_storeu_si512(dst as *mut __m512i, q);
+        _mm512_storeu_ps(dst.add(64) as *mut f32, d);
+        _mm512_storeu_ps(dst.add(128) as *mut f32, m);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load3(p: *const u8) -> (__m512i, __m512, __m512) {
+    // SAFETY: the caller guarantees `PREP_PAIR` readable bytes at `p`.
+    unsafe {
+        (
+            _mm512_loadu_si512(p as *const __m512i),
+            _mm512_loadu_ps(p.add(64) as *const f32),
+            _mm512_loadu_ps(p.add(128) as *const f32),
+        )
+    }
+}
+
+/// Prepare the `nb` blocks of one weight row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_pairs<K: Pair<W = WP>>(nb: usize, src: *const u8, dst: *mut u8) {
+    for i in 0..nb.div_ceil(2) {
+        let b = 2 * i;
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let w = K::load_w(src.add(b * K::WB), b + 1 < nb);
+            store3(dst.add(i * PREP_PAIR), w.q, w.d, w.m);
+        }
+    }
+}
+
+/// Prepare the `nb` blocks of one activation row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_a_pairs<K: Pair<A = AP>>(nb: usize, src: *const u8, dst: *mut u8) {
+    for i in 0..nb.div_ceil(2) {
+        let b = 2 * i;
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let a = K::load_a(src.add(b * K::AB), b + 1 < nb);
+            store3(dst.add(i * PREP_PAIR), a.q, a.d, a.s);
+        }
+    }
+}
+
+/// `tile_pair` over prepared rows: `np` pairs per row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep<K: Pair<W = WP, A = AP>, const R: usize, const T: usize>(
+    np: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for i in 0..np {
+        // SAFETY: pair `i` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let wv: [WP; R] = std::array::from_fn(|r| {
+                let (q, d, m) = load3(w.add(r * ws + i * PREP_PAIR));
+                WP { q, d, m }
+            });
+            let av: [AP; T] = std::array::from_fn(|t| {
+                let (q, d, s) = load3(a.add(t * as_ + i * PREP_PAIR));
+                AP { q, d, s }
+            });
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = K::step(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+/// The safe entry points of the prepared pair kernels for `$k`.
+macro_rules! prep_fns {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_w_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            // SAFETY: as above.
+            unsafe { prep_a_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let pb = prep_bytes(n);
+            assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pb && w.len() >= (nr - 1) * ws + pb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+                "activation tile out of bounds"
+            );
+            let np = (n / 32).div_ceil(2);
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep, $k, nr, nt, (np, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
+prep_fns!(Q41, prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1);
+prep_fns!(Q80, prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0);
+
+// ---------------------------------------------------------------------------------------------
 // Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
 // high 256 bits token 2p + 1, each against the same weight block broadcast to both halves. Each
 // half then performs exactly the float ops of ggml's AVX2 `ggml_vec_dot_q5_{0,1}_q8_{0,1}`
@@ -728,6 +920,178 @@ unsafe fn tile_tok2<K: Tok2, const R: usize, const T: usize>(
 
 tile_wrapper!(tile_q5_0, Q50::WTY, tile_tok2, Q50, 32);
 tile_wrapper!(tile_q5_1, Q51::WTY, tile_tok2, Q51, 32);
+
+// Prepared Q5_0/Q5_1 operands: each weight block as the `W5` of `load_w` (144 bytes), each
+// activation block as one token's half of the `A5` of `load_a` (quants, scale, offsets: 3 × 32
+// bytes, then `s`; 128 bytes). `tile_prep_tok2` joins two tokens' halves into the `A5` that
+// `load_a` builds for the pair (an absent second token is all zeros there too) and runs
+// `tile_tok2`'s token-pair steps: the same float operations per token, so the same bits as
+// `tile_tok2` (whose single-token path also performs them).
+
+const PREP_W5: usize = 144;
+const PREP_A5: usize = 128;
+
+fn prep_w_bytes_tok2(n: usize) -> usize {
+    (n / 32) * PREP_W5
+}
+
+fn prep_a_bytes_tok2(n: usize) -> usize {
+    (n / 32) * PREP_A5
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let w = K::load_w(src.add(b * K::WB));
+            let o = dst.add(b * PREP_W5);
+            _mm512_storeu_si512(o as *mut __m512i, w.q);
+            _mm512_storeu_ps(o.add(64) as *mut f32, w.d);
+            _mm_storeu_ps(o.add(128) as *mut f32, w.m);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_a_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
+        unsafe {
+            let a = K::load_a(src.add(b * K::AB), None);
+            let o = dst.add(b * PREP_A5);
+            _mm256_storeu_si256(o as *mut __m256i, _mm512_castsi512_si256(a.q));
+            _mm256_storeu_ps(o.add(32) as *mut f32, _mm512_castps512_ps256(a.d));
+            _mm256_storeu_si256(o.add(64) as *mut __m256i, _mm512_castsi512_si256(a.k));
+            _mm_storeu_ps(o.add(96) as *mut f32, a.s);
+        }
+    }
+}
+
+/// The `A5` of tokens at `p0` and `p1` (prepared blocks), as `load_a(p0, p1)` builds it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn join_a5(p0: *const u8, p1: Option<*const u8>) -> A5 {
+    // SAFETY: the caller guarantees prepared blocks at `p0` and `p1`.
+    unsafe {
+        let half = |p: Option<*const u8>, off: usize| {
+            p.map_or(_mm256_setzero_si256(), |p| {
+                _mm256_loadu_si256(p.add(off) as *const __m256i)
+            })
+        };
+        let join = |off: usize| {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(Some(p0), off)), half(p1, off))
+        };
+        let s0 = _mm_load_ss(p0.add(96) as *const f32);
+        let s1 = p1.map_or(_mm_setzero_ps(), |p| _mm_load_ss(p.add(96) as *const f32));
+        A5 {
+            q: join(0),
+            d: _mm512_castsi512_ps(join(32)),
+            k: join(64),
+            s: _mm_unpacklo_ps(s0, s1),
+        }
+    }
+}
+
+/// `tile_tok2` over prepared rows of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_tok2<K: Tok2, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let np = T.div_ceil(2);
+    let zero = Acc5 {
+        v: _mm512_setzero_ps(),
+        m: _mm_setzero_ps(),
+    };
+    let mut acc = [[zero; 2]; R];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let at = |t: usize| a.add(t * as_ + b * PREP_A5);
+            let mut av = [join_a5(at(0), (T > 1).then(|| at(1))); 2];
+            if np > 1 {
+                av[1] = join_a5(at(2), (T > 3).then(|| at(3)));
+            }
+            for r in 0..R {
+                let o = w.add(r * ws + b * PREP_W5);
+                let wv = W5 {
+                    q: _mm512_loadu_si512(o as *const __m512i),
+                    d: _mm512_loadu_ps(o.add(64) as *const f32),
+                    m: _mm_loadu_ps(o.add(128) as *const f32),
+                };
+                for p in 0..np {
+                    acc[r][p] = K::step(&wv, &av[p], acc[r][p]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let c = acc[r][t / 2];
+            let (v, m) = if t % 2 == 0 {
+                (_mm512_castps512_ps256(c.v), _mm_cvtss_f32(c.m))
+            } else {
+                (
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c.v))),
+                    _mm_cvtss_f32(_mm_movehdup_ps(c.m)),
+                )
+            };
+            let s = avx2::hsum256(v);
+            let s = if K::MINS { s + m } else { s };
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = s };
+        }
+    }
+}
+
+/// The safe entry points of the prepared token-pair kernels for `$k`.
+macro_rules! prep_fns_tok2 {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_w_bytes_tok2(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_w_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
+            assert!(src.len() >= rb && dst.len() >= prep_a_bytes_tok2(n));
+            // SAFETY: as above.
+            unsafe { prep_a_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let (pw, pa) = (prep_w_bytes_tok2(n), prep_a_bytes_tok2(n));
+            assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pw && w.len() >= (nr - 1) * ws + pw,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pa && a.len() >= (nt - 1) * as_ + pa,
+                "activation tile out of bounds"
+            );
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns_tok2!(Q50, prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0);
+prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 
 // ---------------------------------------------------------------------------------------------
 // K-quants (256-element super-blocks) against Q8_K activations, tiled.
@@ -1149,3 +1513,103 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
 
 tile_wrapper!(tile_f16, F16::TY, tile_h16, F16, 1);
 tile_wrapper!(tile_bf16, BF16::TY, tile_h16, BF16, 1);
+
+// Prepared 16-bit float rows: widened to f32 once (16 lanes per chunk, the ragged last chunk
+// zero-filled exactly as `Half16::load` fills it), so `tile_prep_h16` only loads and runs the
+// fused multiply-adds of `tile_h16` in the same order: the same bits.
+
+fn prep_bytes_h16(n: usize) -> usize {
+    n.div_ceil(16) * 64
+}
+
+/// Widen the `n` 16-bit floats at `src` into `dst` (`prep_bytes_h16(n)` bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_h16<K: Half16>(n: usize, src: *const u8, dst: *mut u8) {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller checked `n` elements at `src` and the prepared row's length.
+        unsafe {
+            let v = K::load(src.add(2 * i), (n - i).min(16));
+            _mm512_storeu_ps(dst.add(4 * i) as *mut f32, v);
+        }
+        i += 16;
+    }
+}
+
+/// `tile_h16` over prepared rows of `nc` chunks of 16 f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_h16<K: Half16, const R: usize, const T: usize>(
+    nc: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for c in 0..nc {
+        // SAFETY: chunk `c` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+        unsafe {
+            let wv: [__m512; R] =
+                std::array::from_fn(|r| _mm512_loadu_ps(w.add(r * ws + 64 * c) as *const f32));
+            let av: [__m512; T] =
+                std::array::from_fn(|t| _mm512_loadu_ps(a.add(t * as_ + 64 * c) as *const f32));
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r], av[t], acc[r][t]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+/// The safe entry points of the prepared 16-bit float kernels for `$k`.
+macro_rules! prep_fns_h16 {
+    ($k:ty, $prep:ident, $tile:ident) => {
+        fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
+            assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_h16(n));
+            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let pb = prep_bytes_h16(n);
+            assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pb && w.len() >= (nr - 1) * ws + pb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+                "activation tile out of bounds"
+            );
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe {
+                super::rt_match!(
+                    tile_prep_h16,
+                    $k,
+                    nr,
+                    nt,
+                    (n.div_ceil(16), w, ws, a, as_, o)
+                )
+            }
+        }
+    };
+}
+prep_fns_h16!(F16, prep_f16, tile_prep_f16);
+prep_fns_h16!(BF16, prep_bf16, tile_prep_bf16);
