@@ -236,7 +236,6 @@ fn options_line(o: &ferry_store::ModelOptions) -> String {
 /// model's serving options (checked against the model by `options::update`). They apply from
 /// the model's next load.
 pub fn config(name: &str, set: &[String], unset: &[String], reset: bool) -> Result<()> {
-    let rec: ModelRecord = store::record(name)?;
     let key = |k: &str| k.trim().replace('-', "_");
     let mut new = ferry_store::ModelOptions::new();
     for kv in set {
@@ -252,18 +251,17 @@ pub fn config(name: &str, set: &[String], unset: &[String], reset: bool) -> Resu
     }
     let mut gone: Vec<String> = unset.iter().map(|k| key(k)).collect();
     if reset {
-        gone.extend(store::options(&rec.name)?.into_keys());
+        gone.extend(store::options(name)?.into_keys());
     }
-    let now = crate::options::update(&rec.name, &new, &gone).map_err(|e| anyhow!(e.message))?;
+    let now = crate::options::update(name, &new, &gone).map_err(|e| anyhow!(e.message))?;
     if now.is_empty() {
-        println!("{}: no options (the server's flags apply)", rec.name);
+        println!("{name}: no options (the server's flags apply)");
     } else {
-        println!("{}: {}", rec.name, options_line(&now));
+        println!("{name}: {}", options_line(&now));
     }
     if !new.is_empty() || !gone.is_empty() {
         println!(
-            "takes effect when {} next loads (a running server: POST /v1/models/{}/unload, then use it)",
-            rec.name, rec.name
+            "takes effect when {name} next loads (a running server: POST /v1/models/{name}/unload, then use it)"
         );
     }
     Ok(())

@@ -43,3 +43,14 @@ pub enum KernelError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// A deterministic uniform value in [-0.5, 0.5) (a 64-bit LCG) for the kernel tests.
+    pub fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    }
+}

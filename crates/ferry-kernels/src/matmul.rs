@@ -363,13 +363,7 @@ fn prepared_task(
 mod tests {
     use super::*;
     use crate::quant::{dequantize_row, quantize_row_act};
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    }
+    use crate::testutil::lcg;
 
     fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
         let rb = ty.row_bytes(cols).unwrap();

@@ -166,37 +166,46 @@ fn check_backend_dots(be: &Backend, exact: bool) {
                     }
                 }
             }
-            for nr in 1..=k.max_r {
-                for ntt in 1..=k.max_t {
-                    for r0 in 0..=rows - nr {
-                        for t0 in 0..=nt - ntt {
-                            let mut o = vec![0f32; nr * ntt];
-                            (k.f)(
-                                cols,
-                                nr,
-                                ntt,
-                                &w[r0 * wrb..],
-                                wrb,
-                                &a[t0 * arb..],
-                                arb,
-                                &mut o,
+            let what = format!("{} {ty:?} cols {cols}", be.name);
+            let shape = (rows, nt, k.max_r, k.max_t);
+            check_every_tile(&what, shape, &single, |nr, ntt, r0, t0, o| {
+                (k.f)(cols, nr, ntt, &w[r0 * wrb..], wrb, &a[t0 * arb..], arb, o)
+            });
+        }
+    }
+}
+
+/// Runs every tile shape up to `max_r` x `max_t` at every offset of a `rows` x `nt` problem
+/// through `tile(nr, ntt, r0, t0, out)` and asserts the bits of `single` (the 1x1 results,
+/// row-major); returns the number of tiles checked.
+fn check_every_tile(
+    what: &str,
+    (rows, nt, max_r, max_t): (usize, usize, usize, usize),
+    single: &[f32],
+    mut tile: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+) -> usize {
+    let mut checked = 0;
+    for nr in 1..=max_r {
+        for ntt in 1..=max_t {
+            for r0 in 0..=rows - nr {
+                for t0 in 0..=nt - ntt {
+                    let mut o = vec![0f32; nr * ntt];
+                    tile(nr, ntt, r0, t0, &mut o);
+                    for i in 0..nr {
+                        for j in 0..ntt {
+                            assert_eq!(
+                                o[i * ntt + j].to_bits(),
+                                single[(r0 + i) * nt + t0 + j].to_bits(),
+                                "{what} tile {nr}x{ntt} at ({r0},{t0})"
                             );
-                            for i in 0..nr {
-                                for j in 0..ntt {
-                                    assert_eq!(
-                                        o[i * ntt + j].to_bits(),
-                                        single[(r0 + i) * nt + t0 + j].to_bits(),
-                                        "{} {ty:?} cols {cols} tile {nr}x{ntt} at ({r0},{t0})",
-                                        be.name
-                                    );
-                                }
-                            }
                         }
                     }
+                    checked += 1;
                 }
             }
         }
     }
+    checked
 }
 
 /// Prepared-operand kernels give, for every tile shape at every offset, the bits of the
@@ -241,36 +250,11 @@ fn prepared_kernels_are_bit_identical_to_plain_tiles() {
                             single[r * nt + t] = o[0];
                         }
                     }
-                    for nr in 1..=pk.max_r {
-                        for ntt in 1..=pk.max_t {
-                            for r0 in 0..=rows - nr {
-                                for t0 in 0..=nt - ntt {
-                                    let mut o = vec![0f32; nr * ntt];
-                                    (pk.f)(
-                                        cols,
-                                        nr,
-                                        ntt,
-                                        &pw[r0 * pwb..],
-                                        pwb,
-                                        &pa[t0 * pab..],
-                                        pab,
-                                        &mut o,
-                                    );
-                                    for i in 0..nr {
-                                        for j in 0..ntt {
-                                            assert_eq!(
-                                                o[i * ntt + j].to_bits(),
-                                                single[(r0 + i) * nt + t0 + j].to_bits(),
-                                                "{} {ty:?} cols {cols} tile {nr}x{ntt} at ({r0},{t0})",
-                                                be.name
-                                            );
-                                        }
-                                    }
-                                    checked += 1;
-                                }
-                            }
-                        }
-                    }
+                    let what = format!("{} {ty:?} cols {cols} prepared", be.name);
+                    let shape = (rows, nt, pk.max_r, pk.max_t);
+                    checked += check_every_tile(&what, shape, &single, |nr, ntt, r0, t0, o| {
+                        (pk.f)(cols, nr, ntt, &pw[r0 * pwb..], pwb, &pa[t0 * pab..], pab, o)
+                    });
                 }
             }
         }

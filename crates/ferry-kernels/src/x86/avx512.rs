@@ -562,20 +562,23 @@ unsafe fn tile_prep<K: Pair<W = WP, A = AP>, const R: usize, const T: usize>(
     }
 }
 
-/// The safe entry points of the prepared pair kernels for `$k`.
+/// The safe entry points of a prepared block kernel for `$k`: weight and activation
+/// preparation (`$prep_w`, `$prep_a`, into `$w_bytes(n)` / `$a_bytes(n)` bytes per row) and the
+/// tile (`$kernel`, stepping `$steps(n)` times over a row).
 macro_rules! prep_fns {
-    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident;
+     $prep_w:ident, $prep_a:ident, $w_bytes:ident, $a_bytes:ident, $kernel:ident, $steps:expr) => {
         fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
             let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            assert!(src.len() >= rb && dst.len() >= $w_bytes(n));
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { prep_w_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+            unsafe { $prep_w::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
         }
         fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
             let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= prep_bytes(n));
+            assert!(src.len() >= rb && dst.len() >= $a_bytes(n));
             // SAFETY: as above.
-            unsafe { prep_a_pairs::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+            unsafe { $prep_a::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
         }
         fn $tile(
             n: usize,
@@ -587,26 +590,33 @@ macro_rules! prep_fns {
             as_: usize,
             out: &mut [f32],
         ) {
-            let pb = prep_bytes(n);
+            let (pw, pa) = ($w_bytes(n), $a_bytes(n));
             assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
             assert!(
-                ws >= pb && w.len() >= (nr - 1) * ws + pb,
+                ws >= pw && w.len() >= (nr - 1) * ws + pw,
                 "weight tile out of bounds"
             );
             assert!(
-                as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+                as_ >= pa && a.len() >= (nt - 1) * as_ + pa,
                 "activation tile out of bounds"
             );
-            let np = (n / 32).div_ceil(2);
+            let steps: usize = $steps(n);
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { super::rt_match!(tile_prep, $k, nr, nt, (np, w, ws, a, as_, o)) }
+            unsafe { super::rt_match!($kernel, $k, nr, nt, (steps, w, ws, a, as_, o)) }
         }
     };
 }
-prep_fns!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
-prep_fns!(Q41, prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1);
-prep_fns!(Q80, prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0);
+/// Pairs of blocks per step.
+macro_rules! prep_fns_pair {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        prep_fns!($k, $pw, $pa, $tile; prep_w_pairs, prep_a_pairs, prep_bytes, prep_bytes,
+            tile_prep, |n: usize| (n / 32).div_ceil(2));
+    };
+}
+prep_fns_pair!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
+prep_fns_pair!(Q41, prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1);
+prep_fns_pair!(Q80, prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0);
 
 // ---------------------------------------------------------------------------------------------
 // Q5_0/Q5_1, one block per step and two tokens per vector: the low 256 bits carry token 2p, the
@@ -1049,45 +1059,11 @@ unsafe fn tile_prep_tok2<K: Tok2, const R: usize, const T: usize>(
     }
 }
 
-/// The safe entry points of the prepared token-pair kernels for `$k`.
+/// One block per step, two tokens per vector.
 macro_rules! prep_fns_tok2 {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
-        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
-            let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= prep_w_bytes_tok2(n));
-            // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { prep_w_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
-        }
-        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
-            let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= prep_a_bytes_tok2(n));
-            // SAFETY: as above.
-            unsafe { prep_a_tok2::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
-        }
-        fn $tile(
-            n: usize,
-            nr: usize,
-            nt: usize,
-            w: &[u8],
-            ws: usize,
-            a: &[u8],
-            as_: usize,
-            out: &mut [f32],
-        ) {
-            let (pw, pa) = (prep_w_bytes_tok2(n), prep_a_bytes_tok2(n));
-            assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
-            assert!(
-                ws >= pw && w.len() >= (nr - 1) * ws + pw,
-                "weight tile out of bounds"
-            );
-            assert!(
-                as_ >= pa && a.len() >= (nt - 1) * as_ + pa,
-                "activation tile out of bounds"
-            );
-            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { super::rt_match!(tile_prep_tok2, $k, nr, nt, (n / 32, w, ws, a, as_, o)) }
-        }
+        prep_fns!($k, $pw, $pa, $tile; prep_w_tok2, prep_a_tok2, prep_w_bytes_tok2,
+            prep_a_bytes_tok2, tile_prep_tok2, |n: usize| n / 32);
     };
 }
 prep_fns_tok2!(Q50, prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0);
