@@ -246,31 +246,41 @@ fn quantize_acts(
     let p = &p;
     pool.run(tiles, &|tile| {
         ROW.with(|cell| {
-            let row_q = &mut *cell.borrow_mut();
-            row_q.clear();
-            row_q.resize(kp, 0);
-            // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) and the
-            // scales of its tokens belong to this task only.
-            let q =
-                unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            // The tile's MT rows, quantized row-major first (each padded to `kp` with zeros),
+            // then transposed into column pairs: loads strided, stores contiguous (writing
+            // each row's pairs straight into the tile would store every MT-th word).
+            let blk = &mut *cell.borrow_mut();
+            if blk.len() < MT * kp {
+                blk.resize(MT * kp, 0);
+            }
             for j in 0..MT {
                 let t = tile * MT + j;
+                let dst = &mut blk[j * kp..(j + 1) * kp];
                 if t < n {
                     let row = &x[t * cols..(t + 1) * cols];
                     let sc = match isa {
                         // SAFETY: AVX-512F/BW/VL were detected (Vnni512 implies them); the
                         // lengths are equal.
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut row_q[..cols]) },
-                        _ => quantize_row(row, &mut row_q[..cols]),
+                        Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut dst[..cols]) },
+                        _ => quantize_row(row, &mut dst[..cols]),
                     };
-                    // SAFETY: as above (token t < n of this tile).
+                    dst[cols..].fill(0);
+                    // SAFETY: token t < n of this tile: its scale belongs to this task only.
                     unsafe { *p.1.add(t) = sc };
-                    for (d, pr) in q[j..].iter_mut().step_by(MT).zip(row_q.chunks_exact(2)) {
-                        *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
-                    }
                 } else {
-                    q[j..].iter_mut().step_by(MT).for_each(|d| *d = 0);
+                    dst.fill(0);
+                }
+            }
+            // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) belongs
+            // to this task only.
+            let q =
+                unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            let blk = &blk[..MT * kp];
+            for (pr, d) in q.chunks_exact_mut(MT).enumerate() {
+                for (j, d) in d.iter_mut().enumerate() {
+                    let (a, b) = (blk[j * kp + 2 * pr], blk[j * kp + 2 * pr + 1]);
+                    *d = a as u16 as u32 | (b as u16 as u32) << 16;
                 }
             }
         })
@@ -278,7 +288,7 @@ fn quantize_acts(
 }
 
 thread_local! {
-    /// One quantized activation row per pool thread.
+    /// One tile of quantized activation rows (`MT × kp`) per pool thread.
     static ROW: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -437,7 +447,14 @@ mod x86 {
         let kp = t.kp;
         assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
         assert!(t.sw.len() >= PR && t.sx.len() >= t.nt);
-        let mut facc = [[_mm512_setzero_ps(); 2]; MT];
+        if kp == 0 {
+            // No columns: nothing to sum (the code below needs a first chunk).
+            super::portable(panel, xs, t);
+            return;
+        }
+        // Written by the first chunk (k0 == 0, which always runs since kp > 0), so not zeroed
+        // here: zeroing these 28 vectors cost a 1792-byte memset per tile, ~4% of the encoder.
+        let mut facc = [[std::mem::MaybeUninit::<__m512>::uninit(); 2]; MT];
         let (wp, xp) = (panel.as_ptr(), xs.as_ptr());
         let mut k0 = 0;
         while k0 < kp {
@@ -461,9 +478,14 @@ mod x86 {
             for j in 0..MT {
                 let (a, b) = (_mm512_cvtepi32_ps(lo[j]), _mm512_cvtepi32_ps(hi[j]));
                 if k0 == 0 {
-                    facc[j] = [a, b];
+                    facc[j] = [std::mem::MaybeUninit::new(a), std::mem::MaybeUninit::new(b)];
                 } else {
-                    facc[j] = [_mm512_add_ps(facc[j][0], a), _mm512_add_ps(facc[j][1], b)];
+                    // SAFETY: written by the first chunk.
+                    let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
+                    facc[j] = [
+                        std::mem::MaybeUninit::new(_mm512_add_ps(fa, a)),
+                        std::mem::MaybeUninit::new(_mm512_add_ps(fb, b)),
+                    ];
                 }
             }
             k0 += 2 * pairs;
@@ -485,8 +507,10 @@ mod x86 {
         };
         for j in 0..t.nt {
             let sx = _mm512_set1_ps(t.sx[j]);
-            let mut a = _mm512_fmadd_ps(facc[j][0], _mm512_mul_ps(sw0, sx), b0);
-            let mut b = _mm512_fmadd_ps(facc[j][1], _mm512_mul_ps(sw1, sx), b1);
+            // SAFETY: kp > 0, so the first chunk wrote every entry.
+            let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
+            let mut a = _mm512_fmadd_ps(fa, _mm512_mul_ps(sw0, sx), b0);
+            let mut b = _mm512_fmadd_ps(fb, _mm512_mul_ps(sw1, sx), b1);
             if t.gelu {
                 a = gelu512(a);
                 b = gelu512(b);
