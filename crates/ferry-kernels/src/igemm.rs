@@ -474,13 +474,16 @@ mod x86 {
             let pairs = KCH.min(kp - k0) / 2;
             let mut lo = [_mm512_setzero_si512(); MT];
             let mut hi = [_mm512_setzero_si512(); MT];
+            // This chunk's pairs of token 0 (`xidx(k0 / 2 + p, 0)`), hoisted out of the loop.
+            // SAFETY: k0 / 2 < kp / 2, inside the tile (checked above).
+            let xc = unsafe { xp.add(xidx(k0 / 2, 0)) };
             for p in 0..pairs {
                 let k = k0 + 2 * p;
-                // SAFETY: k + 1 < kp; the extents were checked above.
+                // SAFETY: k + 1 < kp and p < CP; the extents were checked above.
                 unsafe {
                     let w0 = _mm512_loadu_si512(wp.add(k * PR).cast());
                     let w1 = _mm512_loadu_si512(wp.add(k * PR + 32).cast());
-                    let xk = xp.add(xidx(k / 2, 0));
+                    let xk = xc.add(p);
                     for j in 0..MT {
                         let xv = _mm512_set1_epi32(*xk.add(j * CP) as i32);
                         lo[j] = _mm512_dpwssd_epi32(lo[j], w0, xv);
