@@ -106,6 +106,11 @@ mod x86 {
         }
     }
 
+    /// Query rows per block: the rows' FMA chains (scores over `d`, context over `j`) are
+    /// independent, so a block of rows keeps several in flight where one row alone waits on
+    /// each FMA's latency. Each row's operations and their order are unchanged.
+    const R: usize = 4;
+
     /// # Safety
     /// AVX-512F must be available; `HeadLayout::check` must have passed.
     #[target_feature(enable = "avx512f")]
@@ -117,50 +122,87 @@ mod x86 {
     ) {
         let (len, hd) = (l.len, l.head_dim);
         let lp = len.div_ceil(16) * 16;
-        // Kᵀ of this head, `hd × lp`, zero past `len`.
-        s.kt.clear();
-        s.kt.resize(hd * lp, 0.0);
+        // Kᵀ of this head, `hd × lp`, zero past `len` (every element written below, so the
+        // buffer is only grown, never cleared).
+        if s.kt.len() < hd * lp {
+            s.kt.resize(hd * lp, 0.0);
+        }
+        for d in 0..hd {
+            s.kt[d * lp + len..(d + 1) * lp].fill(0.0);
+        }
         for j in 0..len {
             let k = &qkv[j * l.stride + l.k..][..hd];
             for d in 0..hd {
                 s.kt[d * lp + j] = k[d];
             }
         }
-        s.e.clear();
-        s.e.resize(lp, 0.0);
+        if s.e.len() < R * lp {
+            s.e.resize(R * lp, 0.0);
+        }
         let (kt, e) = (s.kt.as_ptr(), s.e.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY (the calls): kt holds hd × lp, e holds R × lp; rows i..i + rows < len.
+        while i + R <= len {
+            unsafe { rows::<R>(qkv, l, out, kt, e, lp, i) };
+            i += R;
+        }
+        while i < len {
+            unsafe { rows::<1>(qkv, l, out, kt, e, lp, i) };
+            i += 1;
+        }
+    }
+
+    /// Query rows `i0..i0 + N` of `attend_avx512`.
+    ///
+    /// # Safety
+    /// AVX-512F; `HeadLayout::check` passed; `kt` holds `hd × lp` (Kᵀ, zero past `len`), `e`
+    /// holds `N × lp`; `i0 + N <= len`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const N: usize>(
+        qkv: &[f32],
+        l: &HeadLayout,
+        out: &mut [f32],
+        kt: *const f32,
+        e: *mut f32,
+        lp: usize,
+        i0: usize,
+    ) {
+        let (len, hd) = (l.len, l.head_dim);
         let base = qkv.as_ptr();
-        for i in 0..len {
-            // SAFETY: q row i, columns q..q + hd, is inside qkv (checked).
-            let q = unsafe { base.add(i * l.stride + l.q) };
-            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            for jc in (0..lp).step_by(16) {
-                let mut acc = _mm512_setzero_ps();
-                for d in 0..hd {
-                    // SAFETY: d < hd, jc + 16 <= lp; kt holds hd × lp.
-                    unsafe {
-                        acc = _mm512_fmadd_ps(
-                            _mm512_set1_ps(*q.add(d)),
-                            _mm512_loadu_ps(kt.add(d * lp + jc)),
-                            acc,
-                        );
+        // SAFETY: q rows i0..i0 + N, columns q..q + hd, are inside qkv (checked).
+        let q: [*const f32; N] =
+            std::array::from_fn(|r| unsafe { base.add((i0 + r) * l.stride + l.q) });
+        let mut vmax = [_mm512_set1_ps(f32::NEG_INFINITY); N];
+        for jc in (0..lp).step_by(16) {
+            let mut acc = [_mm512_setzero_ps(); N];
+            for d in 0..hd {
+                // SAFETY: d < hd, jc + 16 <= lp; kt holds hd × lp; q rows as above.
+                unsafe {
+                    let k = _mm512_loadu_ps(kt.add(d * lp + jc));
+                    for r in 0..N {
+                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*q[r].add(d)), k, acc[r]);
                     }
                 }
-                let sc = _mm512_mul_ps(acc, _mm512_set1_ps(l.scale));
-                let m = mask(len - jc);
-                vmax = _mm512_mask_max_ps(vmax, m, vmax, sc);
-                // SAFETY: e holds lp.
-                unsafe { _mm512_storeu_ps(e.add(jc), sc) };
             }
-            let m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+            let m = mask(len - jc);
+            for r in 0..N {
+                let sc = _mm512_mul_ps(acc[r], _mm512_set1_ps(l.scale));
+                vmax[r] = _mm512_mask_max_ps(vmax[r], m, vmax[r], sc);
+                // SAFETY: e holds N × lp.
+                unsafe { _mm512_storeu_ps(e.add(r * lp + jc), sc) };
+            }
+        }
+        let mut inv = [0f32; N];
+        for r in 0..N {
+            let m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[r]));
             let mut vsum = _mm512_setzero_ps();
             for jc in (0..lp).step_by(16) {
-                // SAFETY: e holds lp.
+                // SAFETY: e holds N × lp.
                 unsafe {
-                    let x = exp512(_mm512_sub_ps(_mm512_loadu_ps(e.add(jc)), m));
+                    let x = exp512(_mm512_sub_ps(_mm512_loadu_ps(e.add(r * lp + jc)), m));
                     let x = _mm512_maskz_mov_ps(mask(len - jc), x);
                     vsum = _mm512_add_ps(vsum, x);
-                    _mm512_storeu_ps(e.add(jc), x);
+                    _mm512_storeu_ps(e.add(r * lp + jc), x);
                 }
             }
             let mut lanes = [0f32; 16];
@@ -173,21 +215,27 @@ mod x86 {
                 }
                 w /= 2;
             }
-            let inv = 1.0 / lanes[0];
-            for dc in (0..hd).step_by(16) {
-                let dm = mask(hd - dc);
-                let mut acc = _mm512_setzero_ps();
-                for j in 0..len {
-                    // SAFETY: j < len <= lp; v row j, columns v + dc.. (masked to hd) is inside
-                    // qkv.
-                    unsafe {
-                        let p = _mm512_set1_ps(*e.add(j) * inv);
-                        let v = _mm512_maskz_loadu_ps(dm, base.add(j * l.stride + l.v + dc));
-                        acc = _mm512_fmadd_ps(p, v, acc);
+            inv[r] = 1.0 / lanes[0];
+        }
+        for dc in (0..hd).step_by(16) {
+            let dm = mask(hd - dc);
+            let mut acc = [_mm512_setzero_ps(); N];
+            for j in 0..len {
+                // SAFETY: j < len <= lp; v row j, columns v + dc.. (masked to hd) is inside
+                // qkv; e holds N × lp.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(dm, base.add(j * l.stride + l.v + dc));
+                    for r in 0..N {
+                        let p = _mm512_set1_ps(*e.add(r * lp + j) * inv[r]);
+                        acc[r] = _mm512_fmadd_ps(p, v, acc[r]);
                     }
                 }
-                // SAFETY: out holds len × hd; the mask stops at hd.
-                unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(i * hd + dc), dm, acc) };
+            }
+            for r in 0..N {
+                // SAFETY: out holds len × hd (i0 + r < len); the mask stops at hd.
+                unsafe {
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add((i0 + r) * hd + dc), dm, acc[r])
+                };
             }
         }
     }
@@ -207,7 +255,20 @@ mod tests {
             ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
         let mut s = AttnScratch::default();
-        for (len, hd, heads) in [(1, 32, 2), (5, 32, 3), (16, 32, 1), (17, 8, 2), (40, 20, 2)] {
+        // Row blocks of 4 with ragged tails; the scratch reused from larger to smaller shapes
+        // (stale values must not leak in).
+        let shapes = [
+            (1, 32, 2),
+            (5, 32, 3),
+            (16, 32, 1),
+            (17, 8, 2),
+            (40, 20, 2),
+            (7, 16, 2),
+            (15, 32, 1),
+            (23, 32, 1),
+            (2, 33, 1),
+        ];
+        for (len, hd, heads) in shapes {
             for (scale, spread) in [(0.17f32, 1.0f32), (0.5, 30.0)] {
                 let stride = 3 * hd * heads + 3;
                 let qkv: Vec<f32> = (0..len * stride).map(|_| rnd() * spread).collect();

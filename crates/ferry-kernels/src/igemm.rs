@@ -39,6 +39,20 @@ const MT: usize = 14;
 const TOK_BLOCK: usize = 8 * MT;
 /// Columns per exact integer chunk (see the bound in the module comment).
 pub const KCH: usize = 128;
+/// Column pairs per chunk: the segment of the activation layout (see `I16Scratch::q`).
+const CP: usize = KCH / 2;
+
+/// Words of one quantized token tile with `kp` values per row (whole chunks).
+fn tile_words(kp: usize) -> usize {
+    (kp / 2).div_ceil(CP) * MT * CP
+}
+
+/// Where pair `k2` of token `j` lies within a token tile.
+#[inline]
+fn xidx(k2: usize, j: usize) -> usize {
+    (k2 / CP) * MT * CP + j * CP + k2 % CP
+}
+
 /// Largest weight magnitude after quantization (12 bits).
 pub const W_MAX: i32 = 2047;
 /// Largest activation magnitude after quantization (14 bits).
@@ -138,9 +152,12 @@ impl PackedI16 {
 /// Quantized activations, reusable across calls.
 #[derive(Default)]
 pub struct I16Scratch {
-    /// Tiles of `MT` tokens (the last padded with zero tokens); within a tile, per column pair
-    /// `p`, the `MT` tokens' `(x[2p], x[2p + 1])` as one u32 (little end first, as two i16
-    /// lie in memory): the micro-kernel's broadcasts of a pair are `MT` consecutive words.
+    /// Tiles of `MT` tokens (the last padded with zero tokens); within a tile, per chunk of
+    /// `KCH` columns, per token, the chunk's `CP` column pairs `(x[2p], x[2p + 1])` as u32
+    /// (little end first, as two i16 lie in memory): index `xidx(p, j)`, `tile_words(kp)`
+    /// words per tile. A token's pairs in a chunk are contiguous (the quantizer copies them
+    /// straight from its row), and the micro-kernel's 14 broadcasts of a pair lie at fixed
+    /// distances (`CP` words) from one pointer.
     q: Vec<u32>,
     /// Per-token scale.
     s: Vec<f32>,
@@ -225,8 +242,8 @@ pub fn gemm_i16(
     gemm_with(isa(), pool, w, x, n_tokens, epi, out, scratch)
 }
 
-/// Quantize `n` token rows of `x` (`cols` each) into `s.q` (tiles of `MT` tokens × `kp / 2`
-/// pairs, see `I16Scratch`) and `s.s`. Every word up to the last whole tile is written (zero
+/// Quantize `n` token rows of `x` (`cols` each) into `s.q` (tiles of `MT` tokens, see
+/// `I16Scratch`) and `s.s`. Every word the kernels read is written (zero
 /// for the padding), so the buffer is never cleared.
 fn quantize_acts(
     isa: Isa,
@@ -238,8 +255,8 @@ fn quantize_acts(
     s: &mut I16Scratch,
 ) {
     let tiles = n.div_ceil(MT);
-    let pairs = kp / 2;
-    s.q.resize(tiles * MT * pairs, 0);
+    let (pairs, tw) = (kp / 2, tile_words(kp));
+    s.q.resize(tiles * tw, 0);
     s.s.clear();
     s.s.resize(n, 0.0);
     let p = QPtr(s.q.as_mut_ptr(), s.s.as_mut_ptr());
@@ -249,10 +266,9 @@ fn quantize_acts(
             let row_q = &mut *cell.borrow_mut();
             row_q.clear();
             row_q.resize(kp, 0);
-            // SAFETY: tile `tile` of `q` (MT × pairs words inside tiles × MT × pairs) and the
-            // scales of its tokens belong to this task only.
-            let q =
-                unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * MT * pairs), MT * pairs) };
+            // SAFETY: tile `tile` of `q` (tw words inside tiles × tw) and the scales of its
+            // tokens belong to this task only.
+            let q = unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * tw), tw) };
             for j in 0..MT {
                 let t = tile * MT + j;
                 if t < n {
@@ -266,11 +282,17 @@ fn quantize_acts(
                     };
                     // SAFETY: as above (token t < n of this tile).
                     unsafe { *p.1.add(t) = sc };
-                    for (d, pr) in q[j..].iter_mut().step_by(MT).zip(row_q.chunks_exact(2)) {
-                        *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
+                    // Chunk by chunk: CP contiguous words (the odd column's pad stays 0).
+                    for (c, pr) in row_q.chunks(KCH).enumerate() {
+                        let d = &mut q[xidx(c * CP, j)..][..pr.len() / 2];
+                        for (d, pr) in d.iter_mut().zip(pr.chunks_exact(2)) {
+                            *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
+                        }
                     }
                 } else {
-                    q[j..].iter_mut().step_by(MT).for_each(|d| *d = 0);
+                    for c in 0..pairs.div_ceil(CP) {
+                        q[xidx(c * CP, j)..][..CP].fill(0);
+                    }
                 }
             }
         })
@@ -333,7 +355,8 @@ fn gemm_with(
         while t < t1 {
             let nt = MT.min(t1 - t);
             // Always a whole tile: the quantized activations are padded to MT tokens.
-            let xs = &xq[t * kp / 2..(t + MT) * kp / 2];
+            let tw = tile_words(kp);
+            let xs = &xq[t / MT * tw..][..tw];
             let tile = Tile {
                 kp,
                 nt,
@@ -351,7 +374,7 @@ fn gemm_with(
                 Isa::Portable => portable(panel, xs, &tile),
                 // SAFETY: the features were detected by `isa()` (or by the test that picked
                 // the ISA); slices are sized as the kernels read them (panel kp × 32, xs
-                // kp / 2 × MT words); `dst` as above.
+                // tile_words(kp) words); `dst` as above.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { x86::avx2(panel, xs, &tile) },
                 #[cfg(target_arch = "x86_64")]
@@ -401,7 +424,7 @@ fn portable(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         for c in 0..pairs.div_ceil(KCH / 2) {
             let mut isum = [0i32; PR];
             for k2 in c * KCH / 2..((c + 1) * KCH / 2).min(pairs) {
-                let v = xs[k2 * MT + j];
+                let v = xs[xidx(k2, j)];
                 let (x0, x1) = (v as u16 as i16 as i32, (v >> 16) as u16 as i16 as i32);
                 let wk = &panel[k2 * 2 * PR..][..2 * PR];
                 for i in 0..PR {
@@ -421,7 +444,7 @@ fn portable(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{store_tile, Tile, KCH, MT, PR, X_MAX};
+    use super::{store_tile, tile_words, xidx, Tile, CP, KCH, MT, PR, X_MAX};
     use crate::vmath::x86::gelu512;
 
     /// AVX-512 VNNI: 28 i32 accumulators (32 rows × 14 tokens) per chunk of `KCH` columns; per
@@ -430,29 +453,39 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F and AVX-512 VNNI must be available; `panel` holds `kp × 32` values, `xs`
-    /// `kp / 2 × MT` pairs; rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the
+    /// `tile_words(kp)` words (`I16Scratch::q`); rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the
     /// caller's.
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn vnni512(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         let kp = t.kp;
-        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
+        assert!(panel.len() >= kp * PR && xs.len() >= tile_words(kp) && t.nt <= MT && t.nr <= PR);
         assert!(t.sw.len() >= PR && t.sx.len() >= t.nt);
-        let mut facc = [[_mm512_setzero_ps(); 2]; MT];
+        if kp == 0 {
+            // No columns: nothing to sum (the code below needs a first chunk).
+            super::portable(panel, xs, t);
+            return;
+        }
+        // Written by the first chunk (k0 == 0, which always runs since kp > 0), so not zeroed
+        // here: zeroing these 28 vectors cost a 1792-byte memset per tile, ~4% of the encoder.
+        let mut facc = [[std::mem::MaybeUninit::<__m512>::uninit(); 2]; MT];
         let (wp, xp) = (panel.as_ptr(), xs.as_ptr());
         let mut k0 = 0;
         while k0 < kp {
             let pairs = KCH.min(kp - k0) / 2;
             let mut lo = [_mm512_setzero_si512(); MT];
             let mut hi = [_mm512_setzero_si512(); MT];
+            // This chunk's pairs of token 0 (`xidx(k0 / 2 + p, 0)`), hoisted out of the loop.
+            // SAFETY: k0 / 2 < kp / 2, inside the tile (checked above).
+            let xc = unsafe { xp.add(xidx(k0 / 2, 0)) };
             for p in 0..pairs {
                 let k = k0 + 2 * p;
-                // SAFETY: k + 1 < kp; the extents were checked above.
+                // SAFETY: k + 1 < kp and p < CP; the extents were checked above.
                 unsafe {
                     let w0 = _mm512_loadu_si512(wp.add(k * PR).cast());
                     let w1 = _mm512_loadu_si512(wp.add(k * PR + 32).cast());
-                    let xk = xp.add(k / 2 * MT);
+                    let xk = xc.add(p);
                     for j in 0..MT {
-                        let xv = _mm512_set1_epi32(*xk.add(j) as i32);
+                        let xv = _mm512_set1_epi32(*xk.add(j * CP) as i32);
                         lo[j] = _mm512_dpwssd_epi32(lo[j], w0, xv);
                         hi[j] = _mm512_dpwssd_epi32(hi[j], w1, xv);
                     }
@@ -461,9 +494,14 @@ mod x86 {
             for j in 0..MT {
                 let (a, b) = (_mm512_cvtepi32_ps(lo[j]), _mm512_cvtepi32_ps(hi[j]));
                 if k0 == 0 {
-                    facc[j] = [a, b];
+                    facc[j] = [std::mem::MaybeUninit::new(a), std::mem::MaybeUninit::new(b)];
                 } else {
-                    facc[j] = [_mm512_add_ps(facc[j][0], a), _mm512_add_ps(facc[j][1], b)];
+                    // SAFETY: written by the first chunk.
+                    let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
+                    facc[j] = [
+                        std::mem::MaybeUninit::new(_mm512_add_ps(fa, a)),
+                        std::mem::MaybeUninit::new(_mm512_add_ps(fb, b)),
+                    ];
                 }
             }
             k0 += 2 * pairs;
@@ -485,8 +523,10 @@ mod x86 {
         };
         for j in 0..t.nt {
             let sx = _mm512_set1_ps(t.sx[j]);
-            let mut a = _mm512_fmadd_ps(facc[j][0], _mm512_mul_ps(sw0, sx), b0);
-            let mut b = _mm512_fmadd_ps(facc[j][1], _mm512_mul_ps(sw1, sx), b1);
+            // SAFETY: kp > 0, so the first chunk wrote every entry.
+            let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
+            let mut a = _mm512_fmadd_ps(fa, _mm512_mul_ps(sw0, sx), b0);
+            let mut b = _mm512_fmadd_ps(fb, _mm512_mul_ps(sw1, sx), b1);
             if t.gelu {
                 a = gelu512(a);
                 b = gelu512(b);
@@ -549,7 +589,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn avx2(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         let kp = t.kp;
-        assert!(panel.len() >= kp * PR && xs.len() >= MT * kp / 2 && t.nt <= MT && t.nr <= PR);
+        assert!(panel.len() >= kp * PR && xs.len() >= tile_words(kp) && t.nt <= MT && t.nr <= PR);
         let mut acc = [0f32; PR * MT];
         let mut j0 = 0;
         while j0 < t.nt {
@@ -585,10 +625,10 @@ mod x86 {
     ) {
         let mut flo = [_mm256_setzero_ps(); T];
         let mut fhi = [_mm256_setzero_ps(); T];
-        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (kp / 2 × MT),
+        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (tile_words(kp)),
         // as the caller checked; k + 1 < kp.
         let w = unsafe { w.add(half * 32) };
-        let x = unsafe { x.add(j0) };
+        let x = unsafe { x.add(j0 * CP) };
         let mut k0 = 0;
         while k0 < kp {
             let pairs = KCH.min(kp - k0) / 2;
@@ -603,7 +643,7 @@ mod x86 {
                     )
                 };
                 for j in 0..T {
-                    let xv = _mm256_set1_epi32(unsafe { *x.add(k / 2 * MT + j) } as i32);
+                    let xv = _mm256_set1_epi32(unsafe { *x.add(xidx(k / 2, j)) } as i32);
                     lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(w0, xv));
                     hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(w1, xv));
                 }
@@ -706,6 +746,9 @@ mod tests {
             (64, 2 * KCH, 14),
             (9, KCH + 1, 101),
             (32, 3 * KCH + 7, 28),
+            // The model's widths.
+            (40, 384, 29),
+            (35, 1536, 15),
         ];
         for (rows, cols, n) in shapes {
             let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
