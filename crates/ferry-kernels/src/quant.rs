@@ -297,7 +297,9 @@ pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 /// Scalar reference dot product of one weight row `w` (type `ty`) with one activation row `a`
-/// already converted to `ty.vec_dot_type()`. `n` is the number of elements.
+/// already converted to `ty.vec_dot_type()`. `n` is the number of elements. For the 32-element
+/// block types it performs ggml-cpu's x86 float operations (`dot_blocks_x86`), which every SIMD
+/// backend reproduces bit for bit; the K-quants follow ggml's portable code.
 pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
@@ -522,7 +524,10 @@ mod tests {
         );
         let two24 = (1u32 << 24) as f32;
         assert_eq!(vec_dot_ref(GgmlType::Q8_0, 96, &w, &a), two24 + 2.0);
-        assert_eq!(hsum8_x86([two24, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]), two24 + 2.0);
+        assert_eq!(
+            hsum8_x86([two24, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+            two24 + 2.0
+        );
         // Lanes 0 and 4 meet first: 2^24 + 1 rounds to 2^24 before lane 1 comes in.
         assert_eq!(hsum8_x86([two24, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]), two24);
     }

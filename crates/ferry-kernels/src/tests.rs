@@ -502,7 +502,11 @@ fn kernels_give_llama_cpp_bits() {
         };
         let want = bits(take(4 * rows * nt));
         if has_gemm {
-            assert_eq!(bits(take(4 * rows * nt)), want, "{ty:?}: ggml's sgemm vs vec_dot");
+            assert_eq!(
+                bits(take(4 * rows * nt)),
+                want,
+                "{ty:?}: ggml's sgemm vs vec_dot"
+            );
         }
         let mut a = vec![0u8; arb * nt];
         for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
@@ -519,7 +523,16 @@ fn kernels_give_llama_cpp_bits() {
                 for t0 in (0..nt).step_by(k.max_t) {
                     let (nr, ntt) = (k.max_r.min(rows - r0), k.max_t.min(nt - t0));
                     let mut o = vec![0f32; nr * ntt];
-                    (k.f)(cols, nr, ntt, &w[r0 * wrb..], wrb, &a[t0 * arb..], arb, &mut o);
+                    (k.f)(
+                        cols,
+                        nr,
+                        ntt,
+                        &w[r0 * wrb..],
+                        wrb,
+                        &a[t0 * arb..],
+                        arb,
+                        &mut o,
+                    );
                     for i in 0..nr {
                         for j in 0..ntt {
                             got[(r0 + i) * nt + t0 + j] = o[i * ntt + j].to_bits();

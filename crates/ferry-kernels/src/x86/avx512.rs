@@ -1138,9 +1138,12 @@ prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 // llama.cpp runs on this kind of CPU) and of `avx2::dot_q*k`, bit for bit: the 16 integer lanes
 // are folded to ggml's 8 (lane i sums the elements with `(e mod 32) / 4 = i`; integer sums are
 // exact, so only the partition matters), converted once per super-block and accumulated as
-// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K/Q5_K's mins go to 4 more lanes of the same vector
-// as ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums. Q6_K's
-// `-32` is subtracted per i16 pair as ggml does (`maddubs(32, a)`).
+// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K's mins go to 4 more lanes of the same vector as
+// ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums; Q5_K's to
+// lane 8 alone as ggml's scalar `summs += (-d_a · dmin) · Σ` (the 4 products summed as integers
+// first). Q6_K's `-32` is subtracted as ggml does: lane k takes `32 · Σ bsums · scales` over
+// elements 32k..32k+32, not its own elements' offsets (`kernels_give_llama_cpp_bits` checks all
+// of this against llama.cpp's outputs).
 
 /// A K-quant weight block unpacked for the tiled kernel.
 #[derive(Clone, Copy)]
