@@ -242,13 +242,11 @@ fn prepared_kernels_are_bit_identical_to_plain_tiles() {
                     for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
                         quantize_row_act(at, xr, ar);
                     }
-                    // Prepared rows with some slack in the stride, filled with garbage first.
+                    // Prepared rows with some slack in the stride, filled with garbage first;
+                    // weights as the group of each tile's rows, prepared per tile.
                     let (pwb, pab) = ((pk.w_bytes)(cols) + 64, (pk.a_bytes)(cols) + 192);
-                    let mut pw = vec![0xA5u8; pwb * rows];
+                    let mut pw = vec![0xA5u8; pwb * pk.max_r.next_multiple_of(2)];
                     let mut pa = vec![0x5Au8; pab * nt];
-                    for r in 0..rows {
-                        (pk.prep_w)(cols, &w[r * wrb..(r + 1) * wrb], &mut pw[r * pwb..]);
-                    }
                     for t in 0..nt {
                         (pk.prep_a)(cols, &a[t * arb..(t + 1) * arb], &mut pa[t * pab..]);
                     }
@@ -263,7 +261,9 @@ fn prepared_kernels_are_bit_identical_to_plain_tiles() {
                     let what = format!("{} {ty:?} cols {cols} prepared", be.name);
                     let shape = (rows, nt, pk.max_r, pk.max_t);
                     checked += check_every_tile(&what, shape, &single, |nr, ntt, r0, t0, o| {
-                        (pk.f)(cols, nr, ntt, &pw[r0 * pwb..], pwb, &pa[t0 * pab..], pab, o)
+                        pw.fill(0xA5);
+                        (pk.prep_w)(cols, nr, &w[r0 * wrb..], wrb, &mut pw, pwb);
+                        (pk.f)(cols, nr, ntt, &pw, pwb, &pa[t0 * pab..], pab, o)
                     });
                 }
             }

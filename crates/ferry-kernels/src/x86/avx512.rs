@@ -359,19 +359,34 @@ impl Pair for Q80 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn step_pair<K: Pair>(w: &WP, a: &AP, acc: AccP) -> AccP {
-    let i = if K::MINS {
-        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q)
-    } else {
-        _mm512_dpbusd_epi32(_mm512_castps_si512(a.s), w.q, a.q)
-    };
     AccP {
-        v: _mm512_fmadd_ps(_mm512_mul_ps(w.d, a.d), _mm512_cvtepi32_ps(i), acc.v),
+        v: step_v::<K>(w.q, w.d, a.q, a.s, a.d, acc.v),
         m: if K::MINS {
             _mm512_fmadd_ps(w.m, a.s, acc.m)
         } else {
             acc.m
         },
     }
+}
+
+/// The `acc` part of `step_pair`: `fma(d_w · d_a, f32(Σ₄ q·a (+ offsets)), acc)`; `s` is used
+/// only without mins (the i32 offsets).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn step_v<K: Pair>(
+    wq: __m512i,
+    wd: __m512,
+    aq: __m512i,
+    s: __m512,
+    ad: __m512,
+    acc: __m512,
+) -> __m512 {
+    let i = if K::MINS {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, aq)
+    } else {
+        _mm512_dpbusd_epi32(_mm512_castps_si512(s), wq, aq)
+    };
+    _mm512_fmadd_ps(_mm512_mul_ps(wd, ad), _mm512_cvtepi32_ps(i), acc)
 }
 
 /// `hsum_float_8` of each 8-lane half: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
@@ -454,35 +469,57 @@ tile_wrapper!(tile_q4_1, Q41::WTY, tile_pair, Q41, 32);
 tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
 
 // ---------------------------------------------------------------------------------------------
-// Prepared operands for the row-pair types, per block: a weight block as one row's half of the
-// `WP` that `load_w` builds (quants as bytes, `d` and `m` as 8 f32 each), an activation block
-// as one half of the `AP` of `load_a` (quants, offsets or `s`, `d`): 3 × 32 = 96 bytes either
-// way. `tile_prep` joins two rows' halves into the `WP` of the pair (an absent second row is
-// all zero there, as in `load_w`), broadcasts the activation halves, and runs `tile_pair`'s
-// steps: the same float ops per (row, token), so the same bits. `matmul` prepares the
-// activations once per batch and each 4-row weight group once per 64 tokens.
+// Prepared operands for the row-pair types. A weight group is stored as row pairs, pair `p` at
+// `2p · ds`, each block of the pair (128 bytes) being the `q` and `d` of the `WP` that `load_w`
+// builds for it, whole: the quants of both rows, then both rows' `d` over 8 lanes each (an
+// absent second row is all zero, as in `load_w`), so the tile loads each vector of the pair
+// once. Q4_1's `m` of the whole group follow pair 0's blocks: 4 f32 per block (row order, zero
+// for absent rows), for `summs`, which the tile keeps 4 rows to a 128-bit vector per token
+// (`fma(m, s, summs)` per lane: ggml's op, lanes never mix). An activation row is its blocks'
+// quants (32 bytes, broadcast to both halves by the tile) with, without mins, the i32 offsets
+// (32 bytes), then every block's `d`, then (Q4_1) every block's `s`, one f32 each, which the
+// tile broadcasts. `tile_prep` runs `tile_pair`'s float ops per (row, token), so the same bits.
+// `matmul` prepares the activations once per batch and each 4-row weight group once per 64
+// tokens, both at cache-line aligned strides.
 
-/// Prepares one row of `n` elements.
+/// Prepares one activation row of `n` elements.
 type PrepFn = fn(usize, &[u8], &mut [u8]);
+/// Prepares a group of weight rows (`PreparedKernel::prep_w`).
+type PrepWFn = fn(usize, usize, &[u8], usize, &mut [u8], usize);
 
-/// Bytes of one prepared block (three 256-bit halves).
-const PREP_BLK: usize = 96;
+/// Bytes of one block of a prepared weight row pair: quants and `d`.
+const PAIR_BLK: usize = 128;
 
-fn prep_bytes(n: usize) -> usize {
-    (n / 32) * PREP_BLK
+/// Bytes per row of a prepared weight group (half a pair's blocks, and Q4_1's `m`).
+fn prep_w_bytes_pair<K: Pair>(n: usize) -> usize {
+    (n / 32) * (PAIR_BLK / 2 + if K::MINS { 8 } else { 0 })
+}
+
+/// Bytes of a prepared activation block's vectors: the quants, and the offsets without mins.
+const fn a_blk<K: Pair>() -> usize {
+    if K::MINS {
+        32
+    } else {
+        64
+    }
+}
+
+/// Bytes of a prepared activation row: the blocks' vectors, `d`, and Q4_1's `s`.
+fn prep_a_bytes_pair<K: Pair>(n: usize) -> usize {
+    (n / 32) * (a_blk::<K>() + if K::MINS { 8 } else { 4 })
 }
 
 fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
-    let h16 = |prep: PrepFn, f: TileFn| PreparedKernel {
+    let h16 = |prep_w: PrepWFn, prep: PrepFn, f: TileFn| PreparedKernel {
         w_bytes: prep_bytes_h16,
-        prep_w: prep,
+        prep_w,
         a_bytes: prep_bytes_h16,
         prep_a: prep,
         f,
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let tok2 = |prep_w: PrepFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+    let tok2 = |prep_w: PrepWFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
         w_bytes: prep_w_bytes_tok2,
         prep_w,
         a_bytes: prep_a_bytes_tok2,
@@ -491,20 +528,36 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) = match ty {
-        GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
-        GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+    type Bytes = (fn(usize) -> usize, fn(usize) -> usize);
+    let (w_bytes, prep_w, prep_a, f): (Bytes, PrepWFn, PrepFn, TileFn) = match ty {
+        GgmlType::F16 => return Some(h16(prep_w_f16, prep_f16, tile_prep_f16)),
+        GgmlType::BF16 => return Some(h16(prep_w_bf16, prep_bf16, tile_prep_bf16)),
         GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
         GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
-        GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
-        GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
-        GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
+        GgmlType::Q4_0 => (
+            (prep_w_bytes_pair::<Q40>, prep_a_bytes_pair::<Q40>),
+            prep_w_q4_0,
+            prep_a_q4_0,
+            tile_prep_q4_0,
+        ),
+        GgmlType::Q4_1 => (
+            (prep_w_bytes_pair::<Q41>, prep_a_bytes_pair::<Q41>),
+            prep_w_q4_1,
+            prep_a_q4_1,
+            tile_prep_q4_1,
+        ),
+        GgmlType::Q8_0 => (
+            (prep_w_bytes_pair::<Q80>, prep_a_bytes_pair::<Q80>),
+            prep_w_q8_0,
+            prep_a_q8_0,
+            tile_prep_q8_0,
+        ),
         _ => return None,
     };
     Some(PreparedKernel {
-        w_bytes: prep_bytes,
+        w_bytes: w_bytes.0,
         prep_w,
-        a_bytes: prep_bytes,
+        a_bytes: w_bytes.1,
         prep_a,
         f,
         max_r: MAX_R,
@@ -512,27 +565,40 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
     })
 }
 
-/// Store the low halves of three vectors at `dst`.
-#[inline]
+/// Prepare the `nr` weight rows of `nb` blocks at `src + i · ss` as row pairs at `dst + 2p · ds`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn store3_lo(dst: *mut u8, v: [__m512i; 3]) {
-    // SAFETY: the caller guarantees `PREP_BLK` writable bytes at `dst`.
+unsafe fn prep_w_pairs<K: Pair>(
+    nb: usize,
+    nr: usize,
+    src: *const u8,
+    ss: usize,
+    dst: *mut u8,
+    ds: usize,
+) {
+    // SAFETY (whole body): the caller checked the `nr` source rows and the group's length,
+    // `nr.next_multiple_of(2) · ds` bytes with `ds >= prep_w_bytes_pair(32 · nb)`.
     unsafe {
-        for (i, x) in v.into_iter().enumerate() {
-            _mm256_storeu_si256(dst.add(32 * i) as *mut __m256i, _mm512_castsi512_si256(x));
+        // Q4_1's `m` of the group, after pair 0's blocks; zero for absent rows.
+        let ms = dst.add(nb * PAIR_BLK) as *mut f32;
+        if K::MINS {
+            std::ptr::write_bytes(ms, 0, 4 * nb);
         }
-    }
-}
-
-/// Prepare the `nb` blocks of one weight row at `src` into `dst`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn prep_w_rows<K: Pair>(nb: usize, src: *const u8, dst: *mut u8) {
-    for b in 0..nb {
-        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
-        unsafe {
-            let w = K::load_w(src.add(b * K::WB), None);
-            let v = [w.q, _mm512_castps_si512(w.d), _mm512_castps_si512(w.m)];
-            store3_lo(dst.add(b * PREP_BLK), v);
+        for p in 0..nr.div_ceil(2) {
+            let r0 = src.add(2 * p * ss);
+            let r1 = (2 * p + 1 < nr).then(|| src.add((2 * p + 1) * ss));
+            for b in 0..nb {
+                let w = K::load_w(r0.add(b * K::WB), r1.map(|r| r.add(b * K::WB)));
+                let o = dst.add(2 * p * ds + b * PAIR_BLK);
+                _mm512_storeu_si512(o as *mut __m512i, w.q);
+                _mm512_storeu_ps(o.add(64) as *mut f32, w.d);
+                if K::MINS {
+                    let m = ms.add(4 * b + 2 * p);
+                    *m = _mm512_cvtss_f32(w.m);
+                    if r1.is_some() {
+                        *m.add(1) = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(w.m));
+                    }
+                }
+            }
         }
     }
 }
@@ -540,27 +606,22 @@ unsafe fn prep_w_rows<K: Pair>(nb: usize, src: *const u8, dst: *mut u8) {
 /// Prepare the `nb` blocks of one activation row at `src` into `dst`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn prep_a_rows<K: Pair>(nb: usize, src: *const u8, dst: *mut u8) {
-    for b in 0..nb {
-        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
-        unsafe {
-            let a = K::load_a(src.add(b * K::AB));
-            let v = [a.q, _mm512_castps_si512(a.s), _mm512_castps_si512(a.d)];
-            store3_lo(dst.add(b * PREP_BLK), v);
-        }
-    }
-}
-
-/// The 256-bit halves at `p0 + off` and `p1 + off` (zero when absent) as one vector.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn join2(p0: *const u8, p1: Option<*const u8>, off: usize) -> __m512i {
-    // SAFETY: the caller guarantees 32 readable bytes at each `p + off`.
+    // SAFETY: the caller checked the row (nb blocks) and the prepared row's length,
+    // `prep_a_bytes_pair(32 · nb)`.
     unsafe {
-        let lo = _mm256_loadu_si256(p0.add(off) as *const __m256i);
-        let hi = p1.map_or(_mm256_setzero_si256(), |p| {
-            _mm256_loadu_si256(p.add(off) as *const __m256i)
-        });
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        let ds = dst.add(nb * a_blk::<K>()) as *mut f32;
+        for b in 0..nb {
+            let a = K::load_a(src.add(b * K::AB));
+            let o = dst.add(b * a_blk::<K>());
+            _mm256_storeu_si256(o as *mut __m256i, _mm512_castsi512_si256(a.q));
+            *ds.add(b) = _mm512_cvtss_f32(a.d);
+            if K::MINS {
+                *ds.add(nb + b) = _mm512_cvtss_f32(a.s);
+            } else {
+                let s = _mm512_castsi512_si256(_mm512_castps_si512(a.s));
+                _mm256_storeu_si256(o.add(32) as *mut __m256i, s);
+            }
+        }
     }
 }
 
@@ -572,7 +633,7 @@ unsafe fn bcast2x(p: *const u8, off: usize) -> __m512i {
     unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(off) as *const __m256i)) }
 }
 
-/// `tile_pair` over prepared rows of `nb` blocks.
+/// `tile_pair` over prepared rows of `nb` blocks (layout above).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tile_prep<K: Pair, const R: usize, const T: usize>(
     nb: usize,
@@ -583,43 +644,66 @@ unsafe fn tile_prep<K: Pair, const R: usize, const T: usize>(
     out: *mut f32,
 ) {
     let np = R.div_ceil(2);
-    let z = _mm512_setzero_ps();
-    let mut acc = [[AccP { v: z, m: z }; T]; 2];
+    let mut acc = [[_mm512_setzero_ps(); T]; 2];
+    // Q4_1: `summs` of rows 0..4 (lanes) per token.
+    let mut summs = [_mm_setzero_ps(); T];
+    let ab = a_blk::<K>();
     for b in 0..nb {
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
         unsafe {
-            let wr = |r: usize| w.add(r * ws + b * PREP_BLK);
+            // Rows `r`, `r + 1` of the group: one pair, prepared whole (see `prep_w_pairs`).
             let pair = |r: usize| {
-                let (p0, p1) = (wr(r), (r + 1 < R).then(|| wr(r + 1)));
-                WP {
-                    q: join2(p0, p1, 0),
-                    d: _mm512_castsi512_ps(join2(p0, p1, 32)),
-                    m: if K::MINS {
-                        _mm512_castsi512_ps(join2(p0, p1, 64))
-                    } else {
-                        _mm512_setzero_ps()
-                    },
-                }
+                let o = w.add(r * ws + b * PAIR_BLK);
+                (
+                    _mm512_loadu_si512(o as *const __m512i),
+                    _mm512_loadu_ps(o.add(64) as *const f32),
+                )
             };
             let mut wv = [pair(0); 2];
             if np > 1 {
                 wv[1] = pair(2);
             }
+            let m = if K::MINS {
+                _mm_loadu_ps(w.add(nb * PAIR_BLK + 16 * b) as *const f32)
+            } else {
+                _mm_setzero_ps()
+            };
             for t in 0..T {
-                let p = a.add(t * as_ + b * PREP_BLK);
-                let av = AP {
-                    q: bcast2x(p, 0),
-                    s: _mm512_castsi512_ps(bcast2x(p, 32)),
-                    d: _mm512_castsi512_ps(bcast2x(p, 64)),
+                let p = a.add(t * as_);
+                let aq = bcast2x(p, b * ab);
+                let ad = _mm512_set1_ps(*(p.add(nb * ab + 4 * b) as *const f32));
+                let s = if K::MINS {
+                    let s = *(p.add(nb * ab + 4 * (nb + b)) as *const f32);
+                    summs[t] = _mm_fmadd_ps(m, _mm_set1_ps(s), summs[t]);
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_castsi512_ps(bcast2x(p, b * ab + 32))
                 };
                 for p in 0..np {
-                    acc[p][t] = step_pair::<K>(&wv[p], &av, acc[p][t]);
+                    acc[p][t] = step_v::<K>(wv[p].0, wv[p].1, aq, s, ad, acc[p][t]);
                 }
             }
         }
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { finish_pairs::<K, R, T>(&acc, out) }
+    for p in 0..np {
+        for t in 0..T {
+            let (mut s0, mut s1) = hsum_halves(acc[p][t]);
+            if K::MINS {
+                let mut m = [0f32; 4];
+                // SAFETY: `m` holds 4 floats.
+                unsafe { _mm_storeu_ps(m.as_mut_ptr(), summs[t]) };
+                s0 += m[2 * p];
+                s1 += m[2 * p + 1];
+            }
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe {
+                *out.add(2 * p * T + t) = s0;
+                if 2 * p + 1 < R {
+                    *out.add((2 * p + 1) * T + t) = s1;
+                }
+            }
+        }
+    }
 }
 
 /// The safe entry points of a prepared block kernel for `$k`: weight and activation
@@ -627,12 +711,15 @@ unsafe fn tile_prep<K: Pair, const R: usize, const T: usize>(
 /// tile (`$kernel`, stepping `$steps(n)` times over a row).
 macro_rules! prep_fns {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident;
-     $prep_w:ident, $prep_a:ident, $w_bytes:ident, $a_bytes:ident, $kernel:ident, $steps:expr) => {
-        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+     $prep_w:ident, $prep_a:ident, $w_bytes:expr, $a_bytes:expr, $kernel:ident, $steps:expr) => {
+        fn $pw(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
             let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= $w_bytes(n));
+            assert!((1..=MAX_R).contains(&nr));
+            assert!(ss >= rb && src.len() >= (nr - 1) * ss + rb);
+            assert!(ds >= $w_bytes(n) && dst.len() >= nr.next_multiple_of(2) * ds);
+            let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { $prep_w::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+            unsafe { $prep_w::<$k>(n / 32, nr, s, ss, d, ds) }
         }
         fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
             let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
@@ -653,7 +740,7 @@ macro_rules! prep_fns {
             let (pw, pa) = ($w_bytes(n), $a_bytes(n));
             assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
             assert!(
-                ws >= pw && w.len() >= (nr - 1) * ws + pw,
+                ws >= pw && w.len() >= nr.next_multiple_of(2) * ws,
                 "weight tile out of bounds"
             );
             assert!(
@@ -670,8 +757,8 @@ macro_rules! prep_fns {
 /// One block per step, two rows per vector.
 macro_rules! prep_fns_pair {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
-        prep_fns!($k, $pw, $pa, $tile; prep_w_rows, prep_a_rows, prep_bytes, prep_bytes,
-            tile_prep, |n: usize| n / 32);
+        prep_fns!($k, $pw, $pa, $tile; prep_w_pairs, prep_a_rows, (prep_w_bytes_pair::<$k>),
+            (prep_a_bytes_pair::<$k>), tile_prep, |n: usize| n / 32);
     };
 }
 prep_fns_pair!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
@@ -1023,6 +1110,22 @@ unsafe fn prep_w_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
     }
 }
 
+/// `prep_w_tok2` over a group of `nr` rows at `src + i · ss`, into `dst + i · ds`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_tok2_group<K: Tok2>(
+    nb: usize,
+    nr: usize,
+    src: *const u8,
+    ss: usize,
+    dst: *mut u8,
+    ds: usize,
+) {
+    for i in 0..nr {
+        // SAFETY: forwarded from the caller.
+        unsafe { prep_w_tok2::<K>(nb, src.add(i * ss), dst.add(i * ds)) }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn prep_a_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
     for b in 0..nb {
@@ -1122,7 +1225,7 @@ unsafe fn tile_prep_tok2<K: Tok2, const R: usize, const T: usize>(
 /// One block per step, two tokens per vector.
 macro_rules! prep_fns_tok2 {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
-        prep_fns!($k, $pw, $pa, $tile; prep_w_tok2, prep_a_tok2, prep_w_bytes_tok2,
+        prep_fns!($k, $pw, $pa, $tile; prep_w_tok2_group, prep_a_tok2, prep_w_bytes_tok2,
             prep_a_bytes_tok2, tile_prep_tok2, |n: usize| n / 32);
     };
 }
@@ -1636,11 +1739,18 @@ unsafe fn tile_prep_h16<K: Half16, const R: usize, const T: usize>(
 
 /// The safe entry points of the prepared 16-bit float kernels for `$k`.
 macro_rules! prep_fns_h16 {
-    ($k:ty, $prep:ident, $tile:ident) => {
+    ($k:ty, $prep_w:ident, $prep:ident, $tile:ident) => {
         fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
             assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_h16(n));
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
             unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        /// A weight group: `$prep` per row.
+        fn $prep_w(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
+            assert!((1..=MAX_R).contains(&nr) && ss >= 2 * n && ds >= prep_bytes_h16(n));
+            for i in 0..nr {
+                $prep(n, &src[i * ss..], &mut dst[i * ds..]);
+            }
         }
         fn $tile(
             n: usize,
@@ -1676,5 +1786,5 @@ macro_rules! prep_fns_h16 {
         }
     };
 }
-prep_fns_h16!(F16, prep_f16, tile_prep_f16);
-prep_fns_h16!(BF16, prep_bf16, tile_prep_bf16);
+prep_fns_h16!(F16, prep_w_f16, prep_f16, tile_prep_f16);
+prep_fns_h16!(BF16, prep_w_bf16, prep_bf16, tile_prep_bf16);
