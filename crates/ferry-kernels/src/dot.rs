@@ -42,12 +42,19 @@ pub(crate) struct TileKernel {
 /// row per batch instead of once per tile. For every (row, token) pair, `f` performs exactly
 /// the float operations of the backend's plain `TileKernel` on the same operands, so results
 /// are bit-identical to it (tested in `tests.rs`).
+///
+/// Weights are prepared a *group* of `nr <= max_r` rows at a time (the rows of one tile), so
+/// that a kernel may interleave rows it loads together (the row-pair kernels put both rows of
+/// a pair in one 64-byte vector per block). `f` then takes one such group as its weight tile,
+/// with the same `nr` and with `ws` the `ds` the group was prepared with.
 #[derive(Clone, Copy)]
 pub(crate) struct PreparedKernel {
-    /// Bytes of one prepared weight row of `n` elements.
+    /// Bytes per row of a prepared weight group of `n`-element rows; a group of `nr` rows
+    /// prepared with stride `ds >= w_bytes(n)` fills `nr.next_multiple_of(2) * ds` bytes.
     pub w_bytes: fn(n: usize) -> usize,
-    /// Prepare one weight row (`ty.row_bytes(n)` bytes) into `w_bytes(n)` bytes.
-    pub prep_w: fn(n: usize, src: &[u8], dst: &mut [u8]),
+    /// Prepare the `nr <= max_r` weight rows at `src[i * ss..]` (`ty.row_bytes(n)` bytes each)
+    /// into a group at `dst` of stride `ds` (see `w_bytes`).
+    pub prep_w: fn(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize),
     /// Bytes of one prepared activation row of `n` elements.
     pub a_bytes: fn(n: usize) -> usize,
     /// Prepare one activation row (in `ty.vec_dot_type()`) into `a_bytes(n)` bytes.

@@ -219,6 +219,17 @@ const MAX_ROW_CHUNK: usize = 128;
 /// (below it, preparing a weight row costs more than it saves). Either path gives the same bits.
 const PREP_MIN_TOKENS: usize = 8;
 
+/// Alignment of prepared rows: whole cache lines, so that a kernel's 64-byte loads of a prepared
+/// block never straddle two lines.
+const PREP_ALIGN: usize = 64;
+
+/// The first `len` bytes of `buf` from its first `PREP_ALIGN`-aligned byte on (grown as needed).
+fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    buf.resize(len + PREP_ALIGN, 0);
+    let off = buf.as_ptr().align_offset(PREP_ALIGN).min(PREP_ALIGN);
+    &mut buf[off..off + len]
+}
+
 thread_local! {
     /// Prepared weight rows of the current task (one row group at a time).
     static PREP_W: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -243,15 +254,17 @@ fn matmul_quantized(
     };
     let arb = act.len() / n_tokens;
     let cols = ws[0].cols;
-    // Prepared activations, once for the whole batch.
-    let pab = pk.map_or(0, |pk| (pk.a_bytes)(cols));
-    if let Some(pk) = pk {
-        prep.resize(pab * n_tokens, 0);
+    // Prepared activations, once for the whole batch; rows 64-byte aligned (see `aligned`).
+    let pab = pk.map_or(0, |pk| (pk.a_bytes)(cols).next_multiple_of(PREP_ALIGN));
+    let prep = if let Some(pk) = pk {
+        let prep = aligned(prep, pab * n_tokens);
         for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab)) {
             (pk.prep_a)(cols, src, dst);
         }
-    }
-    let prep = &prep[..];
+        &*prep
+    } else {
+        &[]
+    };
     let max_r = pk.map_or(k.max_r, |pk| pk.max_r);
     let tc = n_tokens.min(TOK_CHUNK);
     let n_tc = n_tokens.div_ceil(tc);
@@ -316,7 +329,8 @@ fn matmul_quantized(
 }
 
 /// One task of `matmul_quantized` with prepared operands: each group of `max_r` weight rows is
-/// prepared once, then run against every token tile of the task.
+/// prepared once (as one group, see `PreparedKernel`), then run against every token tile of
+/// the task.
 fn prepared_task(
     pk: &PreparedKernel,
     w: &Matrix<'_>,
@@ -327,16 +341,17 @@ fn prepared_task(
     tile: &mut [f32; 64],
     put: &mut impl FnMut(usize, usize, usize, usize, &[f32]),
 ) {
-    let (wrb, pwb) = (w.row_bytes(), (pk.w_bytes)(w.cols));
+    let (wrb, pwb) = (
+        w.row_bytes(),
+        (pk.w_bytes)(w.cols).next_multiple_of(PREP_ALIGN),
+    );
     PREP_W.with_borrow_mut(|pw| {
-        pw.resize(pwb * pk.max_r, 0);
+        let pw = aligned(pw, pwb * pk.max_r.next_multiple_of(2));
         let mut r = r0;
         while r < r1 {
             let nr = pk.max_r.min(r1 - r);
-            for i in 0..nr {
-                let src = &w.data[(r + i) * wrb..(r + i + 1) * wrb];
-                (pk.prep_w)(w.cols, src, &mut pw[i * pwb..(i + 1) * pwb]);
-            }
+            let src = &w.data[r * wrb..(r + nr) * wrb];
+            (pk.prep_w)(w.cols, nr, src, wrb, pw, pwb);
             let mut t = t0;
             while t < t1 {
                 let nt = pk.max_t.min(t1 - t);
@@ -345,7 +360,7 @@ fn prepared_task(
                     w.cols,
                     nr,
                     nt,
-                    &pw[..nr * pwb],
+                    &pw[..nr.next_multiple_of(2) * pwb],
                     pwb,
                     a,
                     pab,

@@ -297,7 +297,9 @@ pub fn quantize_row_act(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 /// Scalar reference dot product of one weight row `w` (type `ty`) with one activation row `a`
-/// already converted to `ty.vec_dot_type()`. `n` is the number of elements.
+/// already converted to `ty.vec_dot_type()`. `n` is the number of elements. For the 32-element
+/// block types it performs ggml-cpu's x86 float operations (`dot_blocks_x86`), which every SIMD
+/// backend reproduces bit for bit; the K-quants follow ggml's portable code.
 pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
@@ -307,66 +309,88 @@ pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
             dequantize_row(ty, a, &mut y);
             x.iter().zip(&y).map(|(p, q)| p * q).sum()
         }
-        GgmlType::Q4_0 => {
-            let mut sumf = 0f32;
-            for (bw, ba) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
-                let mut sumi = 0i32;
-                for j in 0..16 {
-                    let q = bw[2 + j];
-                    sumi += ((q & 0x0f) as i32 - 8) * (ba[2 + j] as i8) as i32;
-                    sumi += ((q >> 4) as i32 - 8) * (ba[2 + j + 16] as i8) as i32;
-                }
-                sumf += sumi as f32 * (rd_f16(bw, 0) * rd_f16(ba, 0));
-            }
-            sumf
-        }
-        GgmlType::Q4_1 => {
-            let mut sumf = 0f32;
-            for (bw, ba) in w.chunks_exact(20).zip(a.chunks_exact(36)) {
-                let mut sumi = 0i32;
-                for j in 0..16 {
-                    let q = bw[4 + j];
-                    sumi += (q & 0x0f) as i32 * (ba[4 + j] as i8) as i32;
-                    sumi += (q >> 4) as i32 * (ba[4 + j + 16] as i8) as i32;
-                }
-                sumf +=
-                    (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32 + rd_f16(bw, 2) * rd_f16(ba, 2);
-            }
-            sumf
-        }
-        // ggml's generic `ggml_vec_dot_q5_0_q8_0` / `ggml_vec_dot_q5_1_q8_1`.
-        GgmlType::Q5_0 => {
-            let mut sumf = 0f32;
-            for (bw, ba) in w.chunks_exact(22).zip(a.chunks_exact(34)) {
-                let q = q5_values(bw, 2, 16);
-                let sumi: i32 = (0..32).map(|j| q[j] * (ba[2 + j] as i8) as i32).sum();
-                sumf += (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32;
-            }
-            sumf
-        }
-        GgmlType::Q5_1 => {
-            let mut sumf = 0f32;
-            for (bw, ba) in w.chunks_exact(24).zip(a.chunks_exact(36)) {
-                let q = q5_values(bw, 4, 0);
-                let sumi: i32 = (0..32).map(|j| q[j] * (ba[4 + j] as i8) as i32).sum();
-                sumf +=
-                    (rd_f16(bw, 0) * rd_f16(ba, 0)) * sumi as f32 + rd_f16(bw, 2) * rd_f16(ba, 2);
-            }
-            sumf
-        }
-        GgmlType::Q8_0 => {
-            let mut sumf = 0f32;
-            for (bw, ba) in w.chunks_exact(34).zip(a.chunks_exact(34)) {
-                let mut sumi = 0i32;
-                for j in 0..32 {
-                    sumi += (bw[2 + j] as i8) as i32 * (ba[2 + j] as i8) as i32;
-                }
-                sumf += sumi as f32 * (rd_f16(bw, 0) * rd_f16(ba, 0));
-            }
-            sumf
-        }
+        // The 32-element block types follow ggml-cpu's x86 kernels (`ggml_vec_dot_q4_0_q8_0`,
+        // `_q4_1_q8_1`, `_q5_0_q8_0`, `_q5_1_q8_1`, `_q8_0_q8_0` with AVX2, and tinyBLAS's
+        // `tinyBLAS_Q0_AVX` for Q4_0/Q5_0/Q8_0 batches, which performs the same float ops per
+        // output): see `dot_blocks_x86`.
+        GgmlType::Q4_0 => dot_blocks_x86(w.chunks_exact(18), a.chunks_exact(34), |bw, ba| {
+            let q: [i32; 32] = std::array::from_fn(|j| {
+                let b = bw[2 + j % 16];
+                (if j < 16 { b & 0x0f } else { b >> 4 }) as i32 - 8
+            });
+            (q, q8(&ba[2..]), rd_f16(bw, 0) * rd_f16(ba, 0), None)
+        }),
+        GgmlType::Q4_1 => dot_blocks_x86(w.chunks_exact(20), a.chunks_exact(36), |bw, ba| {
+            let q: [i32; 32] = std::array::from_fn(|j| {
+                let b = bw[4 + j % 16];
+                (if j < 16 { b & 0x0f } else { b >> 4 }) as i32
+            });
+            let ms = (rd_f16(bw, 2), rd_f16(ba, 2));
+            (q, q8(&ba[4..]), rd_f16(bw, 0) * rd_f16(ba, 0), Some(ms))
+        }),
+        GgmlType::Q5_0 => dot_blocks_x86(w.chunks_exact(22), a.chunks_exact(34), |bw, ba| {
+            let q = q5_values(bw, 2, 16);
+            (q, q8(&ba[2..]), rd_f16(bw, 0) * rd_f16(ba, 0), None)
+        }),
+        GgmlType::Q5_1 => dot_blocks_x86(w.chunks_exact(24), a.chunks_exact(36), |bw, ba| {
+            let q = q5_values(bw, 4, 0);
+            let ms = (rd_f16(bw, 2), rd_f16(ba, 2));
+            (q, q8(&ba[4..]), rd_f16(bw, 0) * rd_f16(ba, 0), Some(ms))
+        }),
+        GgmlType::Q8_0 => dot_blocks_x86(w.chunks_exact(34), a.chunks_exact(34), |bw, ba| {
+            (
+                q8(&bw[2..]),
+                q8(&ba[2..]),
+                rd_f16(bw, 0) * rd_f16(ba, 0),
+                None,
+            )
+        }),
         GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => crate::quant_k::vec_dot_k_ref(ty, n, w, a),
         GgmlType::Q8_1 | GgmlType::Q8K => panic!("{} is not a weight type", ty.name()),
+    }
+}
+
+/// The 32 signed bytes at the start of `b` as integers.
+#[inline]
+fn q8(b: &[u8]) -> [i32; 32] {
+    std::array::from_fn(|j| (b[j] as i8) as i32)
+}
+
+/// ggml's horizontal sum of 8 f32 lanes on x86 (`hsum_float_8`, tinyBLAS's `hsum(__m256)`):
+/// the 128-bit halves added, then `movehl`, then `movehdup`.
+#[inline]
+pub(crate) fn hsum8_x86(x: [f32; 8]) -> f32 {
+    ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]))
+}
+
+/// The float arithmetic of ggml-cpu's x86 dot products of 32-element blocks, per output.
+/// `block(w, a)` gives a block's weight values and activation values in element order, the
+/// scale product `d_w · d_a` (one f32 multiply) and, for Q4_1/Q5_1, the pair `(m, s)`.
+/// Eight f32 lanes: for each block in order, lane `k` takes the exact integer
+/// `Σ w_e·a_e` over elements `4k..4k+4` (what `vpdpbusd` / `maddubs`+`madd` produce), and
+/// `lane = fma(d, f32(int), lane)`; the mins go to one scalar, `summs = fma(m, s, summs)`
+/// (GCC contracts ggml's `summs += m*s`, as its binaries show); the result is
+/// `hsum8_x86(lanes) + summs` (no `+ summs` without mins).
+fn dot_blocks_x86<'a>(
+    w: impl Iterator<Item = &'a [u8]>,
+    a: impl Iterator<Item = &'a [u8]>,
+    block: impl Fn(&[u8], &[u8]) -> ([i32; 32], [i32; 32], f32, Option<(f32, f32)>),
+) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = None;
+    for (bw, ba) in w.zip(a) {
+        let (qw, qa, d, ms) = block(bw, ba);
+        for (k, lane) in acc.iter_mut().enumerate() {
+            let i: i32 = (4 * k..4 * k + 4).map(|e| qw[e] * qa[e]).sum();
+            *lane = d.mul_add(i as f32, *lane);
+        }
+        if let Some((m, s)) = ms {
+            summs = Some(m.mul_add(s, summs.unwrap_or(0.0)));
+        }
+    }
+    match summs {
+        Some(s) => hsum8_x86(acc) + s,
+        None => hsum8_x86(acc),
     }
 }
 
@@ -480,6 +504,32 @@ mod tests {
                 "{ty:?}: {got} vs {want}"
             );
         }
+    }
+
+    /// The reference sums 8 lanes in ggml's x86 order, not block by block or lane by lane:
+    /// three Q8_0 blocks whose products land in lanes 0 (2^24), 1 (1) and 5 (1). ggml adds
+    /// lanes 1 and 5 first (exactly 2, then 2^24 + 2); summing blocks in order would round
+    /// each `2^24 + 1` back to 2^24.
+    #[test]
+    fn block_dots_sum_lanes_in_ggml_x86_order() {
+        let block = |d: f32, e: usize| {
+            let mut b = [0u8; 34];
+            wr_f16(&mut b, 0, d);
+            b[2 + e] = 1;
+            b
+        };
+        let (w, a): (Vec<u8>, Vec<u8>) = (
+            [block(4096.0, 0), block(1.0, 4), block(1.0, 20)].concat(),
+            [block(4096.0, 0), block(1.0, 4), block(1.0, 20)].concat(),
+        );
+        let two24 = (1u32 << 24) as f32;
+        assert_eq!(vec_dot_ref(GgmlType::Q8_0, 96, &w, &a), two24 + 2.0);
+        assert_eq!(
+            hsum8_x86([two24, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+            two24 + 2.0
+        );
+        // Lanes 0 and 4 meet first: 2^24 + 1 rounds to 2^24 before lane 1 comes in.
+        assert_eq!(hsum8_x86([two24, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]), two24);
     }
 
     #[test]

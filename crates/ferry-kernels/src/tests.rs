@@ -109,7 +109,7 @@ fn activations(n: usize, cols: usize, rng: &mut Rng, exact: bool) -> Vec<f32> {
 fn col_counts(ty: GgmlType) -> &'static [usize] {
     match ty.block_size() {
         1 => &[1, 7, 8, 33, 96, 100, 576],
-        32 => &[32, 64, 96, 160, 576],
+        32 => &[32, 64, 96, 160, 224, 576],
         _ => &[256, 512, 768],
     }
 }
@@ -153,7 +153,17 @@ fn check_backend_dots(be: &Backend, exact: bool) {
                     let wr = &w[r * wrb..(r + 1) * wrb];
                     let ar = &a[t * arb..(t + 1) * arb];
                     let want = vec_dot_ref(ty, cols, wr, ar);
-                    if exact {
+                    // The 32-element block types' reference follows ggml's x86 float ops (as
+                    // every backend's kernels do), so they must agree bit for bit.
+                    if ty.block_size() == 32 {
+                        assert_eq!(
+                            o[0].to_bits(),
+                            want.to_bits(),
+                            "{} {ty:?} cols {cols} ({r},{t}): {} vs ref {want}",
+                            be.name,
+                            o[0]
+                        );
+                    } else if exact {
                         assert_eq!(o[0], want, "{} {ty:?} cols {cols} ({r},{t})", be.name);
                     } else {
                         let tol = 2e-4 * abs_dot(ty, cols, wr, ar) + 1e-5;
@@ -232,13 +242,11 @@ fn prepared_kernels_are_bit_identical_to_plain_tiles() {
                     for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
                         quantize_row_act(at, xr, ar);
                     }
-                    // Prepared rows with some slack in the stride, filled with garbage first.
+                    // Prepared rows with some slack in the stride, filled with garbage first;
+                    // weights as the group of each tile's rows, prepared per tile.
                     let (pwb, pab) = ((pk.w_bytes)(cols) + 64, (pk.a_bytes)(cols) + 192);
-                    let mut pw = vec![0xA5u8; pwb * rows];
+                    let mut pw = vec![0xA5u8; pwb * pk.max_r.next_multiple_of(2)];
                     let mut pa = vec![0x5Au8; pab * nt];
-                    for r in 0..rows {
-                        (pk.prep_w)(cols, &w[r * wrb..(r + 1) * wrb], &mut pw[r * pwb..]);
-                    }
                     for t in 0..nt {
                         (pk.prep_a)(cols, &a[t * arb..(t + 1) * arb], &mut pa[t * pab..]);
                     }
@@ -253,7 +261,9 @@ fn prepared_kernels_are_bit_identical_to_plain_tiles() {
                     let what = format!("{} {ty:?} cols {cols} prepared", be.name);
                     let shape = (rows, nt, pk.max_r, pk.max_t);
                     checked += check_every_tile(&what, shape, &single, |nr, ntt, r0, t0, o| {
-                        (pk.f)(cols, nr, ntt, &pw[r0 * pwb..], pwb, &pa[t0 * pab..], pab, o)
+                        pw.fill(0xA5);
+                        (pk.prep_w)(cols, nr, &w[r0 * wrb..], wrb, &mut pw, pwb);
+                        (pk.f)(cols, nr, ntt, &pw, pwb, &pa[t0 * pab..], pab, o)
                     });
                 }
             }
@@ -276,8 +286,8 @@ fn fast_dots_are_exact_when_arithmetic_is_exact() {
     }
 }
 
-/// The Q5_0 and K-quant kernels of every SIMD backend reproduce ggml's AVX2 float arithmetic
-/// (the AVX2 backend's kernels for these types follow it op for op), so they agree bit for bit.
+/// The 32-element block and K-quant kernels of every SIMD backend reproduce ggml's x86 float
+/// arithmetic (the AVX2 backend's kernels follow it op for op), so they agree bit for bit.
 #[test]
 fn ggml_exact_kernels_agree_across_simd_backends() {
     let simd: Vec<&Backend> = available_backends()
@@ -286,7 +296,16 @@ fn ggml_exact_kernels_agree_across_simd_backends() {
         .collect();
     eprintln!("comparing {} SIMD backends", simd.len());
     let mut rng = Rng(99);
-    for ty in [GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ] {
         for &cols in col_counts(ty) {
             let (rows, nt) = (6, 5);
             let w = weights(ty, rows, cols, &mut rng, false);
@@ -432,4 +451,109 @@ fn simd_backends_are_detected_where_available() {
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         assert!(names.contains(&"avx2"));
     }
+}
+
+/// llama.cpp's own results (`tests/data/ggml_dots.bin`, made by `scripts/goldens/ggml_dots.c`
+/// from the libggml-cpu.so the fidelity goldens came from): random rows of every block weight
+/// type, activations quantized by ggml-cpu's x86 `quantize_row_q8_*`, and for every (row,
+/// token) pair the result of `ggml_vec_dot_*` (llama.cpp's single-token path) and, for
+/// Q4_0/Q5_0/Q8_0, of `llamafile_sgemm` (tinyBLAS, its batched path). Every SIMD backend's
+/// tiles must give these bits, and so must the scalar reference for the 32-element block types
+/// (whose float ops follow ggml's x86 order); the quantizers must give ggml's bytes.
+#[test]
+fn kernels_give_llama_cpp_bits() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_dots.bin");
+    let data = std::fs::read(path).unwrap();
+    assert_eq!(&data[..4], b"FGD1");
+    let mut pos = 4;
+    let u32_at = |pos: &mut usize| {
+        let v = u32::from_le_bytes(data[*pos..*pos + 4].try_into().unwrap());
+        *pos += 4;
+        v as usize
+    };
+    let count = u32_at(&mut pos);
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let id = u32_at(&mut pos);
+        let (rows, nt, cols, has_gemm) = (
+            u32_at(&mut pos),
+            u32_at(&mut pos),
+            u32_at(&mut pos),
+            u32_at(&mut pos) == 1,
+        );
+        let ty = GgmlType::from_id(id as u32).unwrap();
+        let at = ty.vec_dot_type();
+        let (wrb, arb) = (ty.row_bytes(cols).unwrap(), at.row_bytes(cols).unwrap());
+        let mut take = |n: usize| {
+            let s = &data[pos..pos + n];
+            pos += n;
+            s
+        };
+        let w = take(wrb * rows);
+        let x: Vec<f32> = take(4 * cols * nt)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let qa = take(arb * nt);
+        let bits = |b: &[u8]| -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        };
+        let want = bits(take(4 * rows * nt));
+        if has_gemm {
+            assert_eq!(
+                bits(take(4 * rows * nt)),
+                want,
+                "{ty:?}: ggml's sgemm vs vec_dot"
+            );
+        }
+        let mut a = vec![0u8; arb * nt];
+        for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
+            quantize_row_act(at, xr, ar);
+        }
+        assert!(a == qa, "{ty:?}: {at:?} activations differ from ggml's");
+        for be in available_backends() {
+            if be.name == "scalar" && ty.block_size() != 32 {
+                continue; // the K-quant scalar reference is ggml's portable code, not its x86 one
+            }
+            let k = (be.tile)(ty);
+            let mut got = vec![0u32; rows * nt];
+            for r0 in (0..rows).step_by(k.max_r) {
+                for t0 in (0..nt).step_by(k.max_t) {
+                    let (nr, ntt) = (k.max_r.min(rows - r0), k.max_t.min(nt - t0));
+                    let mut o = vec![0f32; nr * ntt];
+                    (k.f)(
+                        cols,
+                        nr,
+                        ntt,
+                        &w[r0 * wrb..],
+                        wrb,
+                        &a[t0 * arb..],
+                        arb,
+                        &mut o,
+                    );
+                    for i in 0..nr {
+                        for j in 0..ntt {
+                            got[(r0 + i) * nt + t0 + j] = o[i * ntt + j].to_bits();
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "{} {ty:?}: tiles vs llama.cpp", be.name);
+            if be.name == "scalar" {
+                let r: Vec<u32> = (0..rows * nt)
+                    .map(|i| {
+                        let (r, t) = (i / nt, i % nt);
+                        let (wr, ar) = (&w[r * wrb..][..wrb], &a[t * arb..][..arb]);
+                        vec_dot_ref(ty, cols, wr, ar).to_bits()
+                    })
+                    .collect();
+                assert_eq!(r, want, "{ty:?}: vec_dot_ref vs llama.cpp");
+            }
+        }
+        seen.push(ty);
+    }
+    assert_eq!(pos, data.len());
+    eprintln!("llama.cpp bits reproduced for {seen:?}");
 }

@@ -13,7 +13,8 @@
 //! `tests/data/llama_goldens.<TYPE>.json` holds llama.cpp's goldens for each. They run when
 //! `$FERRY_QUANTS_DIR` names the directory holding them; then every type that has goldens must
 //! be there with the recorded sha256, or the test fails. Without the variable they print that
-//! they were not run (CI covers Q4_1 only).
+//! they were not run (CI covers Q4_1 only). `FERRY_QUANTS_ONLY=Q8_0,Q4_0` restricts the
+//! per-type test to the named types (to iterate on one kernel).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -471,8 +472,19 @@ fn quants() -> Option<Vec<(String, PathBuf, Vec<Case>)>> {
     let text = std::fs::read_to_string(data_dir().join("quants.json")).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let files = doc["files"].as_object().expect("quants.json files");
+    // `FERRY_QUANTS_ONLY=Q8_0,Q4_0` checks only those types (for iterating on one kernel; the
+    // full run, without it, is what the fidelity requirement is judged on).
+    let only: Option<Vec<String>> = std::env::var("FERRY_QUANTS_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|t| t.trim().to_string()).collect());
     let mut out = Vec::new();
     for (name, info) in files {
+        if let Some(only) = &only {
+            if !only.contains(name) {
+                println!("{name}: skipped (FERRY_QUANTS_ONLY)");
+                continue;
+            }
+        }
         let golden = data_dir().join(format!("llama_goldens.{name}.json"));
         if !golden.exists() {
             println!(

@@ -151,7 +151,16 @@ trait Blk {
     unsafe fn load_a(p: *const u8) -> Self::A;
     /// Add one block's product to `acc`. The sequence of float ops depends on nothing but
     /// the two blocks, which is what makes tiling invisible in the results.
-    unsafe fn step(w: Self::W, a: Self::A, acc: __m256) -> __m256;
+    unsafe fn step(w: Self::W, a: Self::A, acc: Acc) -> Acc;
+    /// Whether `Acc::m` holds Q4_1/Q5_1's `summs`, added after the horizontal sum.
+    const MINS: bool = false;
+}
+
+/// ggml's accumulators per output: 8 lanes, and `summs` (lane 0) for the types with mins.
+#[derive(Clone, Copy)]
+struct Acc {
+    v: __m256,
+    m: __m128,
 }
 
 struct Q40;
@@ -164,15 +173,18 @@ struct Q80;
 struct WNib {
     q: __m256i,
     d: __m256,
-    m: __m256,
+    /// Q4_1/Q5_1: `m` in lane 0.
+    m: __m128,
 }
 
 #[derive(Clone, Copy)]
 struct A8 {
     q: __m256i,
     d: __m256,
-    /// Q8_1: `s` broadcast; Q8_0 for Q4_0: `8·Σq` as i32 (bit-cast).
+    /// Q8_0 for Q4_0/Q5_0: `k·Σ₄q` per i32 lane (bit-cast).
     s: __m256,
+    /// Q8_1: `s` in lane 0.
+    s1: __m128,
 }
 
 #[derive(Clone, Copy)]
@@ -239,7 +251,7 @@ impl Blk for Q41 {
     unsafe fn load_w(p: *const u8) -> WNib {
         // SAFETY: the caller guarantees a whole block at `p`.
         unsafe {
-            let m = _mm256_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32));
+            let m = _mm_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32));
             WNib {
                 q: unpack_nibbles(p.add(4)),
                 d: bcast_f16(p),
@@ -255,17 +267,22 @@ impl Blk for Q41 {
             A8 {
                 q: _mm256_loadu_si256(p.add(4) as *const __m256i),
                 d: bcast_f16(p),
-                s: bcast_f16(p.add(2)),
+                s: _mm256_setzero_ps(),
+                s1: _mm_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32)),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+    unsafe fn step(w: WNib, a: A8, acc: Acc) -> Acc {
+        // ggml: `acc = fma(d_w·d_a, f32(Σ₄ q·a), acc)`; `summs = fma(m, s, summs)` apart.
         let i = dot_u8i8(w.q, a.q);
-        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc);
-        _mm256_fmadd_ps(w.m, a.s, acc)
+        Acc {
+            v: _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc.v),
+            m: _mm_fmadd_ss(w.m, a.s1, acc.m),
+        }
     }
+    const MINS: bool = true;
 }
 
 impl Blk for Q40 {
@@ -282,7 +299,7 @@ impl Blk for Q40 {
             WNib {
                 q: unpack_nibbles(p.add(2)),
                 d: bcast_f16(p),
-                m: _mm256_setzero_ps(),
+                m: _mm_setzero_ps(),
             }
         }
     }
@@ -297,14 +314,18 @@ impl Blk for Q40 {
                 q,
                 d: bcast_f16(p),
                 s: _mm256_castsi256_ps(s8),
+                s1: _mm_setzero_ps(),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+    unsafe fn step(w: WNib, a: A8, acc: Acc) -> Acc {
         let i = _mm256_sub_epi32(dot_u8i8(w.q, a.q), _mm256_castps_si256(a.s));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc)
+        Acc {
+            v: _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc.v),
+            m: acc.m,
+        }
     }
 }
 
@@ -320,6 +341,7 @@ unsafe fn load_a80_bias(p: *const u8, k: i8) -> A8 {
             q,
             d: bcast_f16(p),
             s: _mm256_castsi256_ps(s),
+            s1: _mm_setzero_ps(),
         }
     }
 }
@@ -338,7 +360,7 @@ impl Blk for Q50 {
             WNib {
                 q: unpack_q5(p.add(6), p.add(2)),
                 d: bcast_f16(p),
-                m: _mm256_setzero_ps(),
+                m: _mm_setzero_ps(),
             }
         }
     }
@@ -350,10 +372,13 @@ impl Blk for Q50 {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+    unsafe fn step(w: WNib, a: A8, acc: Acc) -> Acc {
         // Σ (q - 16)·a = Σ q·a - 16·Σ a; q ≤ 31 keeps maddubs from saturating.
         let i = _mm256_sub_epi32(dot_u8i8(w.q, a.q), _mm256_castps_si256(a.s));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc)
+        Acc {
+            v: _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc.v),
+            m: acc.m,
+        }
     }
 }
 
@@ -368,7 +393,7 @@ impl Blk for Q51 {
     unsafe fn load_w(p: *const u8) -> WNib {
         // SAFETY: the caller guarantees a whole block at `p`.
         unsafe {
-            let m = _mm256_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32));
+            let m = _mm_cvtph_ps(_mm_cvtsi32_si128(rd16(p.add(2)) as u16 as i32));
             WNib {
                 q: unpack_q5(p.add(8), p.add(4)),
                 d: bcast_f16(p),
@@ -384,10 +409,11 @@ impl Blk for Q51 {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(w: WNib, a: A8, acc: __m256) -> __m256 {
+    unsafe fn step(w: WNib, a: A8, acc: Acc) -> Acc {
         // SAFETY: the same arithmetic as Q4_1 (5-bit quants, ≤ 31, do not saturate maddubs).
         unsafe { Q41::step(w, a, acc) }
     }
+    const MINS: bool = true;
 }
 
 impl Blk for Q80 {
@@ -418,15 +444,19 @@ impl Blk for Q80 {
                 q: _mm256_loadu_si256(p.add(2) as *const __m256i),
                 d: bcast_f16(p),
                 s: _mm256_setzero_ps(),
+                s1: _mm_setzero_ps(),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn step(w: W8, a: A8, acc: __m256) -> __m256 {
+    unsafe fn step(w: W8, a: A8, acc: Acc) -> Acc {
         // |w| · (a · sign w) = w · a; |w| ≤ 128 and |a| ≤ 127 keep maddubs from saturating.
         let i = dot_u8i8(w.qa, _mm256_sign_epi8(a.q, w.q));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc)
+        Acc {
+            v: _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(w.d, a.d), acc.v),
+            m: acc.m,
+        }
     }
 }
 
@@ -440,7 +470,11 @@ unsafe fn tile_blk<K: Blk, const R: usize, const T: usize>(
     as_: usize,
     out: *mut f32,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let z = Acc {
+        v: _mm256_setzero_ps(),
+        m: _mm_setzero_ps(),
+    };
+    let mut acc = [[z; T]; R];
     for b in 0..nb {
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
@@ -461,8 +495,11 @@ unsafe fn tile_blk<K: Blk, const R: usize, const T: usize>(
     }
     for r in 0..R {
         for t in 0..T {
+            let c = acc[r][t];
+            let s = hsum256(c.v);
+            let s = if K::MINS { s + _mm_cvtss_f32(c.m) } else { s };
             // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = hsum256(acc[r][t]) };
+            unsafe { *out.add(r * T + t) = s };
         }
     }
 }
@@ -654,7 +691,9 @@ unsafe fn dot_q4k(n: usize, x: *const u8, y: *const u8) -> f32 {
 unsafe fn dot_q5k(n: usize, x: *const u8, y: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
+    // ggml's Q5_K (unlike its Q4_K) sums the mins' products as integers and accumulates them
+    // in one scalar: `summs += dmin · Σ` (an FMA in its binaries).
+    let mut summs = 0f32;
     for i in 0..n / QK_K {
         // SAFETY: block `i` of both rows is in bounds (checked by the wrapper).
         unsafe {
@@ -664,7 +703,10 @@ unsafe fn dot_q5k(n: usize, x: *const u8, y: *const u8) -> f32 {
             let d = yd * f16_to_f32(rd16(xb));
             let dmin = -yd * f16_to_f32(rd16(xb.add(2)));
             let (sc, mn) = unpack_scales_mins(std::slice::from_raw_parts(xb.add(4), 12));
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins(&mn, yb)), acc_m);
+            let m = k_mins(&mn, yb);
+            let z = _mm_setzero_si128();
+            let m = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(m, z), z));
+            summs = dmin.mul_add(m as f32, summs);
             let mut hbits = _mm256_loadu_si256(xb.add(16) as *const __m256i);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
@@ -689,14 +731,13 @@ unsafe fn dot_q5k(n: usize, x: *const u8, y: *const u8) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
     }
-    hsum256(acc) + hsum128(acc_m)
+    hsum256(acc) + summs
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6k(n: usize, x: *const u8, y: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for i in 0..n / QK_K {
         // SAFETY: block `i` of both rows is in bounds (checked by the wrapper).
@@ -724,14 +765,20 @@ unsafe fn dot_q6k(n: usize, x: *const u8, y: *const u8) -> f32 {
                 ];
                 for (k, q) in q6.iter().enumerate() {
                     let a = _mm256_loadu_si256(yb.add(Q8K_QS + 128 * h + 32 * k) as *const __m256i);
-                    let p =
-                        _mm256_sub_epi16(_mm256_maddubs_epi16(*q, a), _mm256_maddubs_epi16(m32, a));
+                    let p = _mm256_maddubs_epi16(*q, a);
                     let s0 = *xb.add(192 + 8 * h + 2 * k) as i8 as i16;
                     let s1 = *xb.add(192 + 8 * h + 2 * k + 1) as i8 as i16;
                     let scv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
                 }
             }
+            // The -32 offset as ggml subtracts it: lane k takes -32 · Σ scale · a over the
+            // 32 elements 32k..32k+32 (sub-blocks 2k, 2k+1, from the activation's bsums), not
+            // over its own elements. The total is the same; the lanes, and so the float
+            // rounding, are ggml's.
+            let bs = _mm256_loadu_si256(yb.add(Q8K_BSUMS) as *const __m256i);
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.add(192) as *const __m128i));
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16)));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
         }
     }

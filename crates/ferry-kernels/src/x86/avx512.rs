@@ -1,6 +1,6 @@
 //! AVX-512 VNNI kernels, all tiled up to 4 weight rows × 4 tokens: the 32-element block types
-//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: two blocks per 512-bit step, integer products with
-//! `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
+//! (Q4_0, Q4_1, Q8_0: two weight rows per 512-bit vector; Q5_0, Q5_1: two tokens per vector;
+//! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
 //! rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
@@ -95,18 +95,57 @@ fn tile(ty: GgmlType) -> TileKernel {
     }
 }
 
-/// A pair of 32-element blocks (weights × activations) for the tiled kernel. When `two` is
-/// false only the first block exists and the second half of every vector is zero.
+// ---------------------------------------------------------------------------------------------
+// Q4_0, Q4_1 and Q8_0: one block per step and two weight rows per vector. The low 256 bits
+// carry row 2p, the high 256 bits row 2p + 1, each against the same activation block
+// broadcast to both halves. Each half performs exactly the float ops llama.cpp runs per output
+// on this kind of CPU, both in its single-token kernels (`ggml_vec_dot_q4_0_q8_0`,
+// `_q8_0_q8_0`, `_q4_1_q8_1`, AVX2 code) and in tinyBLAS's `tinyBLAS_Q0_AVX`, which computes
+// Q4_0/Q8_0 batches: per block `acc = fma(d_w · d_a, f32(Σ₄ q·a), acc)` in 8 lanes, Q4_1's
+// `summs = fma(m, s, summs)` in a separate accumulator, then `hsum_float_8(acc) (+ summs)`
+// (`quant::dot_blocks_x86` is the scalar statement). The halves never mix, so a row's result
+// does not depend on its neighbour, and a single token (decoding) still fills the vector.
+
+/// Block `b` of two weight rows (the second all zero when absent).
+#[derive(Clone, Copy)]
+struct WP {
+    /// Q4_0/Q4_1: the nibbles as bytes in element order; Q8_0: `w + 128` as u8.
+    q: __m512i,
+    /// Each row's `d` over its 8 lanes.
+    d: __m512,
+    /// Q4_1: each row's `m` over its 8 lanes (unused otherwise).
+    m: __m512,
+}
+
+/// One token's block, the same in both halves.
+#[derive(Clone, Copy)]
+struct AP {
+    q: __m512i,
+    d: __m512,
+    /// Q8_1 (for Q4_1): `s` in every lane. Q8_0: `-k·Σ₄ a` per i32 lane (bit-cast), the
+    /// integer offset that turns the unsigned product into the signed one (k = 8 for Q4_0,
+    /// 128 for Q8_0).
+    s: __m512,
+}
+
+/// Per row pair and token: the 8+8 lanes, and Q4_1's `summs` (each half's lanes all equal).
+#[derive(Clone, Copy)]
+struct AccP {
+    v: __m512,
+    m: __m512,
+}
+
+/// A 32-element block type for the row-pair kernels.
 trait Pair {
     const WB: usize;
     const AB: usize;
     const WTY: GgmlType;
-    type W: Copy;
-    type A: Copy;
-    unsafe fn load_w(p: *const u8, two: bool) -> Self::W;
-    unsafe fn load_a(p: *const u8, two: bool) -> Self::A;
-    /// Add the pair's product to `acc`; the float ops depend only on the two operands.
-    unsafe fn step(w: Self::W, a: Self::A, acc: __m512) -> __m512;
+    /// Whether the type has mins (Q4_1), accumulated apart as `summs`.
+    const MINS: bool;
+    /// The blocks at `p0` (row 2p) and `p1` (row 2p + 1, when there is one).
+    unsafe fn load_w(p0: *const u8, p1: Option<*const u8>) -> WP;
+    /// The activation block at `p`, in both halves.
+    unsafe fn load_a(p: *const u8) -> AP;
 }
 
 struct Q40;
@@ -114,23 +153,6 @@ struct Q41;
 struct Q50;
 struct Q51;
 struct Q80;
-
-#[derive(Clone, Copy)]
-struct WP {
-    q: __m512i,
-    d: __m512,
-    /// Q4_1: the two mins in lanes 0 and 8, zero elsewhere.
-    m: __m512,
-}
-
-#[derive(Clone, Copy)]
-struct AP {
-    q: __m512i,
-    d: __m512,
-    /// Q8_1: `s` of each block, broadcast over its 8 lanes. Q8_0: the integer offset that
-    /// turns the unsigned product into the signed one, bit-cast.
-    s: __m512,
-}
 
 /// Byte permutation putting the 16 packed nibble bytes of block 0 (at `o0`) twice in bytes
 /// 0..32 and those of block 1 (at `o1`) twice in bytes 32..64.
@@ -145,14 +167,14 @@ const fn nib_idx(o0: usize, o1: usize) -> [u8; 64] {
     t
 }
 
-static IDX_Q41: [u8; 64] = nib_idx(4, 24);
-static IDX_Q40: [u8; 64] = nib_idx(2, 20);
+/// Two rows' Q4_1 / Q4_0 blocks, loaded at bytes 0 and 32.
+static IDX_Q41: [u8; 64] = nib_idx(4, 36);
+static IDX_Q40: [u8; 64] = nib_idx(2, 34);
 /// Per-16-bit-lane shifts: low nibbles for bytes 0..16 of each block, high for 16..32.
 static NIB_SHIFT: [u16; 32] = [
     0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4,
 ];
-/// Word permutations: f16 scale of block 0 (word `a`) over lanes 0..8, of block 1 (word `b`)
-/// over lanes 8..16.
+/// Word permutations: word `a` over lanes 0..8, word `b` over lanes 8..16.
 const fn bcast2(a: u16, b: u16) -> [u16; 32] {
     let mut t = [0u16; 32];
     let mut i = 0;
@@ -162,9 +184,9 @@ const fn bcast2(a: u16, b: u16) -> [u16; 32] {
     }
     t
 }
-static IDX_D41: [u16; 32] = bcast2(0, 10);
-static IDX_M41: [u16; 32] = bcast2(1, 11);
-static IDX_D40: [u16; 32] = bcast2(0, 9);
+/// The `d` (word 0) and Q4_1's `m` (word 1) of two rows' blocks loaded at bytes 0 and 32.
+static IDX_D2: [u16; 32] = bcast2(0, 16);
+static IDX_M2: [u16; 32] = bcast2(1, 17);
 /// Q5_0/Q5_1: the nibbles of one block in both halves, or of two consecutive blocks.
 static IDX_Q50: [u8; 64] = nib_idx(6, 6);
 static IDX_Q51: [u8; 64] = nib_idx(8, 8);
@@ -207,32 +229,44 @@ unsafe fn high_bits(p0: *const u8, stride: usize, two: bool) -> __m512i {
     _mm512_maskz_mov_epi8(h0 | (h1 << 32), _mm512_set1_epi8(0x10))
 }
 
-/// Two f16 scales, at `p` and `p + stride` (the second only if `two`), each broadcast over 8
-/// lanes as f32.
+/// The first `len` bytes of the blocks at `p0` and `p1` (zero when absent) at bytes 0 and 32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn scales2(p: *const u8, stride: usize, two: bool) -> __m512 {
-    // SAFETY: the caller guarantees the scales are readable.
+unsafe fn raw_pair(p0: *const u8, p1: Option<*const u8>, len: u32) -> __m512i {
+    let mask: u32 = (1 << len) - 1;
+    // SAFETY: the masked loads touch only the first `len` bytes at `p0` and `p1`, which the
+    // caller guarantees readable.
     unsafe {
-        let d0 = avx2::rd16(p);
-        let d1 = if two { avx2::rd16(p.add(stride)) } else { 0 };
-        _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(d1), _mm_set1_epi16(d0)))
+        let lo = _mm256_maskz_loadu_epi8(mask, p0 as *const i8);
+        let hi = p1.map_or(_mm256_setzero_si256(), |p| {
+            _mm256_maskz_loadu_epi8(mask, p as *const i8)
+        });
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
     }
 }
 
-/// Two 32-byte quant runs, at `p` and `p + stride` (the second zero unless `two`).
+/// The f16 at word `i` of each half of `raw`, over that half's 8 lanes, as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn quants2(p: *const u8, stride: usize, two: bool) -> __m512i {
-    // SAFETY: the caller guarantees the runs are readable.
+unsafe fn halves_f16(raw: __m512i, idx: &[u16; 32]) -> __m512 {
+    // SAFETY: table load.
+    let idx = unsafe { ld512(idx) };
+    _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)))
+}
+
+/// A Q8_0 activation block in both halves, with `-k·Σ₄ a` per i32 lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_a80(p: *const u8, k: i8) -> AP {
+    // SAFETY: the caller guarantees a whole block at `p`.
     unsafe {
-        let q0 = _mm256_loadu_si256(p as *const __m256i);
-        let q1 = if two {
-            _mm256_loadu_si256(p.add(stride) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q0), q1)
+        let q = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(2) as *const __m256i));
+        let ks = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(k), q);
+        AP {
+            q,
+            d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+            s: _mm512_castsi512_ps(_mm512_sub_epi32(_mm512_setzero_si512(), ks)),
+        }
     }
 }
 
@@ -240,61 +274,30 @@ impl Pair for Q41 {
     const WB: usize = 20;
     const AB: usize = 36;
     const WTY: GgmlType = GgmlType::Q4_1;
-    type W = WP;
-    type A = AP;
+    const MINS: bool = true;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_w(p: *const u8, two: bool) -> WP {
-        let mask: u64 = if two { (1 << 40) - 1 } else { (1 << 20) - 1 };
-        // SAFETY: the masked load touches only the pair's bytes; tables are 64 bytes.
+    unsafe fn load_w(p0: *const u8, p1: Option<*const u8>) -> WP {
+        // SAFETY: whole blocks at `p0` and `p1` (the caller's guarantee); tables are 64 bytes.
         unsafe {
-            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
-            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
-                ld512(&IDX_D41),
-                raw,
-            )));
-            let m = _mm512_maskz_permutexvar_epi16(0x0101, ld512(&IDX_M41), raw);
+            let raw = raw_pair(p0, p1, 20);
             WP {
                 q: nibbles(raw, &IDX_Q41),
-                d,
-                m: _mm512_cvtph_ps(_mm512_castsi512_si256(m)),
+                d: halves_f16(raw, &IDX_D2),
+                m: halves_f16(raw, &IDX_M2),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_a(p: *const u8, two: bool) -> AP {
-        // SAFETY: the caller guarantees the pair (or the single block) is readable.
+    unsafe fn load_a(p: *const u8) -> AP {
+        // SAFETY: the caller guarantees a whole block at `p`.
         unsafe {
             AP {
-                q: quants2(p.add(4), 36, two),
-                d: scales2(p, 36, two),
-                s: scales2(p.add(2), 36, two),
+                q: _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(4) as *const __m256i)),
+                d: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p))),
+                s: _mm512_cvtph_ps(_mm256_set1_epi16(avx2::rd16(p.add(2)))),
             }
-        }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
-        let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.q, a.q);
-        let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.d, a.d), acc);
-        _mm512_fmadd_ps(w.m, a.s, acc)
-    }
-}
-
-/// Q8_0 activations with `-k·Σq` per lane group (k = 8 for Q4_0, 128 for Q8_0).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn load_a80(p: *const u8, two: bool, k: i8) -> AP {
-    // SAFETY: the caller guarantees the pair (or the single block) is readable.
-    unsafe {
-        let q = quants2(p.add(2), 34, two);
-        let ks = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(k), q);
-        let neg = _mm512_sub_epi32(_mm512_setzero_si512(), ks);
-        AP {
-            q,
-            d: scales2(p, 34, two),
-            s: _mm512_castsi512_ps(neg),
         }
     }
 }
@@ -303,38 +306,25 @@ impl Pair for Q40 {
     const WB: usize = 18;
     const AB: usize = 34;
     const WTY: GgmlType = GgmlType::Q4_0;
-    type W = WP;
-    type A = AP;
+    const MINS: bool = false;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_w(p: *const u8, two: bool) -> WP {
-        let mask: u64 = if two { (1 << 36) - 1 } else { (1 << 18) - 1 };
-        // SAFETY: the masked load touches only the pair's bytes; tables are 64 bytes.
+    unsafe fn load_w(p0: *const u8, p1: Option<*const u8>) -> WP {
+        // SAFETY: whole blocks at `p0` and `p1` (the caller's guarantee); tables are 64 bytes.
         unsafe {
-            let raw = _mm512_maskz_loadu_epi8(mask, p as *const i8);
-            let d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(
-                ld512(&IDX_D40),
-                raw,
-            )));
+            let raw = raw_pair(p0, p1, 18);
             WP {
                 q: nibbles(raw, &IDX_Q40),
-                d,
+                d: halves_f16(raw, &IDX_D2),
                 m: _mm512_setzero_ps(),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_a(p: *const u8, two: bool) -> AP {
-        // SAFETY: forwarded from the caller.
-        unsafe { load_a80(p, two, 8) }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
-        // Σ (q - 8)·a = Σ q·a - 8·Σ a, the latter preloaded as the accumulator.
-        let i = _mm512_dpbusd_epi32(_mm512_castps_si512(a.s), w.q, a.q);
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.d, a.d), acc)
+    unsafe fn load_a(p: *const u8) -> AP {
+        // SAFETY: forwarded from the caller. Σ (q - 8)·a = Σ q·a - 8·Σ a.
+        unsafe { load_a80(p, 8) }
     }
 }
 
@@ -342,37 +332,105 @@ impl Pair for Q80 {
     const WB: usize = 34;
     const AB: usize = 34;
     const WTY: GgmlType = GgmlType::Q8_0;
-    type W = WP;
-    type A = AP;
+    const MINS: bool = false;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_w(p: *const u8, two: bool) -> WP {
-        // SAFETY: the caller guarantees the pair (or the single block) is readable.
+    unsafe fn load_w(p0: *const u8, p1: Option<*const u8>) -> WP {
+        // SAFETY: whole blocks at `p0` and `p1` (the caller's guarantee).
         unsafe {
             // w + 128 as u8: the product becomes Σ (w+128)·a - 128·Σ a.
-            let q = _mm512_xor_si512(quants2(p.add(2), 34, two), _mm512_set1_epi8(-128));
+            let q = _mm512_xor_si512(quants_pair(p0, p1, 2), _mm512_set1_epi8(-128));
             WP {
                 q,
-                d: scales2(p, 34, two),
+                d: _mm512_cvtph_ps(f16_pair(p0, p1, 0)),
                 m: _mm512_setzero_ps(),
             }
         }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn load_a(p: *const u8, two: bool) -> AP {
+    unsafe fn load_a(p: *const u8) -> AP {
         // SAFETY: forwarded from the caller.
-        unsafe { load_a80(p, two, -128) }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-    unsafe fn step(w: WP, a: AP, acc: __m512) -> __m512 {
-        let i = _mm512_dpbusd_epi32(_mm512_castps_si512(a.s), w.q, a.q);
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(w.d, a.d), acc)
+        unsafe { load_a80(p, -128) }
     }
 }
 
-/// `R` weight rows × `T` activation rows over `nb` blocks, two blocks per step.
+/// One block of a row pair × one token: ggml's per-block float ops in each half.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn step_pair<K: Pair>(w: &WP, a: &AP, acc: AccP) -> AccP {
+    AccP {
+        v: step_v::<K>(w.q, w.d, a.q, a.s, a.d, acc.v),
+        m: if K::MINS {
+            _mm512_fmadd_ps(w.m, a.s, acc.m)
+        } else {
+            acc.m
+        },
+    }
+}
+
+/// The `acc` part of `step_pair`: `fma(d_w · d_a, f32(Σ₄ q·a (+ offsets)), acc)`; `s` is used
+/// only without mins (the i32 offsets).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn step_v<K: Pair>(
+    wq: __m512i,
+    wd: __m512,
+    aq: __m512i,
+    s: __m512,
+    ad: __m512,
+    acc: __m512,
+) -> __m512 {
+    let i = if K::MINS {
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, aq)
+    } else {
+        _mm512_dpbusd_epi32(_mm512_castps_si512(s), wq, aq)
+    };
+    _mm512_fmadd_ps(_mm512_mul_ps(wd, ad), _mm512_cvtepi32_ps(i), acc)
+}
+
+/// `hsum_float_8` of each 8-lane half: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn hsum_halves(x: __m512) -> (f32, f32) {
+    // 128-bit lanes swapped within each half: lane k + lane k+4.
+    let s = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
+    // `movehl` within each 128-bit lane, then `movehdup`.
+    let s = _mm512_add_ps(s, _mm512_permute_ps::<0b11_10_11_10>(s));
+    let s = _mm512_add_ps(s, _mm512_movehdup_ps(s));
+    (
+        _mm512_cvtss_f32(s),
+        _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(s)),
+    )
+}
+
+/// Write the results of `R` rows (in pairs) × `T` tokens.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn finish_pairs<K: Pair, const R: usize, const T: usize>(
+    acc: &[[AccP; T]; 2],
+    out: *mut f32,
+) {
+    for p in 0..R.div_ceil(2) {
+        for t in 0..T {
+            let c = acc[p][t];
+            let (mut s0, mut s1) = hsum_halves(c.v);
+            if K::MINS {
+                s0 += _mm512_cvtss_f32(c.m);
+                s1 += _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(c.m));
+            }
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe {
+                *out.add(2 * p * T + t) = s0;
+                if 2 * p + 1 < R {
+                    *out.add((2 * p + 1) * T + t) = s1;
+                }
+            }
+        }
+    }
+}
+
+/// `R` weight rows (in pairs) × `T` activation rows over `nb` blocks.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
     nb: usize,
@@ -382,35 +440,28 @@ unsafe fn tile_pair<K: Pair, const R: usize, const T: usize>(
     as_: usize,
     out: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    let mut b = 0;
-    while b < nb {
-        let two = b + 1 < nb;
-        // SAFETY: blocks `b` (and `b + 1` when `two`) of rows `< R` / `< T` lie inside the
-        // ranges `check_tile` verified.
+    // Row pairs: at most 2 (R ≤ 4); `np` of them are used.
+    let np = R.div_ceil(2);
+    let z = _mm512_setzero_ps();
+    let mut acc = [[AccP { v: z, m: z }; T]; 2];
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
-            let mut wv = [K::load_w(w.add(b * K::WB), two); R];
-            for (r, v) in wv.iter_mut().enumerate().skip(1) {
-                *v = K::load_w(w.add(r * ws + b * K::WB), two);
+            let wr = |r: usize| w.add(r * ws + b * K::WB);
+            let mut wv = [K::load_w(wr(0), (R > 1).then(|| wr(1))); 2];
+            if np > 1 {
+                wv[1] = K::load_w(wr(2), (R > 3).then(|| wr(3)));
             }
-            let mut av = [K::load_a(a.add(b * K::AB), two); T];
-            for (t, v) in av.iter_mut().enumerate().skip(1) {
-                *v = K::load_a(a.add(t * as_ + b * K::AB), two);
-            }
-            for r in 0..R {
-                for t in 0..T {
-                    acc[r][t] = K::step(wv[r], av[t], acc[r][t]);
+            for t in 0..T {
+                let av = K::load_a(a.add(t * as_ + b * K::AB));
+                for p in 0..np {
+                    acc[p][t] = step_pair::<K>(&wv[p], &av, acc[p][t]);
                 }
             }
         }
-        b += 2;
     }
-    for r in 0..R {
-        for t in 0..T {
-            // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
-        }
-    }
+    // SAFETY: forwarded from the caller.
+    unsafe { finish_pairs::<K, R, T>(&acc, out) }
 }
 
 tile_wrapper!(tile_q4_0, Q40::WTY, tile_pair, Q40, 32);
@@ -418,34 +469,57 @@ tile_wrapper!(tile_q4_1, Q41::WTY, tile_pair, Q41, 32);
 tile_wrapper!(tile_q8_0, Q80::WTY, tile_pair, Q80, 32);
 
 // ---------------------------------------------------------------------------------------------
-// Prepared operands for the pair types: each block pair of a weight row is stored as the `WP`
-// that `load_w` builds (nibbles split to bytes, scales as f32, Q4_1 mins), each pair of an
-// activation row as the `AP` of `load_a` (scales as f32, the Q8 sums' offsets), 3 vectors =
-// 192 bytes per pair either way. `tile_prep` then only loads them and runs the same `step`s
-// in the same order as `tile_pair`, so its bits are those of `tile_pair`. `matmul` prepares
-// the activations once per batch and each 4-row weight group once per 64 tokens.
+// Prepared operands for the row-pair types. A weight group is stored as row pairs, pair `p` at
+// `2p · ds`, each block of the pair (128 bytes) being the `q` and `d` of the `WP` that `load_w`
+// builds for it, whole: the quants of both rows, then both rows' `d` over 8 lanes each (an
+// absent second row is all zero, as in `load_w`), so the tile loads each vector of the pair
+// once. Q4_1's `m` of the whole group follow pair 0's blocks: 4 f32 per block (row order, zero
+// for absent rows), for `summs`, which the tile keeps 4 rows to a 128-bit vector per token
+// (`fma(m, s, summs)` per lane: ggml's op, lanes never mix). An activation row is its blocks'
+// quants (32 bytes, broadcast to both halves by the tile) with, without mins, the i32 offsets
+// (32 bytes), then every block's `d`, then (Q4_1) every block's `s`, one f32 each, which the
+// tile broadcasts. `tile_prep` runs `tile_pair`'s float ops per (row, token), so the same bits.
+// `matmul` prepares the activations once per batch and each 4-row weight group once per 64
+// tokens, both at cache-line aligned strides.
 
-/// Prepares one row of `n` elements.
+/// Prepares one activation row of `n` elements.
 type PrepFn = fn(usize, &[u8], &mut [u8]);
+/// Prepares a group of weight rows (`PreparedKernel::prep_w`).
+type PrepWFn = fn(usize, usize, &[u8], usize, &mut [u8], usize);
 
-/// Bytes of one prepared pair (three 512-bit vectors).
-const PREP_PAIR: usize = 192;
+/// Bytes of one block of a prepared weight row pair: quants and `d`.
+const PAIR_BLK: usize = 128;
 
-fn prep_bytes(n: usize) -> usize {
-    (n / 32).div_ceil(2) * PREP_PAIR
+/// Bytes per row of a prepared weight group (half a pair's blocks, and Q4_1's `m`).
+fn prep_w_bytes_pair<K: Pair>(n: usize) -> usize {
+    (n / 32) * (PAIR_BLK / 2 + if K::MINS { 8 } else { 0 })
+}
+
+/// Bytes of a prepared activation block's vectors: the quants, and the offsets without mins.
+const fn a_blk<K: Pair>() -> usize {
+    if K::MINS {
+        32
+    } else {
+        64
+    }
+}
+
+/// Bytes of a prepared activation row: the blocks' vectors, `d`, and Q4_1's `s`.
+fn prep_a_bytes_pair<K: Pair>(n: usize) -> usize {
+    (n / 32) * (a_blk::<K>() + if K::MINS { 8 } else { 4 })
 }
 
 fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
-    let h16 = |prep: PrepFn, f: TileFn| PreparedKernel {
+    let h16 = |prep_w: PrepWFn, prep: PrepFn, f: TileFn| PreparedKernel {
         w_bytes: prep_bytes_h16,
-        prep_w: prep,
+        prep_w,
         a_bytes: prep_bytes_h16,
         prep_a: prep,
         f,
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let tok2 = |prep_w: PrepFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+    let tok2 = |prep_w: PrepWFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
         w_bytes: prep_w_bytes_tok2,
         prep_w,
         a_bytes: prep_a_bytes_tok2,
@@ -454,20 +528,36 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
-    let (prep_w, prep_a, f): (PrepFn, PrepFn, TileFn) = match ty {
-        GgmlType::F16 => return Some(h16(prep_f16, tile_prep_f16)),
-        GgmlType::BF16 => return Some(h16(prep_bf16, tile_prep_bf16)),
+    type Bytes = (fn(usize) -> usize, fn(usize) -> usize);
+    let (w_bytes, prep_w, prep_a, f): (Bytes, PrepWFn, PrepFn, TileFn) = match ty {
+        GgmlType::F16 => return Some(h16(prep_w_f16, prep_f16, tile_prep_f16)),
+        GgmlType::BF16 => return Some(h16(prep_w_bf16, prep_bf16, tile_prep_bf16)),
         GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
         GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
-        GgmlType::Q4_0 => (prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0),
-        GgmlType::Q4_1 => (prep_w_q4_1, prep_a_q4_1, tile_prep_q4_1),
-        GgmlType::Q8_0 => (prep_w_q8_0, prep_a_q8_0, tile_prep_q8_0),
+        GgmlType::Q4_0 => (
+            (prep_w_bytes_pair::<Q40>, prep_a_bytes_pair::<Q40>),
+            prep_w_q4_0,
+            prep_a_q4_0,
+            tile_prep_q4_0,
+        ),
+        GgmlType::Q4_1 => (
+            (prep_w_bytes_pair::<Q41>, prep_a_bytes_pair::<Q41>),
+            prep_w_q4_1,
+            prep_a_q4_1,
+            tile_prep_q4_1,
+        ),
+        GgmlType::Q8_0 => (
+            (prep_w_bytes_pair::<Q80>, prep_a_bytes_pair::<Q80>),
+            prep_w_q8_0,
+            prep_a_q8_0,
+            tile_prep_q8_0,
+        ),
         _ => return None,
     };
     Some(PreparedKernel {
-        w_bytes: prep_bytes,
+        w_bytes: w_bytes.0,
         prep_w,
-        a_bytes: prep_bytes,
+        a_bytes: w_bytes.1,
         prep_a,
         f,
         max_r: MAX_R,
@@ -475,89 +565,143 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
     })
 }
 
-#[inline]
+/// Prepare the `nr` weight rows of `nb` blocks at `src + i · ss` as row pairs at `dst + 2p · ds`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn store3(dst: *mut u8, q: __m512i, d: __m512, m: __m512) {
-    // SAFETY: the caller guarantees `PREP_PAIR` writable bytes at `dst`.
+unsafe fn prep_w_pairs<K: Pair>(
+    nb: usize,
+    nr: usize,
+    src: *const u8,
+    ss: usize,
+    dst: *mut u8,
+    ds: usize,
+) {
+    // SAFETY (whole body): the caller checked the `nr` source rows and the group's length,
+    // `nr.next_multiple_of(2) · ds` bytes with `ds >= prep_w_bytes_pair(32 · nb)`.
     unsafe {
-        _mm512_storeu_si512(dst as *mut __m512i, q);
-        _mm512_storeu_ps(dst.add(64) as *mut f32, d);
-        _mm512_storeu_ps(dst.add(128) as *mut f32, m);
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn load3(p: *const u8) -> (__m512i, __m512, __m512) {
-    // SAFETY: the caller guarantees `PREP_PAIR` readable bytes at `p`.
-    unsafe {
-        (
-            _mm512_loadu_si512(p as *const __m512i),
-            _mm512_loadu_ps(p.add(64) as *const f32),
-            _mm512_loadu_ps(p.add(128) as *const f32),
-        )
-    }
-}
-
-/// Prepare the `nb` blocks of one weight row at `src` into `dst`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn prep_w_pairs<K: Pair<W = WP>>(nb: usize, src: *const u8, dst: *mut u8) {
-    for i in 0..nb.div_ceil(2) {
-        let b = 2 * i;
-        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
-        unsafe {
-            let w = K::load_w(src.add(b * K::WB), b + 1 < nb);
-            store3(dst.add(i * PREP_PAIR), w.q, w.d, w.m);
+        // Q4_1's `m` of the group, after pair 0's blocks; zero for absent rows.
+        let ms = dst.add(nb * PAIR_BLK) as *mut f32;
+        if K::MINS {
+            std::ptr::write_bytes(ms, 0, 4 * nb);
+        }
+        for p in 0..nr.div_ceil(2) {
+            let r0 = src.add(2 * p * ss);
+            let r1 = (2 * p + 1 < nr).then(|| src.add((2 * p + 1) * ss));
+            for b in 0..nb {
+                let w = K::load_w(r0.add(b * K::WB), r1.map(|r| r.add(b * K::WB)));
+                let o = dst.add(2 * p * ds + b * PAIR_BLK);
+                _mm512_storeu_si512(o as *mut __m512i, w.q);
+                _mm512_storeu_ps(o.add(64) as *mut f32, w.d);
+                if K::MINS {
+                    let m = ms.add(4 * b + 2 * p);
+                    *m = _mm512_cvtss_f32(w.m);
+                    if r1.is_some() {
+                        *m.add(1) = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(w.m));
+                    }
+                }
+            }
         }
     }
 }
 
 /// Prepare the `nb` blocks of one activation row at `src` into `dst`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn prep_a_pairs<K: Pair<A = AP>>(nb: usize, src: *const u8, dst: *mut u8) {
-    for i in 0..nb.div_ceil(2) {
-        let b = 2 * i;
-        // SAFETY: the caller checked the row (nb blocks) and the prepared row's length.
-        unsafe {
-            let a = K::load_a(src.add(b * K::AB), b + 1 < nb);
-            store3(dst.add(i * PREP_PAIR), a.q, a.d, a.s);
+unsafe fn prep_a_rows<K: Pair>(nb: usize, src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller checked the row (nb blocks) and the prepared row's length,
+    // `prep_a_bytes_pair(32 · nb)`.
+    unsafe {
+        let ds = dst.add(nb * a_blk::<K>()) as *mut f32;
+        for b in 0..nb {
+            let a = K::load_a(src.add(b * K::AB));
+            let o = dst.add(b * a_blk::<K>());
+            _mm256_storeu_si256(o as *mut __m256i, _mm512_castsi512_si256(a.q));
+            *ds.add(b) = _mm512_cvtss_f32(a.d);
+            if K::MINS {
+                *ds.add(nb + b) = _mm512_cvtss_f32(a.s);
+            } else {
+                let s = _mm512_castsi512_si256(_mm512_castps_si512(a.s));
+                _mm256_storeu_si256(o.add(32) as *mut __m256i, s);
+            }
         }
     }
 }
 
-/// `tile_pair` over prepared rows: `np` pairs per row.
+/// The 256-bit half at `p + off` in both halves.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn tile_prep<K: Pair<W = WP, A = AP>, const R: usize, const T: usize>(
-    np: usize,
+unsafe fn bcast2x(p: *const u8, off: usize) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p + off`.
+    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(off) as *const __m256i)) }
+}
+
+/// `tile_pair` over prepared rows of `nb` blocks (layout above).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep<K: Pair, const R: usize, const T: usize>(
+    nb: usize,
     w: *const u8,
     ws: usize,
     a: *const u8,
     as_: usize,
     out: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    for i in 0..np {
-        // SAFETY: pair `i` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
+    let np = R.div_ceil(2);
+    let mut acc = [[_mm512_setzero_ps(); T]; 2];
+    // Q4_1: `summs` of rows 0..4 (lanes) per token.
+    let mut summs = [_mm_setzero_ps(); T];
+    let ab = a_blk::<K>();
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges the wrapper checked.
         unsafe {
-            let wv: [WP; R] = std::array::from_fn(|r| {
-                let (q, d, m) = load3(w.add(r * ws + i * PREP_PAIR));
-                WP { q, d, m }
-            });
-            let av: [AP; T] = std::array::from_fn(|t| {
-                let (q, d, s) = load3(a.add(t * as_ + i * PREP_PAIR));
-                AP { q, d, s }
-            });
-            for r in 0..R {
-                for t in 0..T {
-                    acc[r][t] = K::step(wv[r], av[t], acc[r][t]);
+            // Rows `r`, `r + 1` of the group: one pair, prepared whole (see `prep_w_pairs`).
+            let pair = |r: usize| {
+                let o = w.add(r * ws + b * PAIR_BLK);
+                (
+                    _mm512_loadu_si512(o as *const __m512i),
+                    _mm512_loadu_ps(o.add(64) as *const f32),
+                )
+            };
+            let mut wv = [pair(0); 2];
+            if np > 1 {
+                wv[1] = pair(2);
+            }
+            let m = if K::MINS {
+                _mm_loadu_ps(w.add(nb * PAIR_BLK + 16 * b) as *const f32)
+            } else {
+                _mm_setzero_ps()
+            };
+            for t in 0..T {
+                let p = a.add(t * as_);
+                let aq = bcast2x(p, b * ab);
+                let ad = _mm512_set1_ps(*(p.add(nb * ab + 4 * b) as *const f32));
+                let s = if K::MINS {
+                    let s = *(p.add(nb * ab + 4 * (nb + b)) as *const f32);
+                    summs[t] = _mm_fmadd_ps(m, _mm_set1_ps(s), summs[t]);
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_castsi512_ps(bcast2x(p, b * ab + 32))
+                };
+                for p in 0..np {
+                    acc[p][t] = step_v::<K>(wv[p].0, wv[p].1, aq, s, ad, acc[p][t]);
                 }
             }
         }
     }
-    for r in 0..R {
+    for p in 0..np {
         for t in 0..T {
+            let (mut s0, mut s1) = hsum_halves(acc[p][t]);
+            if K::MINS {
+                let mut m = [0f32; 4];
+                // SAFETY: `m` holds 4 floats.
+                unsafe { _mm_storeu_ps(m.as_mut_ptr(), summs[t]) };
+                s0 += m[2 * p];
+                s1 += m[2 * p + 1];
+            }
             // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+            unsafe {
+                *out.add(2 * p * T + t) = s0;
+                if 2 * p + 1 < R {
+                    *out.add((2 * p + 1) * T + t) = s1;
+                }
+            }
         }
     }
 }
@@ -567,12 +711,15 @@ unsafe fn tile_prep<K: Pair<W = WP, A = AP>, const R: usize, const T: usize>(
 /// tile (`$kernel`, stepping `$steps(n)` times over a row).
 macro_rules! prep_fns {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident;
-     $prep_w:ident, $prep_a:ident, $w_bytes:ident, $a_bytes:ident, $kernel:ident, $steps:expr) => {
-        fn $pw(n: usize, src: &[u8], dst: &mut [u8]) {
+     $prep_w:ident, $prep_a:ident, $w_bytes:expr, $a_bytes:expr, $kernel:ident, $steps:expr) => {
+        fn $pw(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
             let rb = <$k>::WTY.row_bytes(n).expect("whole blocks");
-            assert!(src.len() >= rb && dst.len() >= $w_bytes(n));
+            assert!((1..=MAX_R).contains(&nr));
+            assert!(ss >= rb && src.len() >= (nr - 1) * ss + rb);
+            assert!(ds >= $w_bytes(n) && dst.len() >= nr.next_multiple_of(2) * ds);
+            let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { $prep_w::<$k>(n / 32, src.as_ptr(), dst.as_mut_ptr()) }
+            unsafe { $prep_w::<$k>(n / 32, nr, s, ss, d, ds) }
         }
         fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
             let rb = <$k>::WTY.vec_dot_type().row_bytes(n).expect("whole blocks");
@@ -593,7 +740,7 @@ macro_rules! prep_fns {
             let (pw, pa) = ($w_bytes(n), $a_bytes(n));
             assert!(n.is_multiple_of(32) && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
             assert!(
-                ws >= pw && w.len() >= (nr - 1) * ws + pw,
+                ws >= pw && w.len() >= nr.next_multiple_of(2) * ws,
                 "weight tile out of bounds"
             );
             assert!(
@@ -607,11 +754,11 @@ macro_rules! prep_fns {
         }
     };
 }
-/// Pairs of blocks per step.
+/// One block per step, two rows per vector.
 macro_rules! prep_fns_pair {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
-        prep_fns!($k, $pw, $pa, $tile; prep_w_pairs, prep_a_pairs, prep_bytes, prep_bytes,
-            tile_prep, |n: usize| (n / 32).div_ceil(2));
+        prep_fns!($k, $pw, $pa, $tile; prep_w_pairs, prep_a_rows, (prep_w_bytes_pair::<$k>),
+            (prep_a_bytes_pair::<$k>), tile_prep, |n: usize| n / 32);
     };
 }
 prep_fns_pair!(Q40, prep_w_q4_0, prep_a_q4_0, tile_prep_q4_0);
@@ -963,6 +1110,22 @@ unsafe fn prep_w_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
     }
 }
 
+/// `prep_w_tok2` over a group of `nr` rows at `src + i · ss`, into `dst + i · ds`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_tok2_group<K: Tok2>(
+    nb: usize,
+    nr: usize,
+    src: *const u8,
+    ss: usize,
+    dst: *mut u8,
+    ds: usize,
+) {
+    for i in 0..nr {
+        // SAFETY: forwarded from the caller.
+        unsafe { prep_w_tok2::<K>(nb, src.add(i * ss), dst.add(i * ds)) }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn prep_a_tok2<K: Tok2>(nb: usize, src: *const u8, dst: *mut u8) {
     for b in 0..nb {
@@ -1062,7 +1225,7 @@ unsafe fn tile_prep_tok2<K: Tok2, const R: usize, const T: usize>(
 /// One block per step, two tokens per vector.
 macro_rules! prep_fns_tok2 {
     ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
-        prep_fns!($k, $pw, $pa, $tile; prep_w_tok2, prep_a_tok2, prep_w_bytes_tok2,
+        prep_fns!($k, $pw, $pa, $tile; prep_w_tok2_group, prep_a_tok2, prep_w_bytes_tok2,
             prep_a_bytes_tok2, tile_prep_tok2, |n: usize| n / 32);
     };
 }
@@ -1078,9 +1241,12 @@ prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 // llama.cpp runs on this kind of CPU) and of `avx2::dot_q*k`, bit for bit: the 16 integer lanes
 // are folded to ggml's 8 (lane i sums the elements with `(e mod 32) / 4 = i`; integer sums are
 // exact, so only the partition matters), converted once per super-block and accumulated as
-// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K/Q5_K's mins go to 4 more lanes of the same vector
-// as ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums. Q6_K's
-// `-32` is subtracted per i16 pair as ggml does (`maddubs(32, a)`).
+// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K's mins go to 4 more lanes of the same vector as
+// ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums; Q5_K's to
+// lane 8 alone as ggml's scalar `summs += (-d_a · dmin) · Σ` (the 4 products summed as integers
+// first). Q6_K's `-32` is subtracted as ggml does: lane k takes `32 · Σ bsums · scales` over
+// elements 32k..32k+32, not its own elements' offsets (`kernels_give_llama_cpp_bits` checks all
+// of this against llama.cpp's outputs).
 
 /// A K-quant weight block unpacked for the tiled kernel.
 #[derive(Clone, Copy)]
@@ -1091,6 +1257,8 @@ struct WK {
     sc: [__m512i; 4],
     /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
     mins: __m128i,
+    /// Q6_K: the 16 scales as i16 (unused by Q4_K/Q5_K).
+    sc16: __m256i,
     /// Lanes 0-7: `d`; Q4_K/Q5_K lanes 8-11: `dmin`; the rest zero.
     d: __m512,
 }
@@ -1102,8 +1270,8 @@ struct AK {
     p: *const u8,
     /// Q4_K/Q5_K: sums of 32 quants (ggml's `hadd` of the bsums), as 8 i16.
     q8s: __m128i,
-    /// Q6_K: `maddubs(32, a)` of each 64-quant chunk.
-    a32: [__m512i; 4],
+    /// Q6_K: the 16 bsums (sums of 16 quants) as i16.
+    bs: __m256i,
     /// Lanes 0-7: `d`; lanes 8-11: `-d`; the rest zero.
     d: __m512,
 }
@@ -1113,6 +1281,9 @@ trait KQuant {
     const WTY: GgmlType;
     /// Whether the block has mins (Q4_K, Q5_K) rather than a fixed offset (Q6_K).
     const MINS: bool;
+    /// Whether ggml sums the mins' integer products first and accumulates them in one scalar
+    /// (`summs += dmin · Σ`, Q5_K) rather than in 4 lanes (`acc_m`, Q4_K).
+    const SUMMS: bool = false;
     unsafe fn load_w(p: *const u8) -> WK;
 }
 
@@ -1216,7 +1387,13 @@ impl KQuant for Q4K {
                 let raw = bcast256(p.add(16 + 32 * c));
                 _mm512_and_si512(_mm512_srlv_epi16(raw, sh), _mm512_set1_epi8(0x0F))
             });
-            WK { q, sc, mins, d }
+            WK {
+                q,
+                sc,
+                mins,
+                sc16: _mm256_setzero_si256(),
+                d,
+            }
         }
     }
 }
@@ -1225,6 +1402,7 @@ impl KQuant for Q5K {
     const WB: usize = 176;
     const WTY: GgmlType = GgmlType::Q5K;
     const MINS: bool = true;
+    const SUMMS: bool = true;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load_w(p: *const u8) -> WK {
@@ -1242,7 +1420,13 @@ impl KQuant for Q5K {
                 *qc = _mm512_or_si512(lo, _mm512_slli_epi16::<4>(hb));
                 h = _mm512_srli_epi16::<2>(h);
             }
-            WK { q, sc, mins, d }
+            WK {
+                q,
+                sc,
+                mins,
+                sc16: _mm256_setzero_si256(),
+                d,
+            }
         }
     }
 }
@@ -1256,8 +1440,8 @@ impl KQuant for Q6K {
     unsafe fn load_w(p: *const u8) -> WK {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
-            let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
-            let sc = _mm512_castsi256_si512(sc);
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192) as *const __m128i));
+            let sc = _mm512_castsi256_si512(sc16);
             let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K6[c]), sc));
             let (sh0, sh1) = (ld512(&SH_4_2), ld512(&SH_0_2));
             let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
@@ -1281,6 +1465,7 @@ impl KQuant for Q6K {
                 q,
                 sc: scs,
                 mins: _mm_setzero_si128(),
+                sc16,
                 d: d_lanes(p.add(208), None),
             }
         }
@@ -1293,26 +1478,23 @@ unsafe fn load_ak(p: *const u8, mins: bool) -> AK {
     // SAFETY: the caller guarantees a whole Q8_K block at `p`.
     unsafe {
         let q = p.add(Q8K_QS);
-        let (q8s, a32) = if mins {
+        let (q8s, bs) = if mins {
             let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
             let q8s = _mm_hadd_epi16(
                 _mm256_castsi256_si128(bs),
                 _mm256_extracti128_si256::<1>(bs),
             );
-            (q8s, [_mm512_setzero_si512(); 4])
+            (q8s, _mm256_setzero_si256())
         } else {
-            let m32 = _mm512_set1_epi8(32);
-            let a32 = std::array::from_fn(|c| {
-                _mm512_maddubs_epi16(m32, _mm512_loadu_si512(q.add(64 * c) as *const __m512i))
-            });
-            (_mm_setzero_si128(), a32)
+            let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
+            (_mm_setzero_si128(), bs)
         };
         let d = _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32));
         let neg = _mm512_sub_ps(_mm512_setzero_ps(), d);
         AK {
             p: q,
             q8s,
-            a32,
+            bs,
             d: _mm512_maskz_mov_ps(0x0FFF, _mm512_mask_mov_ps(d, 0x0F00, neg)),
         }
     }
@@ -1322,24 +1504,31 @@ unsafe fn load_ak(p: *const u8, mins: bool) -> AK {
 /// `mins` is a constant per type (inlined away).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn step_k(mins: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
+unsafe fn step_k(mins: bool, summs: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
     let mut isum = _mm512_setzero_si512();
     for c in 0..4 {
         // SAFETY: the activation block holds 256 quants at `a.p`.
         let aq = unsafe { _mm512_loadu_si512(a.p.add(64 * c) as *const __m512i) };
-        let mut p = _mm512_maddubs_epi16(w.q[c], aq);
-        if !mins {
-            // |maddubs(q, a)| ≤ 2·63·127 and |maddubs(32, a)| ≤ 2·32·127: no i16 overflow.
-            p = _mm512_sub_epi16(p, a.a32[c]);
-        }
+        // |maddubs(q, a)| ≤ 2·63·127: no i16 saturation.
+        let p = _mm512_maddubs_epi16(w.q[c], aq);
         isum = _mm512_dpwssd_epi32(isum, p, w.sc[c]);
     }
-    let s8 = _mm256_add_epi32(
+    let mut s8 = _mm256_add_epi32(
         _mm512_castsi512_si256(isum),
         _mm512_extracti64x4_epi64::<1>(isum),
     );
+    if !mins {
+        // Q6_K's -32 offset as ggml subtracts it: lane k takes -32 · Σ scale · a over elements
+        // 32k..32k+32 (sub-blocks 2k, 2k+1, from the bsums), not over its own elements.
+        s8 = _mm256_sub_epi32(s8, _mm256_slli_epi32::<5>(_mm256_madd_epi16(a.bs, w.sc16)));
+    }
     let all = if mins {
-        let m = _mm_madd_epi16(w.mins, a.q8s);
+        let mut m = _mm_madd_epi16(w.mins, a.q8s);
+        if summs {
+            // ggml's Q5_K: the 4 sums added as integers (exact) into lane 8, lanes 9-11 zero.
+            let z = _mm_setzero_si128();
+            m = _mm_hadd_epi32(_mm_hadd_epi32(m, z), z);
+        }
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s8), _mm256_zextsi128_si256(m))
     } else {
         _mm512_zextsi256_si512(s8)
@@ -1347,12 +1536,15 @@ unsafe fn step_k(mins: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
     _mm512_fmadd_ps(_mm512_mul_ps(a.d, w.d), _mm512_cvtepi32_ps(all), acc)
 }
 
-/// ggml's final sum: `hsum_float_8(acc)`, plus `hsum(acc_m)` of lanes 8-11 when there are mins.
+/// ggml's final sum: `hsum_float_8(acc)`, plus `hsum(acc_m)` of lanes 8-11 when there are mins
+/// (Q4_K), or lane 8 alone (`summs`, Q5_K).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn finish_k(mins: bool, acc: __m512) -> f32 {
+fn finish_k(mins: bool, summs: bool, acc: __m512) -> f32 {
     let s = avx2::hsum256(_mm512_castps512_ps256(acc));
-    if mins {
+    if summs {
+        s + _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(acc))
+    } else if mins {
         s + avx2::hsum128(_mm512_extractf32x4_ps::<2>(acc))
     } else {
         s
@@ -1381,7 +1573,7 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
             for r in 0..R {
                 let wk = K::load_w(w.add(r * ws + b * K::WB));
                 for t in 0..T {
-                    acc[r][t] = step_k(K::MINS, &wk, &av[t], acc[r][t]);
+                    acc[r][t] = step_k(K::MINS, K::SUMMS, &wk, &av[t], acc[r][t]);
                 }
             }
         }
@@ -1389,7 +1581,7 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     for r in 0..R {
         for t in 0..T {
             // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = finish_k(K::MINS, acc[r][t]) };
+            unsafe { *out.add(r * T + t) = finish_k(K::MINS, K::SUMMS, acc[r][t]) };
         }
     }
 }
@@ -1547,11 +1739,18 @@ unsafe fn tile_prep_h16<K: Half16, const R: usize, const T: usize>(
 
 /// The safe entry points of the prepared 16-bit float kernels for `$k`.
 macro_rules! prep_fns_h16 {
-    ($k:ty, $prep:ident, $tile:ident) => {
+    ($k:ty, $prep_w:ident, $prep:ident, $tile:ident) => {
         fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
             assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_h16(n));
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
             unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
+        }
+        /// A weight group: `$prep` per row.
+        fn $prep_w(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
+            assert!((1..=MAX_R).contains(&nr) && ss >= 2 * n && ds >= prep_bytes_h16(n));
+            for i in 0..nr {
+                $prep(n, &src[i * ss..], &mut dst[i * ds..]);
+            }
         }
         fn $tile(
             n: usize,
@@ -1587,5 +1786,5 @@ macro_rules! prep_fns_h16 {
         }
     };
 }
-prep_fns_h16!(F16, prep_f16, tile_prep_f16);
-prep_fns_h16!(BF16, prep_bf16, tile_prep_bf16);
+prep_fns_h16!(F16, prep_w_f16, prep_f16, tile_prep_f16);
+prep_fns_h16!(BF16, prep_w_bf16, prep_bf16, tile_prep_bf16);
