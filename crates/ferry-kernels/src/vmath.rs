@@ -369,7 +369,7 @@ pub(crate) mod x86 {
     /// AVX-512F must be available; `up` at least as long as `gate`.
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
-        assert!(gate.len() % 16 == 0 && up.len() >= gate.len());
+        assert!(gate.len().is_multiple_of(16) && up.len() >= gate.len());
         let (gp, upp) = (gate.as_mut_ptr(), up.as_ptr());
         let one = _mm512_set1_ps(1.0);
         for i in (0..gate.len()).step_by(16) {
