@@ -108,11 +108,70 @@ pub fn scores(q: &[f32], k: &[f32], stride: usize, n: usize, scale: f32, out: &m
     let hd = q.len();
     assert!(out.len() >= n && (n == 0 || k.len() >= (n - 1) * stride + hd));
     #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        let f = match hd / LANES {
+            1 => scores_avx512::<1>,
+            2 => scores_avx512::<2>,
+            3 => scores_avx512::<3>,
+            4 => scores_avx512::<4>,
+            5 => scores_avx512::<5>,
+            6 => scores_avx512::<6>,
+            7 => scores_avx512::<7>,
+            8 => scores_avx512::<8>,
+            _ => scores_fma,
+        };
+        // SAFETY: AVX-512F (hence FMA and AVX2) was detected; bounds were checked above.
+        return unsafe { f(q, k, stride, n, scale, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: FMA and AVX2 were detected.
         return unsafe { scores_fma(q, k, stride, n, scale, out) };
     }
     scores_body(q, k, stride, n, scale, out)
+}
+
+/// `scores_body` for head size `16 * NC` on AVX-512, 16 keys at a time: one vector of lane
+/// sums per key (`fmadd(k, q, lanes)` per 16 elements, as tinyBLAS), and the 16 keys' folds
+/// done together by `ops::attend_x86::fold16`, whose levels add the same pairs as `fold16`
+/// here (`+8`, `+4`, `+2`, `+1`), so the bits are those of `scores_body`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `q.len() == 16 * NC`, `out.len() >= n`, and the `n` key rows
+/// lie inside `k` (checked by `scores`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn scores_avx512<const NC: usize>(
+    q: &[f32],
+    k: &[f32],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(q.len() == 16 * NC && out.len() >= n);
+    // SAFETY (all loads and stores): `q` holds 16 * NC floats, key `p < n` starts at
+    // `p * stride` inside `k` and holds 16 * NC floats, `out` holds `n` floats (masked store).
+    let qv: [__m512; NC] =
+        std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
+    let mut p0 = 0;
+    while p0 < n {
+        let cnt = (n - p0).min(16);
+        let mut a = [_mm512_setzero_ps(); 16];
+        for (p, ap) in a.iter_mut().enumerate().take(cnt) {
+            let kr = unsafe { k.as_ptr().add((p0 + p) * stride) };
+            let mut t = _mm512_setzero_ps();
+            for (c, qc) in qv.iter().enumerate() {
+                t = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(kr.add(16 * c)) }, *qc, t);
+            }
+            *ap = t;
+        }
+        let sc = _mm512_mul_ps(crate::ops::attend_x86::fold16(&a), _mm512_set1_ps(scale));
+        let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
+        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(p0), m, sc) };
+        p0 += 16;
+    }
 }
 
 #[inline(always)]

@@ -249,7 +249,7 @@ unsafe fn attend_rows_avx512(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod attend_x86 {
+pub(crate) mod attend_x86 {
     use super::{SoftmaxState, ATTEND_MAX_ROWS};
     use std::arch::x86_64::*;
 
@@ -257,7 +257,7 @@ mod attend_x86 {
     /// is `dot16`'s fold of vector `p`: lanes `i + 8` onto `i`, then `+ 4`, `+ 2`, `+ 1`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn fold16(a: &[__m512; 16]) -> __m512 {
+    pub(crate) fn fold16(a: &[__m512; 16]) -> __m512 {
         // Level 1: [p lo 8 | p+1 lo 8] + [p hi 8 | p+1 hi 8]; b[j] holds keys 2j, 2j+1 (8 each).
         let b: [__m512; 8] = std::array::from_fn(|j| {
             let (x, y) = (a[2 * j], a[2 * j + 1]);
