@@ -11,6 +11,7 @@
 pub mod attn;
 pub mod dot;
 pub mod gemm;
+pub mod ggml_attn;
 pub mod igemm;
 pub mod matmul;
 pub mod ops;

@@ -1,10 +1,14 @@
 //! Element-wise and row-wise ops of a transformer step. All work in place or into
 //! caller-provided buffers; none allocates.
 
-/// RMS norm of `x` into `out`, scaled by `w`: `out = x / sqrt(mean(x²) + eps) * w`.
+/// RMS norm of `x` into `out`, scaled by `w`: `out = x / sqrt(mean(x²) + eps) * w`, in
+/// llama.cpp's arithmetic (`ggml_compute_forward_rms_norm_f32` followed by the weight's MUL):
+/// the squares are rounded to f32 and summed in f64 in index order, `mean` is rounded to f32,
+/// `scale = 1 / sqrtf(mean + eps)`, and `out = (x * scale) * w` (two roundings).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (ss + eps).sqrt();
+    let sum: f64 = x.iter().map(|v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
     for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
     }
@@ -21,23 +25,71 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Precomputed rotary-embedding frequencies `theta^(-2i/d)` for `i < d/2`.
-pub fn rope_freqs(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| theta.powf(-((2 * i) as f32) / head_dim as f32))
-        .collect()
+/// The ratio of consecutive rotary frequencies, as llama.cpp computes it:
+/// `powf(freq_base, -2 / n_dims)`.
+pub fn rope_theta_scale(head_dim: usize, freq_base: f32) -> f32 {
+    freq_base.powf(-2.0 / head_dim as f32)
+}
+
+/// The rotation of position `pos` into `cache` (`cos, sin` per pair, `cache.len()` = head
+/// dim), as llama.cpp's `ggml_rope_cache_init` builds it without YaRN or frequency factors:
+/// the angle starts at `pos` as f32 and is multiplied by `theta_scale` (rounded to f32) after
+/// each pair; `cos` and `sin` are the C library's `cosf` and `sinf`.
+pub fn rope_cache(pos: usize, theta_scale: f32, cache: &mut [f32]) {
+    let mut theta = pos as f32;
+    for cs in cache.chunks_exact_mut(2) {
+        cs[0] = theta.cos();
+        cs[1] = theta.sin();
+        theta *= theta_scale;
+    }
 }
 
 /// Rotary embedding on one head, GGML "normal" mode (adjacent pairs `(x[2i], x[2i+1])`), as
-/// used by llama-architecture GGUF files.
-pub fn rope_inplace(x: &mut [f32], pos: usize, freqs: &[f32]) {
-    for (i, f) in freqs.iter().enumerate() {
-        let a = pos as f32 * f;
-        let (s, c) = a.sin_cos();
-        let x0 = x[2 * i];
-        let x1 = x[2 * i + 1];
-        x[2 * i] = x0 * c - x1 * s;
-        x[2 * i + 1] = x0 * s + x1 * c;
+/// used by llama-architecture GGUF files, with a rotation from `rope_cache`; the arithmetic of
+/// llama.cpp's `rotate_pairs` as GCC compiles it (read in its binary, checked by
+/// `ggml_ops_give_llama_cpp_bits`): the pairs it vectorizes (all but the last pair of an odd
+/// count) are contracted to `fma(x0, cos, -(x1·sin))` and `fma(x0, sin, x1·cos)`; a last odd
+/// pair rounds both products (`x0·cos - x1·sin`, `x0·sin + x1·cos`).
+pub fn rope_inplace(x: &mut [f32], cache: &[f32]) {
+    assert_eq!(x.len(), cache.len(), "rope head size");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static FMA: OnceLock<bool> = OnceLock::new();
+        if *FMA.get_or_init(|| is_x86_feature_detected!("fma")) {
+            // SAFETY: FMA was detected at run time.
+            return unsafe { rope_fma(x, cache) };
+        }
+    }
+    rope_body(x, cache)
+}
+
+/// `rope_body` compiled with hardware fused multiply-adds (the same bits: `mul_add` is exact
+/// either way, this only avoids the library call).
+///
+/// # Safety
+/// The CPU must support FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_fma(x: &mut [f32], cache: &[f32]) {
+    rope_body(x, cache)
+}
+
+#[inline(always)]
+fn rope_body(x: &mut [f32], cache: &[f32]) {
+    let pairs = x.len() / 2;
+    let fused = pairs & !1;
+    for (p, cs) in x.chunks_exact_mut(2).zip(cache.chunks_exact(2)).take(fused) {
+        let (c, s) = (cs[0], cs[1]);
+        let (x0, x1) = (p[0], p[1]);
+        p[0] = x0.mul_add(c, -(x1 * s));
+        p[1] = x0.mul_add(s, x1 * c);
+    }
+    if fused < pairs {
+        let (c, s) = (cache[2 * fused], cache[2 * fused + 1]);
+        let (x0, x1) = (x[2 * fused], x[2 * fused + 1]);
+        x[2 * fused] = x0 * c - x1 * s;
+        x[2 * fused + 1] = x0 * s + x1 * c;
     }
 }
 
@@ -55,11 +107,11 @@ pub fn softmax_inplace(x: &mut [f32]) {
     }
 }
 
-/// SwiGLU: `gate = silu(gate) * up`, in place on `gate`.
+/// SwiGLU on one row: `gate = silu(gate) * up`, in place on `gate`, with llama.cpp's
+/// arithmetic (`vmath::swiglu_row`: ggml's vector `expf` on 16-element chunks, the C library's
+/// `expf` on the tail). Rows must be passed one at a time: the chunks start at the row start.
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    crate::vmath::swiglu_row(gate, up)
 }
 
 /// GELU (erf form, as BERT uses): `vmath::gelu_inplace` (AVX-512 when available).
@@ -197,7 +249,7 @@ unsafe fn attend_rows_avx512(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod attend_x86 {
+pub(crate) mod attend_x86 {
     use super::{SoftmaxState, ATTEND_MAX_ROWS};
     use std::arch::x86_64::*;
 
@@ -205,7 +257,7 @@ mod attend_x86 {
     /// is `dot16`'s fold of vector `p`: lanes `i + 8` onto `i`, then `+ 4`, `+ 2`, `+ 1`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn fold16(a: &[__m512; 16]) -> __m512 {
+    pub(crate) fn fold16(a: &[__m512; 16]) -> __m512 {
         // Level 1: [p lo 8 | p+1 lo 8] + [p hi 8 | p+1 hi 8]; b[j] holds keys 2j, 2j+1 (8 each).
         let b: [__m512; 8] = std::array::from_fn(|j| {
             let (x, y) = (a[2 * j], a[2 * j + 1]);
@@ -383,15 +435,116 @@ mod tests {
 
     #[test]
     fn rope_at_zero_is_identity_and_preserves_norm() {
-        let f = rope_freqs(8, 10000.0);
+        let ts = rope_theta_scale(8, 10000.0);
+        let mut cache = [0f32; 8];
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let orig = x.clone();
-        rope_inplace(&mut x, 0, &f);
+        rope_cache(0, ts, &mut cache);
+        rope_inplace(&mut x, &cache);
         assert_eq!(x, orig);
-        rope_inplace(&mut x, 17, &f);
+        rope_cache(17, ts, &mut cache);
+        rope_inplace(&mut x, &cache);
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    /// llama.cpp's own results (`tests/data/ggml_ops.bin`, made by `scripts/goldens/ggml_ops.c`
+    /// from the libggml the fidelity goldens came from, AVX-512 build): RMS norm times its
+    /// weight, RoPE (normal mode) and SwiGLU on random rows, ragged lengths included. Ferry's
+    /// ops must give these bits on every CPU: the SwiGLU chunks by the AVX-512 kernel where it
+    /// runs and by the scalar reference (checked on its own here) everywhere else.
+    #[test]
+    fn ggml_ops_give_llama_cpp_bits() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_ops.bin");
+        let data = std::fs::read(path).unwrap();
+        assert_eq!(&data[..4], b"FGO1");
+        let mut pos = 4;
+        let mut u32_at = |n: usize| -> Vec<u32> {
+            let v = data[pos..pos + 4 * n]
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            pos += 4 * n;
+            v
+        };
+        let f32s = |v: Vec<u32>| -> Vec<f32> { v.into_iter().map(f32::from_bits).collect() };
+        let count = u32_at(1)[0];
+        let mut seen = [0; 4];
+        for _ in 0..count {
+            let op = u32_at(1)[0] as usize;
+            seen[op] += 1;
+            match op {
+                1 => {
+                    let h = u32_at(3);
+                    let (n, rows, eps) = (h[0] as usize, h[1] as usize, f32::from_bits(h[2]));
+                    let x = f32s(u32_at(n * rows));
+                    let w = f32s(u32_at(n));
+                    let want = u32_at(n * rows);
+                    let mut y = vec![0f32; n * rows];
+                    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+                        rms_norm(xr, &w, eps, yr);
+                    }
+                    let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "rms_norm n {n}");
+                }
+                2 => {
+                    let h = u32_at(4);
+                    let (hd, heads, nt) = (h[0] as usize, h[1] as usize, h[2] as usize);
+                    let base = f32::from_bits(h[3]);
+                    let ps = u32_at(nt);
+                    let mut x = f32s(u32_at(hd * heads * nt));
+                    let want = u32_at(hd * heads * nt);
+                    let ts = rope_theta_scale(hd, base);
+                    let mut cache = vec![0f32; hd];
+                    for (t, xt) in x.chunks_exact_mut(hd * heads).enumerate() {
+                        rope_cache(ps[t] as usize, ts, &mut cache);
+                        for xh in xt.chunks_exact_mut(hd) {
+                            rope_inplace(xh, &cache);
+                        }
+                    }
+                    for (i, (g, w)) in x.iter().zip(&want).enumerate() {
+                        let t = i / (hd * heads);
+                        assert_eq!(
+                            g.to_bits(),
+                            *w,
+                            "rope hd {hd} base {base} pos {} elem {}: {g} vs {}",
+                            ps[t],
+                            i % hd,
+                            f32::from_bits(*w)
+                        );
+                    }
+                }
+                3 => {
+                    let h = u32_at(2);
+                    let (n, rows) = (h[0] as usize, h[1] as usize);
+                    let x = f32s(u32_at(n * rows));
+                    let g = f32s(u32_at(n * rows));
+                    let want = u32_at(n * rows);
+                    let mut y = x.clone();
+                    for (yr, gr) in y.chunks_exact_mut(n).zip(g.chunks_exact(n)) {
+                        swiglu_inplace(yr, gr);
+                    }
+                    let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "swiglu n {n}");
+                    // The scalar references alone (what CPUs without AVX-512 run).
+                    let full = n / 16 * 16;
+                    let r: Vec<u32> = (0..n * rows)
+                        .map(|i| {
+                            let f = if i % n < full {
+                                crate::vmath::swiglu_chunk_ref
+                            } else {
+                                crate::vmath::swiglu_tail_ref
+                            };
+                            f(x[i], g[i]).to_bits()
+                        })
+                        .collect();
+                    assert_eq!(r, want, "swiglu scalar reference n {n}");
+                }
+                _ => panic!("unknown op {op}"),
+            }
+        }
+        assert!(seen[1] > 0 && seen[2] > 0 && seen[3] > 0, "{seen:?}");
     }
 
     #[test]

@@ -106,6 +106,101 @@ pub fn exp_inplace(x: &mut [f32]) {
     }
 }
 
+/// Constants of ggml's vector `expf` (`ggml_v_expf`, from ARM's optimized routines), as
+/// bit patterns of the hex floats in ggml's source.
+mod gexp {
+    /// `0x1.8p23`: adding it rounds to an integer.
+    pub const SHIFT: u32 = 0x4b40_0000;
+    /// `0x1.715476p+0` (log2 e).
+    pub const LOG2E: u32 = 0x3fb8_aa3b;
+    /// `0x1.62e4p-1`, `0x1.7f7d1cp-20`: ln 2 in two parts.
+    pub const LN2_HI: u32 = 0x3f31_7200;
+    pub const LN2_LO: u32 = 0x35bf_be8e;
+    /// `0x1.0e4020p-7`, `0x1.573e2ep-5`, `0x1.555e66p-3`, `0x1.fffdb6p-2`, `0x1.ffffecp-1`.
+    pub const C: [u32; 5] = [
+        0x3c07_2010,
+        0x3d2b_9f17,
+        0x3e2a_af33,
+        0x3eff_fedb,
+        0x3f7f_fff6,
+    ];
+}
+
+/// `e^x` with the operations of ggml's AVX-512 `ggml_v_expf` (scalar reference): `n` = x·log2e
+/// rounded by the `0x1.8p23` shift, `b = x - n·ln2` in two fused steps, a degree-5 polynomial
+/// in fused multiply-adds, then `scalef(j, n)` (one rounding: done here in f64, where
+/// `j·2^n` is exact); `|n| > 192` gives 0 or infinity.
+#[inline]
+pub fn ggml_expf_ref(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let r = f(gexp::SHIFT);
+    let z = x.mul_add(f(gexp::LOG2E), r);
+    let n = z - r;
+    let b = (-n).mul_add(f(gexp::LN2_LO), (-n).mul_add(f(gexp::LN2_HI), x));
+    let u = b * b;
+    let c = gexp::C.map(f);
+    let j = c[0].mul_add(b, c[1]).mul_add(u, c[2].mul_add(b, c[3]));
+    let j = j.mul_add(u, c[4].mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// One 16-position chunk of ggml's `ggml_vec_soft_max_f32` (AVX-512): `x[i] = expf(x[i] -
+/// max)` by ggml's vector `expf`, returning the chunk's `_mm512_reduce_add_ps` (lanes past
+/// `x.len()`, masked positions, are 0). `x.len() <= 16`.
+pub fn ggml_exp_sub_chunk(x: &mut [f32], max: f32) -> f32 {
+    assert!(x.len() <= 16, "chunk of {}", x.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() {
+        // SAFETY: AVX-512F was detected; the chunk holds at most 16 floats.
+        return unsafe { x86::exp_sub_chunk_avx512(x, max) };
+    }
+    let mut lanes = [0f32; 16];
+    for (l, v) in x.iter_mut().enumerate() {
+        *v = ggml_expf_ref(*v - max);
+        lanes[l] = *v;
+    }
+    halve16(lanes)
+}
+
+/// `silu(x)·g` as ggml's `ggml_vec_swiglu_f32` computes it on AVX-512 for a lane of a full
+/// 16-element chunk: `x / (1 + ggml_v_expf(0 - x)) · g`.
+pub fn swiglu_chunk_ref(x: f32, g: f32) -> f32 {
+    x / (1.0 + ggml_expf_ref(0.0 - x)) * g
+}
+
+/// `silu(x)·g` as ggml's scalar tail computes it: `x / (1 + expf(-x)) · g` with the C
+/// library's `expf` (what Rust's `f32::exp` calls).
+pub fn swiglu_tail_ref(x: f32, g: f32) -> f32 {
+    x / (1.0 + (-x).exp()) * g
+}
+
+/// SwiGLU on one row, `gate = silu(gate)·up`, with llama.cpp's arithmetic on AVX-512 CPUs:
+/// full 16-element chunks from the row start by `swiglu_chunk_ref`, the rest by
+/// `swiglu_tail_ref` (AVX-512F kernel when available; the same bits either way).
+pub fn swiglu_row(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu lengths");
+    let full = gate.len() / 16 * 16;
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() {
+        // SAFETY: AVX-512F was detected; `up` is as long as `gate` and `full <= gate.len()`.
+        unsafe { x86::swiglu_avx512(&mut gate[..full], &up[..full]) };
+    } else {
+        for (g, u) in gate[..full].iter_mut().zip(up) {
+            *g = swiglu_chunk_ref(*g, *u);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (g, u) in gate[..full].iter_mut().zip(up) {
+        *g = swiglu_chunk_ref(*g, *u);
+    }
+    for (g, u) in gate[full..].iter_mut().zip(&up[full..]) {
+        *g = swiglu_tail_ref(*g, *u);
+    }
+}
+
 /// Sum in the order of the AVX-512 kernels: 16 lane sums (`i mod 16`, each in order from
 /// zero), then halving (`l + 8`, `+ 4`, `+ 2`, `+ 1`).
 pub fn lane_sum16(v: impl Iterator<Item = f32>) -> f32 {
@@ -214,6 +309,78 @@ pub(crate) mod x86 {
         let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
         let phi = _mm512_mask_blend_ps(neg, _mm512_sub_ps(one, h), h);
         _mm512_mul_ps(x, phi)
+    }
+
+    /// 16 lanes of `ggml_expf_ref`: ggml's `ggml_v_expf` for AVX-512, operation for operation.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn ggml_exp512(x: __m512) -> __m512 {
+        let f = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+        let r = f(gexp::SHIFT);
+        let z = _mm512_fmadd_ps(x, f(gexp::LOG2E), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(n, f(gexp::LN2_LO), _mm512_fnmadd_ps(n, f(gexp::LN2_HI), x));
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let c = gexp::C;
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(f(c[0]), b, f(c[1])),
+                u,
+                _mm512_fmadd_ps(f(c[2]), b, f(c[3])),
+            ),
+            u,
+            _mm512_fmadd_ps(f(c[4]), b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if d == 0 {
+            return res;
+        }
+        let zero = _mm512_setzero_ps();
+        let alt = _mm512_mask_blend_ps(
+            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero),
+            _mm512_set1_ps(f32::INFINITY),
+            zero,
+        );
+        _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// `ggml_exp_sub_chunk` for AVX-512: masked load, `ggml_exp512(x - max)`, masked store,
+    /// and `halve16` of the lanes (the order of GCC's `_mm512_reduce_add_ps`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `x.len() <= 16`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_sub_chunk_avx512(x: &mut [f32], max: f32) -> f32 {
+        let m = mask(x.len());
+        // SAFETY: the mask covers only the chunk's elements.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, x.as_ptr());
+            let e = _mm512_maskz_mov_ps(m, ggml_exp512(_mm512_sub_ps(v, _mm512_set1_ps(max))));
+            _mm512_mask_storeu_ps(x.as_mut_ptr(), m, e);
+            reduce(e)
+        }
+    }
+
+    /// `swiglu_chunk_ref` on every element; `gate.len()` a multiple of 16 (ggml's
+    /// `ggml_vec_swiglu_f32` main loop with `ggml_v_silu`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `up` at least as long as `gate`.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+        assert!(gate.len().is_multiple_of(16) && up.len() >= gate.len());
+        let (gp, upp) = (gate.as_mut_ptr(), up.as_ptr());
+        let one = _mm512_set1_ps(1.0);
+        for i in (0..gate.len()).step_by(16) {
+            // SAFETY: i + 16 <= gate.len() <= up.len().
+            unsafe {
+                let x = _mm512_loadu_ps(gp.add(i));
+                let e = ggml_exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+                let s = _mm512_div_ps(x, _mm512_add_ps(one, e));
+                _mm512_storeu_ps(gp.add(i), _mm512_mul_ps(s, _mm512_loadu_ps(upp.add(i))));
+            }
+        }
     }
 
     fn mask(n: usize) -> __mmask16 {

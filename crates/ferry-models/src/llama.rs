@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use ferry_kernels::ops::{
-    attend_rows, rms_norm, rope_freqs, rope_inplace, swiglu_inplace, SoftmaxState, ATTEND_MAX_ROWS,
-};
+use std::cell::RefCell;
+
+use ferry_kernels::ggml_attn;
+use ferry_kernels::ops::{rms_norm, rope_cache, rope_inplace, rope_theta_scale, swiglu_inplace};
 use ferry_kernels::{matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, ThreadPool};
 
 use crate::gguf::{GgufFile, TensorInfo};
@@ -54,8 +55,11 @@ pub struct LlamaConfig {
 }
 
 const MAX_HEAD_DIM: usize = 256;
-/// Most query heads per KV head processed in one attention task.
-const MAX_GROUP: usize = 8;
+
+thread_local! {
+    /// Attention scores of one (token, head), per worker thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
@@ -174,7 +178,8 @@ pub struct Llama {
     output: W,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
-    freqs: Vec<f32>,
+    /// `rope_theta_scale` of the head size and frequency base.
+    theta_scale: f32,
 }
 
 /// One token of a flattened batch.
@@ -294,7 +299,7 @@ impl Llama {
             });
         }
         let output_norm = vec("output_norm.weight", d)?;
-        let freqs = rope_freqs(cfg.head_dim, cfg.rope_theta);
+        let theta_scale = rope_theta_scale(cfg.head_dim, cfg.rope_theta);
         Ok(Self {
             cfg,
             file,
@@ -302,7 +307,7 @@ impl Llama {
             output,
             output_norm,
             layers,
-            freqs,
+            theta_scale,
         })
     }
 
@@ -397,78 +402,70 @@ impl Llama {
                 &mut ws.mm,
             );
             for (i, t) in batch.iter().enumerate() {
+                let mut rope = [0f32; MAX_HEAD_DIM];
+                let rope = &mut rope[..hd];
+                rope_cache(t.pos, self.theta_scale, rope);
                 for h in 0..cfg.n_head {
-                    rope_inplace(
-                        &mut ws.q[i * d + h * hd..i * d + (h + 1) * hd],
-                        t.pos,
-                        &self.freqs,
-                    );
+                    rope_inplace(&mut ws.q[i * d + h * hd..i * d + (h + 1) * hd], rope);
                 }
                 for h in 0..cfg.n_head_kv {
-                    rope_inplace(
-                        &mut ws.k[i * kvd + h * hd..i * kvd + (h + 1) * hd],
-                        t.pos,
-                        &self.freqs,
-                    );
+                    rope_inplace(&mut ws.k[i * kvd + h * hd..i * kvd + (h + 1) * hd], rope);
                 }
                 let off = kv.offset(li, tables[t.seq], t.pos);
+                // llama.cpp's cache holds f16.
                 kv.k[off..off + kvd].copy_from_slice(&ws.k[i * kvd..(i + 1) * kvd]);
                 kv.v[off..off + kvd].copy_from_slice(&ws.v[i * kvd..(i + 1) * kvd]);
+                ggml_attn::round_f16(&mut kv.k[off..off + kvd]);
+                ggml_attn::round_f16(&mut kv.v[off..off + kvd]);
             }
-            // Attention: one task per (token, KV head), or per (token, head) when that would
-            // leave threads idle. Either way each head's arithmetic is the same: an online
-            // softmax over the sequence's cache, updated once per cache block. Grouping the
-            // query heads that share a KV head reads each K/V block once for all of them.
+            // Attention: one task per (token, head), in llama.cpp's arithmetic (see
+            // `ferry_kernels::ggml_attn`: f16 query, keys, values and weights, a two-pass
+            // softmax over the sequence in position order). The scores are kept in a
+            // per-thread buffer that grows with the longest sequence seen.
             {
                 let kvr = &*kv;
                 let q = &ws.q;
                 let out = SyncPtr(ws.att.as_mut_ptr());
                 let out = &out;
                 let group = cfg.n_head / cfg.n_head_kv;
-                let grouped = group <= MAX_GROUP && n * cfg.n_head_kv >= 4 * pool.n_threads();
-                let (n_units, per_unit) = if grouped {
-                    (cfg.n_head_kv, group)
-                } else {
-                    (cfg.n_head, 1)
-                };
-                pool.run(n * n_units, &|task| {
-                    let (i, u) = (task / n_units, task % n_units);
-                    let h0 = u * per_unit;
+                pool.run(n * cfg.n_head, &|task| {
+                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
                     let t = &batch[i];
-                    let kvh = (h0 / group) * hd;
+                    let kvh = (h / group) * hd;
                     let table = tables[t.seq];
-                    let mut accs = [[0f32; MAX_HEAD_DIM]; MAX_GROUP];
-                    let mut sts = [SoftmaxState::default(); MAX_GROUP];
                     let bs = kvr.block_size();
-                    let mut p = 0;
-                    while p <= t.pos {
-                        let nrows = (bs - p % bs).min(t.pos + 1 - p).min(ATTEND_MAX_ROWS);
-                        let o = kvr.offset(li, table, p) + kvh;
-                        for (g, (acc, st)) in
-                            accs.iter_mut().zip(&mut sts).take(per_unit).enumerate()
-                        {
-                            let h = h0 + g;
-                            attend_rows(
-                                &q[i * d + h * hd..i * d + (h + 1) * hd],
-                                &kvr.k[o..],
-                                &kvr.v[o..],
-                                kvd,
-                                nrows,
-                                scale,
-                                st,
-                                &mut acc[..hd],
-                            );
+                    let mut qh = [0f32; MAX_HEAD_DIM];
+                    let qh = &mut qh[..hd];
+                    qh.copy_from_slice(&q[i * d + h * hd..i * d + (h + 1) * hd]);
+                    ggml_attn::round_f16(qh);
+                    let mut acc = [0f32; ggml_attn::LANES * MAX_HEAD_DIM];
+                    let acc = &mut acc[..ggml_attn::LANES * hd];
+                    SCORES.with(|sc| {
+                        let mut sc = sc.borrow_mut();
+                        if sc.len() <= t.pos {
+                            sc.resize(t.pos + 1, 0.0);
                         }
-                        p += nrows;
-                    }
-                    for (g, (acc, st)) in accs.iter().zip(&sts).take(per_unit).enumerate() {
-                        let h = h0 + g;
-                        let inv = 1.0 / st.l;
-                        for (j, a) in acc[..hd].iter().enumerate() {
-                            // SAFETY: (i, h) owns elements i*d + h*hd .. + hd of `att`.
-                            unsafe { *out.0.add(i * d + h * hd + j) = a * inv };
+                        let s = &mut sc[..t.pos + 1];
+                        let mut p = 0;
+                        while p <= t.pos {
+                            let nrows = (bs - p % bs).min(t.pos + 1 - p);
+                            let o = kvr.offset(li, table, p) + kvh;
+                            ggml_attn::scores(qh, &kvr.k[o..], kvd, nrows, scale, &mut s[p..]);
+                            p += nrows;
                         }
-                    }
+                        ggml_attn::softmax_f16(s);
+                        let mut p = 0;
+                        while p <= t.pos {
+                            let nrows = (bs - p % bs).min(t.pos + 1 - p);
+                            let o = kvr.offset(li, table, p) + kvh;
+                            ggml_attn::accumulate(&s[p..], &kvr.v[o..], kvd, nrows, p, acc);
+                            p += nrows;
+                        }
+                    });
+                    // SAFETY: task (i, h) owns elements i*d + h*hd .. + hd of `att`.
+                    let o =
+                        unsafe { std::slice::from_raw_parts_mut(out.0.add(i * d + h * hd), hd) };
+                    ggml_attn::finish(acc, o);
                 });
             }
             matmul(
@@ -498,7 +495,12 @@ impl Llama {
                 &mut [&mut ws.gate[..n * ff], &mut ws.up[..n * ff]],
                 &mut ws.mm,
             );
-            swiglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);
+            for (g, u) in ws.gate[..n * ff]
+                .chunks_exact_mut(ff)
+                .zip(ws.up[..n * ff].chunks_exact(ff))
+            {
+                swiglu_inplace(g, u);
+            }
             matmul(
                 pool,
                 &self.m(&layer.w_down),
