@@ -296,16 +296,8 @@ fn ggml_exact_kernels_agree_across_simd_backends() {
         .collect();
     eprintln!("comparing {} SIMD backends", simd.len());
     let mut rng = Rng(99);
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ] {
+    // Every block-quantized weight type.
+    for ty in WEIGHT_TYPES.into_iter().filter(|t| t.block_size() > 1) {
         for &cols in col_counts(ty) {
             let (rows, nt) = (6, 5);
             let w = weights(ty, rows, cols, &mut rng, false);

@@ -206,6 +206,9 @@ pub struct Workspace {
     gate: Vec<f32>,
     up: Vec<f32>,
     hidden: Vec<f32>,
+    /// Each token's RoPE cos/sin table (`head_dim` each), built once per step: the same for
+    /// every layer.
+    rope: Vec<f32>,
     /// Logits of the tokens that asked for them, in batch order, `vocab_size` each.
     pub logits: Vec<f32>,
     mm: MatmulScratch,
@@ -225,6 +228,7 @@ impl Workspace {
             gate: vec![0.0; t * cfg.n_ff],
             up: vec![0.0; t * cfg.n_ff],
             hidden: Vec::with_capacity(t * cfg.n_embd),
+            rope: vec![0.0; t * cfg.head_dim],
             logits: Vec::new(),
             mm: MatmulScratch::default(),
         }
@@ -379,6 +383,9 @@ impl Llama {
                 &mut ws.x[i * d..(i + 1) * d],
             );
         }
+        for (t, rope) in batch.iter().zip(ws.rope.chunks_exact_mut(hd)) {
+            rope_cache(t.pos, self.theta_scale, rope);
+        }
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
             for i in 0..n {
@@ -402,9 +409,7 @@ impl Llama {
                 &mut ws.mm,
             );
             for (i, t) in batch.iter().enumerate() {
-                let mut rope = [0f32; MAX_HEAD_DIM];
-                let rope = &mut rope[..hd];
-                rope_cache(t.pos, self.theta_scale, rope);
+                let rope = &ws.rope[i * hd..(i + 1) * hd];
                 for h in 0..cfg.n_head {
                     rope_inplace(&mut ws.q[i * d + h * hd..i * d + (h + 1) * hd], rope);
                 }
