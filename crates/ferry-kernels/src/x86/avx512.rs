@@ -1739,7 +1739,10 @@ fn hsum16(v: &[__m512; 16]) -> __m512 {
     // Quad k: the 2-lane partial sums of v[k], v[4 + k] (z0) and of v[8 + k], v[12 + k] (z1).
     let z: [__m512; 2] = std::array::from_fn(|h| {
         let (a, b) = (w[2 * h], w[2 * h + 1]);
-        _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b))
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        )
     });
     _mm512_add_ps(
         _mm512_shuffle_ps::<0x88>(z[0], z[1]),
@@ -1862,4 +1865,3 @@ macro_rules! prep_fns_h16 {
 }
 prep_fns_h16!(F16, prep_w_f16, prep_f16, tile_prep_f16);
 prep_fns_h16!(BF16, prep_w_bf16, prep_bf16, tile_prep_bf16);
-
