@@ -4,7 +4,8 @@
 //! prints GFLOP/s (2·rows·cols·tokens per call) and GB/s of weight bytes read per call, for
 //! n_tokens 1, 4, 16, 64 and 512. `type` (default Q4_1) applies to the linear layers; the
 //! 576→49152 output layer is always Q8_0. `FERRY_KERNELS=scalar` forces the scalar kernels,
-//! `FERRY_KERNELS=avx2` the AVX2 ones.
+//! `FERRY_KERNELS=avx2` the AVX2 ones. A third argument keeps one token count, a fourth `lin`
+//! skips the output layer: `kbench 1 F16 512 lin`.
 
 use std::time::Instant;
 
@@ -71,7 +72,12 @@ fn main() {
             .wrapping_add(1442695040888963407);
         (seed >> 33) as u32
     };
+    // A fourth argument `lin` skips the output layer (for quicker runs of the linear layers).
+    let lin_only = args.get(4).is_some_and(|s| s == "lin");
     for (cols, rows, ty) in shapes {
+        if lin_only && ty != lin {
+            continue;
+        }
         // K-quants only fit the 1536-wide input (576 is not a multiple of 256).
         let Some(rb) = ty.row_bytes(cols) else {
             continue;

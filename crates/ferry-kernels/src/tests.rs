@@ -388,6 +388,51 @@ fn fast_quantizers_are_bit_identical() {
     }
 }
 
+/// The 16-bit float quantizers over ragged lengths (SIMD body and tail) and special values:
+/// halfway cases of f16 rounding, subnormals, overflow to infinity, infinities and NaN.
+#[test]
+fn fast_half_quantizers_are_bit_identical_on_ragged_rows() {
+    let mut rng = Rng(78);
+    let special = [
+        0.0,
+        -0.0,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        -(1.0 + 1.0 / 2048.0),
+        65504.0,
+        65520.0,
+        70000.0,
+        -1e9,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        5.96e-8,
+        2.98e-8,
+        1e-6,
+        -6.1e-5,
+    ];
+    for be in available_backends() {
+        for ty in [GgmlType::F16, GgmlType::BF16] {
+            for n in (1..=40).chain([63, 64, 65, 577]) {
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            special[(rng.next() as usize) % special.len()]
+                        } else {
+                            rng.f() * 100.0
+                        }
+                    })
+                    .collect();
+                let mut want = vec![0u8; 2 * n];
+                let mut got = vec![0xEEu8; 2 * n];
+                quantize_row_act(ty, &x, &mut want);
+                (be.quant)(ty, &x, &mut got);
+                assert_eq!(want, got, "{} {ty:?} n {n}", be.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_is_batch_invariant_for_every_backend_and_type() {
     let pool = ThreadPool::new(2);
