@@ -528,12 +528,24 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
+    let kq = |prep_w: PrepWFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+        w_bytes: prep_w_bytes_k,
+        prep_w,
+        a_bytes: prep_a_bytes_k,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
     type Bytes = (fn(usize) -> usize, fn(usize) -> usize);
     let (w_bytes, prep_w, prep_a, f): (Bytes, PrepWFn, PrepFn, TileFn) = match ty {
         GgmlType::F16 => return Some(h16(prep_w_f16, prep_f16, tile_prep_f16)),
         GgmlType::BF16 => return Some(h16(prep_w_bf16, prep_bf16, tile_prep_bf16)),
         GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
         GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
+        GgmlType::Q4K => return Some(kq(prep_w_q4k, prep_a_q4k, tile_prep_q4k)),
+        GgmlType::Q5K => return Some(kq(prep_w_q5k, prep_a_q5k, tile_prep_q5k)),
+        GgmlType::Q6K => return Some(kq(prep_w_q6k, prep_a_q6k, tile_prep_q6k)),
         GgmlType::Q4_0 => (
             (prep_w_bytes_pair::<Q40>, prep_a_bytes_pair::<Q40>),
             prep_w_q4_0,
@@ -1246,20 +1258,24 @@ prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 // `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)` per lane: llama.cpp's per-output
 // operations, lanes never mix, whatever the tile shape.
 
-/// A K-quant weight block unpacked for the tiled kernel.
+/// A K-quant weight block unpacked for the tiled kernel (`repr(C)` without padding: stored
+/// whole as a prepared weight block).
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct WK {
     /// Unsigned quants in element order, 64 per vector.
     q: [__m512i; 4],
     /// The scale of each i16 lane's element pair, per 64-element chunk.
     sc: [__m512i; 4],
-    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
-    mins: __m128i,
     /// Q6_K: the 16 scales as i16 (unused by Q4_K/Q5_K).
     sc16: __m256i,
+    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
+    mins: __m128i,
     /// `d` and (Q4_K/Q5_K) `dmin` as f32.
     d: f32,
     dmin: f32,
+    /// Zero: fills the struct to 576 bytes.
+    pad: [f32; 2],
 }
 
 /// A Q8_K activation block.
@@ -1382,6 +1398,7 @@ impl KQuant for Q4K {
                 sc16: _mm256_setzero_si256(),
                 d,
                 dmin,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1415,6 +1432,7 @@ impl KQuant for Q5K {
                 sc16: _mm256_setzero_si256(),
                 d,
                 dmin,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1457,6 +1475,7 @@ impl KQuant for Q6K {
                 sc16,
                 d: f16_at(p.add(208)),
                 dmin: 0.0,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1573,7 +1592,23 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     as_: usize,
     out: *mut f32,
 ) {
-    const AB: usize = 292;
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kq_any::<K, R, T, false>(nb, w, ws, a, as_, out) }
+}
+
+/// `tile_kq` over prepared rows (`PREP`, layout below) or plain ones: the same operations on
+/// the same `WK` and `AK` values, so the same bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: bool>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let (ab, a_off) = if PREP { (PREP_AK, PREP_AK_OFF) } else { (292, 0) };
     // SAFETY: the tables are 64 bytes.
     let (ir, it) = unsafe { (ld512(&IDX_R), ld512(&IDX_T)) };
     let mut acc = _mm512_setzero_ps();
@@ -1582,15 +1617,19 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
         let (mut dw, mut dm, mut da) = ([0f32; 4], [0f32; 4], [0f32; 4]);
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
-            let mut av = [load_ak(a.add(b * AB), K::MINS); T];
+            let mut av = [load_ak(a.add(b * ab + a_off), K::MINS); T];
             for (t, v) in av.iter_mut().enumerate().skip(1) {
-                *v = load_ak(a.add(t * as_ + b * AB), K::MINS);
+                *v = load_ak(a.add(t * as_ + b * ab + a_off), K::MINS);
             }
             for t in 0..T {
                 da[t] = av[t].d;
             }
             for r in 0..R {
-                let wk = K::load_w(w.add(r * ws + b * K::WB));
+                let wk = if PREP {
+                    std::ptr::read_unaligned(w.add(r * ws + b * PREP_WK) as *const WK)
+                } else {
+                    K::load_w(w.add(r * ws + b * K::WB))
+                };
                 (dw[r], dm[r]) = (wk.d, wk.dmin);
                 for t in 0..T {
                     pv[4 * r + t] = sums_k(K::MINS, &wk, &av[t]);
@@ -1618,6 +1657,104 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
             unsafe { *out.add(r * T + t) = o[lane_of(4 * r + t)] };
         }
     }
+}
+
+
+// Prepared K-quant operands: each weight block as the `WK` that `load_w` unpacks from it (codes
+// widened to bytes, scales spread over the i16 lanes, `d`/`dmin` as f32: 576 bytes, stored
+// whole), so a 4×4 tile no longer unpacks every weight block once per 4 tokens; each Q8_K
+// activation block copied into a 384-byte slot at offset 60, so that its 256 quants start on a
+// cache line. `tile_prep_kq` is `tile_kq` on the same `WK`/`AK` values: the same bits.
+
+/// Bytes of a prepared weight block (`size_of::<WK>()`: no padding).
+const PREP_WK: usize = 576;
+const _: () = assert!(std::mem::size_of::<WK>() == PREP_WK);
+/// Bytes of a prepared activation block's slot, and where the Q8_K block starts in it.
+const PREP_AK: usize = 384;
+const PREP_AK_OFF: usize = 64 - Q8K_QS;
+
+fn prep_w_bytes_k(n: usize) -> usize {
+    n / QK_K * PREP_WK
+}
+
+fn prep_a_bytes_k(n: usize) -> usize {
+    n / QK_K * PREP_AK
+}
+
+/// Unpack the `nb` blocks of one weight row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_k<K: KQuant>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked `nb` blocks at `src` and `nb · PREP_WK` bytes at `dst`.
+        unsafe {
+            let wk = K::load_w(src.add(b * K::WB));
+            std::ptr::write_unaligned(dst.add(b * PREP_WK) as *mut WK, wk);
+        }
+    }
+}
+
+/// The safe entry points of the prepared kernel of K-quant `$k`.
+macro_rules! prep_fns_k {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
+            let (wrb, pb) = (<$k>::WTY.row_bytes(n).unwrap(), prep_w_bytes_k(n));
+            assert!((1..=MAX_R).contains(&nr) && ss >= wrb && ds >= pb);
+            assert!(src.len() >= (nr - 1) * ss + wrb && dst.len() >= (nr - 1) * ds + pb);
+            for i in 0..nr {
+                // SAFETY: bounds checked above; reachable only via `BACKEND`, used after
+                // `detected()`.
+                unsafe { prep_w_k::<$k>(n / QK_K, src.as_ptr().add(i * ss), dst.as_mut_ptr().add(i * ds)) }
+            }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let nb = n / QK_K;
+            assert!(src.len() >= nb * 292 && dst.len() >= prep_a_bytes_k(n));
+            for b in 0..nb {
+                dst[b * PREP_AK + PREP_AK_OFF..][..292].copy_from_slice(&src[b * 292..][..292]);
+            }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let (pwb, pab) = (prep_w_bytes_k(n), prep_a_bytes_k(n));
+            assert!(n % QK_K == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pwb && w.len() >= (nr - 1) * ws + pwb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pab && a.len() >= (nt - 1) * as_ + pab,
+                "activation tile out of bounds"
+            );
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep_kq, $k, nr, nt, (n / QK_K, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns_k!(Q4K, prep_w_q4k, prep_a_q4k, tile_prep_q4k);
+prep_fns_k!(Q5K, prep_w_q5k, prep_a_q5k, tile_prep_q5k);
+prep_fns_k!(Q6K, prep_w_q6k, prep_a_q6k, tile_prep_q6k);
+
+/// `tile_kq` over prepared rows of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_kq<K: KQuant, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kq_any::<K, R, T, true>(nb, w, ws, a, as_, out) }
 }
 
 tile_wrapper!(tile_q4k, Q4K::WTY, tile_kq, Q4K, QK_K);
