@@ -1,8 +1,38 @@
 //! K-quant formats: Q4_K, Q5_K and Q6_K weights and Q8_K activations, in ggml's layout
 //! (`ggml-common.h`, `QK_K = 256`). This module owns their scalar dequantization, the Q8_K
 //! activation quantizer and the scalar reference dot products, written after ggml's
-//! `ggml-quants.c` (`dequantize_row_q4_K`, `quantize_row_q8_K_ref`,
-//! `ggml_vec_dot_q4_K_q8_K_generic` and their Q5_K/Q6_K siblings).
+//! `ggml-quants.c` (`dequantize_row_q4_K`, `quantize_row_q8_K_ref`) and, for the products,
+//! after llama.cpp's tiled K-quant matmul (`ggml/src/ggml-cpu/tiled`), which it runs for
+//! batches of 8 or more tokens.
+//!
+//! The tiled matmul's arithmetic per output (row `i`, token `j`), as read in `tiled.cpp`,
+//! `tiled-kernel.cpp` (`tiled_run_micro_vnni_8x16`, the AVX-512 VNNI build) and in the
+//! shipped `libggml-cpu.so` (`objdump`):
+//! - Activations: `quantize_row_q8_K` (x86, bytes equal to `quantize_row_q8_K_ref`), the same
+//!   Q8_K rows `ggml_vec_dot_*_q8_K` reads; `tiled_unpack_src1_q8_K` only widens the bsums to
+//!   i32 and keeps `d` as f32. The VNNI kernel reorders the codes for `vpdpbusd` (unsigned
+//!   weight codes × signed activations), which does not change the integer sums.
+//! - Weights: codes widened to bytes, unsigned (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63), per
+//!   sub-block scales (and Q4_K/Q5_K mins) as i32, `d`/`dmin` as f32 (`tiled_unpack_src0`).
+//! - Per 256-element super-block, exact i32 sums: `s1 = Σ_s scale_s · (raw_s − BIAS·bsum_s)`
+//!   with `raw_s = Σ_{e∈s} q_e·a_e` (sub-blocks of 32 for Q4_K/Q5_K, 16 for Q6_K; `BIAS` is 32
+//!   for Q6_K, whose template is `<16, false, 32, true>`, 0 otherwise; the `ACTBIAS` argument
+//!   only matters to the AVX2 kernel, which pre-biases the activations by +128 and corrects the
+//!   integer sum exactly), and for Q4_K/Q5_K `s2 = Σ_s min_s · bsum_s` (bsums of 32).
+//! - Then, in f32: `r = f32(s1) · d`; `r = fnmadd(dmin, f32(s2), r)` (one rounding) where there
+//!   are mins; `acc = fma(r, d_a, acc)`: the source writes `buf + r·d_a` as a multiply and an
+//!   add, but GCC contracts them into `vfmadd213ps` in the shipped binary.
+//! - `acc` starts at 0 for every output and takes the super-blocks in order (`kblk` ascending,
+//!   on both its per-slab and its "narrow" multi-slab path); outputs never share lanes, so the
+//!   result does not depend on the tile, the thread split or the batch.
+//!
+//! `vec_dot_k_ref` states this; the AVX2 and AVX-512 tiles perform the same operations per
+//! output, checked against llama.cpp's own outputs (`tests/data/ggml_tiled.bin`). Ferry uses
+//! this order for every batch size, decoding included, so its results do not depend on the
+//! batch. llama.cpp's own single-token path (and batches under 8 tokens) uses
+//! `ggml_vec_dot_q*_K_q8_K` instead (eight float lanes of `d_w·d_a·Σ`, mins in a separate
+//! accumulator), which rounds differently: on random rows the two paths agree bit for bit on
+//! only 10-30% of outputs (`scripts/goldens/ggml_tiled.c` prints the count).
 //!
 //! Block layouts (little-endian):
 //! - Q4_K (144 B): `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`
@@ -10,9 +40,8 @@
 //! - Q6_K (210 B): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`
 //! - Q8_K (292 B): `d: f32, qs: [i8; 256], bsums: [i16; 16]`
 //!
-//! One deliberate difference from ggml: the Q8_K quantizer rounds half away from zero
-//! (`f32::round`), like this crate's Q8_0/Q8_1 quantizers, where ggml's `nearest_int` rounds
-//! half to even. The SIMD quantizers reproduce this exactly.
+//! The Q8_K quantizer rounds half to even, as ggml's `nearest_int`; the SIMD quantizers give
+//! the same bytes.
 
 // Index loops mirror ggml's reference code and the lane layout of the kernels.
 #![allow(clippy::needless_range_loop)]
@@ -250,7 +279,11 @@ pub(crate) fn k_block_sums(ty: GgmlType, x: &[u8], y: &[u8]) -> (i32, i32) {
     let mut q = [0u8; QK_K];
     let (sc, mn) = unpack_k_block(ty, x, &mut q);
     let q8 = &y[Q8K_QS..Q8K_QS + QK_K];
-    let (sub, bias) = if ty == GgmlType::Q6K { (16, 32) } else { (32, 0) };
+    let (sub, bias) = if ty == GgmlType::Q6K {
+        (16, 32)
+    } else {
+        (32, 0)
+    };
     let mut s1 = 0i32;
     let mut s2 = 0i32;
     for s in 0..QK_K / sub {
@@ -259,7 +292,8 @@ pub(crate) fn k_block_sums(ty: GgmlType, x: &[u8], y: &[u8]) -> (i32, i32) {
             .sum();
         s1 += sc[s] * raw;
         if ty != GgmlType::Q6K {
-            let bsum = rd_i16(y, Q8K_BSUMS + 4 * s) as i32 + rd_i16(y, Q8K_BSUMS + 4 * s + 2) as i32;
+            let bsum =
+                rd_i16(y, Q8K_BSUMS + 4 * s) as i32 + rd_i16(y, Q8K_BSUMS + 4 * s + 2) as i32;
             s2 += mn[s] * bsum;
         }
     }

@@ -447,15 +447,35 @@ fn simd_backends_are_detected_where_available() {
 
 /// Every backend's tiles of `ty` over all `rows` × `nt` pairs of the weight rows `w` and the
 /// quantized activation rows `a` (rows of `cols` elements), as result bits in row-major order.
-fn tile_bits(be: &Backend, ty: GgmlType, cols: usize, rows: usize, nt: usize, w: &[u8], a: &[u8]) -> Vec<u32> {
-    let (wrb, arb) = (ty.row_bytes(cols).unwrap(), ty.vec_dot_type().row_bytes(cols).unwrap());
+fn tile_bits(
+    be: &Backend,
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    nt: usize,
+    w: &[u8],
+    a: &[u8],
+) -> Vec<u32> {
+    let (wrb, arb) = (
+        ty.row_bytes(cols).unwrap(),
+        ty.vec_dot_type().row_bytes(cols).unwrap(),
+    );
     let k = (be.tile)(ty);
     let mut got = vec![0u32; rows * nt];
     for r0 in (0..rows).step_by(k.max_r) {
         for t0 in (0..nt).step_by(k.max_t) {
             let (nr, ntt) = (k.max_r.min(rows - r0), k.max_t.min(nt - t0));
             let mut o = vec![0f32; nr * ntt];
-            (k.f)(cols, nr, ntt, &w[r0 * wrb..], wrb, &a[t0 * arb..], arb, &mut o);
+            (k.f)(
+                cols,
+                nr,
+                ntt,
+                &w[r0 * wrb..],
+                wrb,
+                &a[t0 * arb..],
+                arb,
+                &mut o,
+            );
             for i in 0..nr {
                 for j in 0..ntt {
                     got[(r0 + i) * nt + t0 + j] = o[i * ntt + j].to_bits();
@@ -568,7 +588,10 @@ fn kernels_give_llama_cpp_bits() {
         let id = u32_at(&mut pos);
         let (rows, nt, cols) = (u32_at(&mut pos), u32_at(&mut pos), u32_at(&mut pos));
         let ty = GgmlType::from_id(id as u32).unwrap();
-        let (wrb, arb) = (ty.row_bytes(cols).unwrap(), GgmlType::Q8K.row_bytes(cols).unwrap());
+        let (wrb, arb) = (
+            ty.row_bytes(cols).unwrap(),
+            GgmlType::Q8K.row_bytes(cols).unwrap(),
+        );
         let mut take = |n: usize| {
             let s = &data[pos..pos + n];
             pos += n;

@@ -1608,7 +1608,11 @@ unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: boo
     as_: usize,
     out: *mut f32,
 ) {
-    let (ab, a_off) = if PREP { (PREP_AK, PREP_AK_OFF) } else { (292, 0) };
+    let (ab, a_off) = if PREP {
+        (PREP_AK, PREP_AK_OFF)
+    } else {
+        (292, 0)
+    };
     // SAFETY: the tables are 64 bytes.
     let (ir, it) = unsafe { (ld512(&IDX_R), ld512(&IDX_T)) };
     let mut acc = _mm512_setzero_ps();
@@ -1659,7 +1663,6 @@ unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: boo
     }
 }
 
-
 // Prepared K-quant operands: each weight block as the `WK` that `load_w` unpacks from it (codes
 // widened to bytes, scales spread over the i16 lanes, `d`/`dmin` as f32: 576 bytes, stored
 // whole), so a 4×4 tile no longer unpacks every weight block once per 4 tokens; each Q8_K
@@ -1703,7 +1706,13 @@ macro_rules! prep_fns_k {
             for i in 0..nr {
                 // SAFETY: bounds checked above; reachable only via `BACKEND`, used after
                 // `detected()`.
-                unsafe { prep_w_k::<$k>(n / QK_K, src.as_ptr().add(i * ss), dst.as_mut_ptr().add(i * ds)) }
+                unsafe {
+                    prep_w_k::<$k>(
+                        n / QK_K,
+                        src.as_ptr().add(i * ss),
+                        dst.as_mut_ptr().add(i * ds),
+                    )
+                }
             }
         }
         fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
