@@ -1,7 +1,8 @@
 //! AVX-512 VNNI kernels, all tiled up to 4 weight rows × 4 tokens: the 32-element block types
 //! (Q4_0, Q4_1, Q8_0: two weight rows per 512-bit vector; Q5_0, Q5_1: two tokens per vector;
-//! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
-//! rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
+//! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the
+//! K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`, in llama.cpp's tiled K-quant order)
+//! and the 16-bit float rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or a pointer
@@ -1253,7 +1254,7 @@ prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 // `−32` is taken off as `32 · Σ scale · bsum`. Integer sums are exact, so each (row, token)
 // pair's lanes hold, in total, llama.cpp's `s1` (and, in 4 more lanes from the bsums, `s2`).
 // The 16 pairs of a 4×4 tile are then reduced together (`reduce_pairs`: a transpose-and-add
-// that leaves pair `p`'s `s1` and `s2` in lane `LANE[p]` of two vectors), so the float steps of
+// that leaves pair `p`'s `s1` and `s2` in lane `lane_of(p)` of two vectors), so the float steps of
 // `quant_k::k_block_step` run once per super-block on 16 pairs at a time: `r = f32(s1) · d`,
 // `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)` per lane: llama.cpp's per-output
 // operations, lanes never mix, whatever the tile shape.
@@ -1543,18 +1544,19 @@ unsafe fn sums_k(mins: bool, w: &WK, a: &AK) -> __m256i {
 const fn lane_of(p: usize) -> usize {
     8 * (p / 8) + 4 * (p % 2) + (p % 8) / 2
 }
-/// Row and token of each lane: `IDX_R[l] = p / 4`, `IDX_T[l] = p % 4` for the pair `p` there.
-const fn pair_idx(row: bool) -> [u32; 16] {
-    let mut t = [0u32; 16];
+/// Lane masks of the pairs of each row (`row`) or each token: bit `lane_of(p)` of entry `i` is
+/// set when pair `p` has row (token) `i`.
+const fn pair_masks(row: bool) -> [u16; 4] {
+    let mut m = [0u16; 4];
     let mut p = 0;
     while p < 16 {
-        t[lane_of(p)] = if row { p / 4 } else { p % 4 } as u32;
+        m[if row { p / 4 } else { p % 4 }] |= 1 << lane_of(p);
         p += 1;
     }
-    t
+    m
 }
-static IDX_R: [u32; 16] = pair_idx(true);
-static IDX_T: [u32; 16] = pair_idx(false);
+const ROW_MASK: [u16; 4] = pair_masks(true);
+const TOK_MASK: [u16; 4] = pair_masks(false);
 
 /// Sum each 4-lane group of `a`, `b`, `c`, `d`: group `g` of vector `k` lands in lane `4g + k`.
 #[inline]
@@ -1613,12 +1615,16 @@ unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: boo
     } else {
         (292, 0)
     };
-    // SAFETY: the tables are 64 bytes.
-    let (ir, it) = unsafe { (ld512(&IDX_R), ld512(&IDX_T)) };
     let mut acc = _mm512_setzero_ps();
     for b in 0..nb {
         let mut pv = [_mm256_setzero_si256(); 16];
-        let (mut dw, mut dm, mut da) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+        // Per lane: the `d` and `dmin` of its pair's row and the `d` of its token (zero in the
+        // lanes of absent pairs, whose sums are zero too).
+        let (mut dw, mut dm, mut da) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+        );
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
             let mut av = [load_ak(a.add(b * ab + a_off), K::MINS); T];
@@ -1626,7 +1632,7 @@ unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: boo
                 *v = load_ak(a.add(t * as_ + b * ab + a_off), K::MINS);
             }
             for t in 0..T {
-                da[t] = av[t].d;
+                da = _mm512_mask_blend_ps(TOK_MASK[t], da, _mm512_set1_ps(av[t].d));
             }
             for r in 0..R {
                 let wk = if PREP {
@@ -1634,23 +1640,21 @@ unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: boo
                 } else {
                     K::load_w(w.add(r * ws + b * K::WB))
                 };
-                (dw[r], dm[r]) = (wk.d, wk.dmin);
+                dw = _mm512_mask_blend_ps(ROW_MASK[r], dw, _mm512_set1_ps(wk.d));
+                if K::MINS {
+                    dm = _mm512_mask_blend_ps(ROW_MASK[r], dm, _mm512_set1_ps(wk.dmin));
+                }
                 for t in 0..T {
                     pv[4 * r + t] = sums_k(K::MINS, &wk, &av[t]);
                 }
             }
         }
         let (s1, s2) = reduce_pairs(&pv);
-        let lanes = |v: [f32; 4], idx: __m512i| {
-            // SAFETY: `v` is 16 readable bytes.
-            let v = unsafe { _mm_loadu_ps(v.as_ptr()) };
-            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
-        };
-        let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), lanes(dw, ir));
+        let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), dw);
         if K::MINS {
-            r = _mm512_fnmadd_ps(lanes(dm, ir), _mm512_cvtepi32_ps(s2), r);
+            r = _mm512_fnmadd_ps(dm, _mm512_cvtepi32_ps(s2), r);
         }
-        acc = _mm512_fmadd_ps(r, lanes(da, it), acc);
+        acc = _mm512_fmadd_ps(r, da, acc);
     }
     let mut o = [0f32; 16];
     // SAFETY: `o` is 64 writable bytes.
