@@ -1,8 +1,38 @@
 //! K-quant formats: Q4_K, Q5_K and Q6_K weights and Q8_K activations, in ggml's layout
 //! (`ggml-common.h`, `QK_K = 256`). This module owns their scalar dequantization, the Q8_K
 //! activation quantizer and the scalar reference dot products, written after ggml's
-//! `ggml-quants.c` (`dequantize_row_q4_K`, `quantize_row_q8_K_ref`,
-//! `ggml_vec_dot_q4_K_q8_K_generic` and their Q5_K/Q6_K siblings).
+//! `ggml-quants.c` (`dequantize_row_q4_K`, `quantize_row_q8_K_ref`) and, for the products,
+//! after llama.cpp's tiled K-quant matmul (`ggml/src/ggml-cpu/tiled`), which it runs for
+//! batches of 8 or more tokens.
+//!
+//! The tiled matmul's arithmetic per output (row `i`, token `j`), as read in `tiled.cpp`,
+//! `tiled-kernel.cpp` (`tiled_run_micro_vnni_8x16`, the AVX-512 VNNI build) and in the
+//! shipped `libggml-cpu.so` (`objdump`):
+//! - Activations: `quantize_row_q8_K` (x86, bytes equal to `quantize_row_q8_K_ref`), the same
+//!   Q8_K rows `ggml_vec_dot_*_q8_K` reads; `tiled_unpack_src1_q8_K` only widens the bsums to
+//!   i32 and keeps `d` as f32. The VNNI kernel reorders the codes for `vpdpbusd` (unsigned
+//!   weight codes × signed activations), which does not change the integer sums.
+//! - Weights: codes widened to bytes, unsigned (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63), per
+//!   sub-block scales (and Q4_K/Q5_K mins) as i32, `d`/`dmin` as f32 (`tiled_unpack_src0`).
+//! - Per 256-element super-block, exact i32 sums: `s1 = Σ_s scale_s · (raw_s − BIAS·bsum_s)`
+//!   with `raw_s = Σ_{e∈s} q_e·a_e` (sub-blocks of 32 for Q4_K/Q5_K, 16 for Q6_K; `BIAS` is 32
+//!   for Q6_K, whose template is `<16, false, 32, true>`, 0 otherwise; the `ACTBIAS` argument
+//!   only matters to the AVX2 kernel, which pre-biases the activations by +128 and corrects the
+//!   integer sum exactly), and for Q4_K/Q5_K `s2 = Σ_s min_s · bsum_s` (bsums of 32).
+//! - Then, in f32: `r = f32(s1) · d`; `r = fnmadd(dmin, f32(s2), r)` (one rounding) where there
+//!   are mins; `acc = fma(r, d_a, acc)`: the source writes `buf + r·d_a` as a multiply and an
+//!   add, but GCC contracts them into `vfmadd213ps` in the shipped binary.
+//! - `acc` starts at 0 for every output and takes the super-blocks in order (`kblk` ascending,
+//!   on both its per-slab and its "narrow" multi-slab path); outputs never share lanes, so the
+//!   result does not depend on the tile, the thread split or the batch.
+//!
+//! `vec_dot_k_ref` states this; the AVX2 and AVX-512 tiles perform the same operations per
+//! output, checked against llama.cpp's own outputs (`tests/data/ggml_tiled.bin`). Ferry uses
+//! this order for every batch size, decoding included, so its results do not depend on the
+//! batch. llama.cpp's own single-token path (and batches under 8 tokens) uses
+//! `ggml_vec_dot_q*_K_q8_K` instead (eight float lanes of `d_w·d_a·Σ`, mins in a separate
+//! accumulator), which rounds differently: on random rows the two paths agree bit for bit on
+//! only 10-30% of outputs (`scripts/goldens/ggml_tiled.c` prints the count).
 //!
 //! Block layouts (little-endian):
 //! - Q4_K (144 B): `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`
@@ -10,9 +40,8 @@
 //! - Q6_K (210 B): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`
 //! - Q8_K (292 B): `d: f32, qs: [i8; 256], bsums: [i16; 16]`
 //!
-//! One deliberate difference from ggml: the Q8_K quantizer rounds half away from zero
-//! (`f32::round`), like this crate's Q8_0/Q8_1 quantizers, where ggml's `nearest_int` rounds
-//! half to even. The SIMD quantizers reproduce this exactly.
+//! The Q8_K quantizer rounds half to even, as ggml's `nearest_int`; the SIMD quantizers give
+//! the same bytes.
 
 // Index loops mirror ggml's reference code and the lane layout of the kernels.
 #![allow(clippy::needless_range_loop)]
@@ -191,98 +220,123 @@ pub(crate) fn unpack_scales_mins(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
-/// Scalar reference dot product of a K-quant weight row with a Q8_K activation row, following
-/// ggml's generic kernels (eight lane sums per block, mins subtracted per block).
-pub(crate) fn vec_dot_k_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / QK_K;
-    let ts = ty.type_size();
-    let ats = GgmlType::Q8K.type_size();
-    let mut sums = [0f32; 8];
-    let mut sumf = 0f32;
-    let mut aux8 = [0i8; QK_K];
-    for i in 0..nb {
-        let x = &w[i * ts..(i + 1) * ts];
-        let y = &a[i * ats..(i + 1) * ats];
-        let q8 = &y[Q8K_QS..Q8K_QS + QK_K];
-        let yd = rd_f32(y, 0);
-        let mut aux32 = [0i32; 8];
-        match ty {
-            GgmlType::Q4K | GgmlType::Q5K => {
-                let (qs, qh) = if ty == GgmlType::Q4K {
-                    (&x[16..144], None)
-                } else {
-                    (&x[48..176], Some(&x[16..48]))
-                };
-                for j in 0..4 {
-                    for l in 0..32 {
-                        let q = qs[32 * j + l];
-                        let (mut lo, mut hi) = ((q & 0xF) as i8, (q >> 4) as i8);
-                        if let Some(qh) = qh {
-                            if qh[l] & (1 << (2 * j)) != 0 {
-                                lo += 16;
-                            }
-                            if qh[l] & (2 << (2 * j)) != 0 {
-                                hi += 16;
-                            }
-                        }
-                        aux8[64 * j + l] = lo;
-                        aux8[64 * j + 32 + l] = hi;
+/// The weight codes of one K-quant block in element order, as llama.cpp's tiled unpacking
+/// (`tiled_unpack_src0`) widens them: Q4_K 0..15, Q5_K 0..31, Q6_K 0..63 (the `-32` is applied
+/// to the integer sums), and the per-sub-block scales and (Q4_K/Q5_K) mins.
+pub(crate) fn unpack_k_block(ty: GgmlType, x: &[u8], q: &mut [u8; QK_K]) -> ([i32; 16], [i32; 8]) {
+    let mut sc = [0i32; 16];
+    let mut mn = [0i32; 8];
+    match ty {
+        GgmlType::Q4K | GgmlType::Q5K => {
+            let (qs, qh) = if ty == GgmlType::Q4K {
+                (&x[16..144], None)
+            } else {
+                (&x[48..176], Some(&x[16..48]))
+            };
+            for j in 0..4 {
+                for l in 0..32 {
+                    let b = qs[32 * j + l];
+                    let (mut lo, mut hi) = (b & 0xF, b >> 4);
+                    if let Some(qh) = qh {
+                        lo |= ((qh[l] >> (2 * j)) & 1) << 4;
+                        hi |= ((qh[l] >> (2 * j + 1)) & 1) << 4;
                     }
-                }
-                let (scales, mins) = unpack_scales_mins(&x[4..16]);
-                let mut sumi = 0i32;
-                for j in 0..QK_K / 16 {
-                    sumi += rd_i16(y, Q8K_BSUMS + 2 * j) as i32 * mins[j / 2] as i32;
-                }
-                for j in 0..QK_K / 32 {
-                    let scale = scales[j] as i32;
-                    for k in 0..4 {
-                        for l in 0..8 {
-                            let e = 32 * j + 8 * k + l;
-                            aux32[l] += scale * (q8[e] as i8 as i32 * aux8[e] as i32);
-                        }
-                    }
-                }
-                let d = rd_f16(x, 0) * yd;
-                for l in 0..8 {
-                    sums[l] += d * aux32[l] as f32;
-                }
-                let dmin = rd_f16(x, 2) * yd;
-                sumf -= dmin * sumi as f32;
-            }
-            GgmlType::Q6K => {
-                for n in 0..2 {
-                    let ql = &x[64 * n..64 * n + 64];
-                    let qh = &x[128 + 32 * n..128 + 32 * n + 32];
-                    let a8 = &mut aux8[128 * n..128 * n + 128];
-                    for l in 0..32 {
-                        a8[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-                        a8[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                        a8[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                        a8[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
-                    }
-                }
-                for j in 0..QK_K / 16 {
-                    let scale = x[192 + j] as i8 as i32;
-                    for k in 0..2 {
-                        for l in 0..8 {
-                            let e = 16 * j + 8 * k + l;
-                            aux32[l] += scale * (q8[e] as i8 as i32 * aux8[e] as i32);
-                        }
-                    }
-                }
-                let d = rd_f16(x, 208) * yd;
-                for l in 0..8 {
-                    sums[l] += d * aux32[l] as f32;
+                    q[64 * j + l] = lo;
+                    q[64 * j + 32 + l] = hi;
                 }
             }
-            other => panic!("{} is not a K-quant weight type", other.name()),
+            let (s8, m8) = unpack_scales_mins(&x[4..16]);
+            for j in 0..8 {
+                sc[j] = s8[j] as i32;
+                mn[j] = m8[j] as i32;
+            }
+        }
+        GgmlType::Q6K => {
+            for n in 0..2 {
+                let ql = &x[64 * n..64 * n + 64];
+                let qh = &x[128 + 32 * n..128 + 32 * n + 32];
+                let q = &mut q[128 * n..128 * n + 128];
+                for l in 0..32 {
+                    q[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                    q[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                    q[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                }
+            }
+            for j in 0..16 {
+                sc[j] = x[192 + j] as i8 as i32;
+            }
+        }
+        other => panic!("{} is not a K-quant weight type", other.name()),
+    }
+    (sc, mn)
+}
+
+/// The exact integer sums of one K-quant block against one Q8_K block, llama.cpp's tiled
+/// `s1 = Σ_s scale_s · Σ_{e∈s} (q_e − bias) · a_e` (bias 32 for Q6_K, 0 otherwise) and, for
+/// Q4_K/Q5_K, `s2 = Σ_s min_s · Σ_{e∈s} a_e` (from the activation's bsums).
+pub(crate) fn k_block_sums(ty: GgmlType, x: &[u8], y: &[u8]) -> (i32, i32) {
+    let mut q = [0u8; QK_K];
+    let (sc, mn) = unpack_k_block(ty, x, &mut q);
+    let q8 = &y[Q8K_QS..Q8K_QS + QK_K];
+    let (sub, bias) = if ty == GgmlType::Q6K {
+        (16, 32)
+    } else {
+        (32, 0)
+    };
+    let mut s1 = 0i32;
+    let mut s2 = 0i32;
+    for s in 0..QK_K / sub {
+        let raw: i32 = (sub * s..sub * (s + 1))
+            .map(|e| (q[e] as i32 - bias) * q8[e] as i8 as i32)
+            .sum();
+        s1 += sc[s] * raw;
+        if ty != GgmlType::Q6K {
+            let bsum =
+                rd_i16(y, Q8K_BSUMS + 4 * s) as i32 + rd_i16(y, Q8K_BSUMS + 4 * s + 2) as i32;
+            s2 += mn[s] * bsum;
         }
     }
-    for s in sums {
-        sumf += s;
+    (s1, s2)
+}
+
+/// The float steps of one super-block, llama.cpp's tiled epilogue
+/// (`tiled_run_micro_vnni_8x16`): `r = f32(s1) · d_w`, then (Q4_K/Q5_K) `r = fma(−dmin_w,
+/// f32(s2), r)` (its `fnmadd`), and the output accumulates `fma(r, d_a, acc)`: the source
+/// writes `acc + r · d_a` as a multiply and an add, but GCC contracts them into one
+/// `vfmadd213ps` in the shipped binary (checked with `objdump`; the goldens agree only with the
+/// FMA). Every backend performs exactly these operations per (row, token, block).
+#[inline(always)]
+pub(crate) fn k_block_step(acc: f32, s1: i32, s2: i32, d: f32, dmin: Option<f32>, da: f32) -> f32 {
+    let mut r = s1 as f32 * d;
+    if let Some(m) = dmin {
+        r = (-m).mul_add(s2 as f32, r);
     }
-    sumf
+    r.mul_add(da, acc)
+}
+
+/// Scalar reference dot product of a K-quant weight row with a Q8_K activation row in
+/// llama.cpp's *tiled* order (`ggml/src/ggml-cpu/tiled`, which llama.cpp runs for batches of
+/// 8 or more tokens): per super-block the exact integer sums of `k_block_sums`, converted once
+/// and scaled as `k_block_step` states, accumulated over the super-blocks in order from 0.
+/// Ferry uses this order for every batch size (decode too), so its greedy decoding does not
+/// depend on the batch; llama.cpp's own single-token path (`ggml_vec_dot_q*_K_q8_K`: eight
+/// float lanes of `d_w·d_a·Σ`, mins in a separate accumulator) rounds differently.
+pub(crate) fn vec_dot_k_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let ts = ty.type_size();
+    let ats = GgmlType::Q8K.type_size();
+    let mut acc = 0f32;
+    for i in 0..n / QK_K {
+        let x = &w[i * ts..(i + 1) * ts];
+        let y = &a[i * ats..(i + 1) * ats];
+        let (s1, s2) = k_block_sums(ty, x, y);
+        let (d, dmin) = match ty {
+            GgmlType::Q6K => (rd_f16(x, 208), None),
+            _ => (rd_f16(x, 0), Some(rd_f16(x, 2))),
+        };
+        acc = k_block_step(acc, s1, s2, d, dmin, rd_f32(y, 0));
+    }
+    acc
 }
 
 #[cfg(test)]

@@ -490,13 +490,59 @@ fn simd_backends_are_detected_where_available() {
     }
 }
 
+/// Every backend's tiles of `ty` over all `rows` × `nt` pairs of the weight rows `w` and the
+/// quantized activation rows `a` (rows of `cols` elements), as result bits in row-major order.
+fn tile_bits(
+    be: &Backend,
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    nt: usize,
+    w: &[u8],
+    a: &[u8],
+) -> Vec<u32> {
+    let (wrb, arb) = (
+        ty.row_bytes(cols).unwrap(),
+        ty.vec_dot_type().row_bytes(cols).unwrap(),
+    );
+    let k = (be.tile)(ty);
+    let mut got = vec![0u32; rows * nt];
+    for r0 in (0..rows).step_by(k.max_r) {
+        for t0 in (0..nt).step_by(k.max_t) {
+            let (nr, ntt) = (k.max_r.min(rows - r0), k.max_t.min(nt - t0));
+            let mut o = vec![0f32; nr * ntt];
+            (k.f)(
+                cols,
+                nr,
+                ntt,
+                &w[r0 * wrb..],
+                wrb,
+                &a[t0 * arb..],
+                arb,
+                &mut o,
+            );
+            for i in 0..nr {
+                for j in 0..ntt {
+                    got[(r0 + i) * nt + t0 + j] = o[i * ntt + j].to_bits();
+                }
+            }
+        }
+    }
+    got
+}
+
 /// llama.cpp's own results (`tests/data/ggml_dots.bin`, made by `scripts/goldens/ggml_dots.c`
 /// from the libggml-cpu.so the fidelity goldens came from): random rows of every block weight
 /// type, activations quantized by ggml-cpu's x86 `quantize_row_q8_*`, and for every (row,
 /// token) pair the result of `ggml_vec_dot_*` (llama.cpp's single-token path) and, for
-/// Q4_0/Q5_0/Q8_0, of `llamafile_sgemm` (tinyBLAS, its batched path). Every SIMD backend's
-/// tiles must give these bits, and so must the scalar reference for the 32-element block types
+/// Q4_0/Q5_0/Q8_0, of `llamafile_sgemm` (tinyBLAS, its batched path). Every backend's tiles
+/// of the 32-element block types must give these bits, and so must the scalar reference
 /// (whose float ops follow ggml's x86 order); the quantizers must give ggml's bytes.
+///
+/// The K-quants (Q4_K, Q5_K, Q6_K) follow llama.cpp's *tiled* matmul instead, the path it
+/// takes for batches (`tests/data/ggml_tiled.bin`, made by `scripts/goldens/ggml_tiled.c`
+/// through a real ggml graph, ragged rows and tokens): every backend's tiles and the scalar
+/// reference must give those bits, for every token count.
 #[test]
 fn kernels_give_llama_cpp_bits() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_dots.bin");
@@ -550,33 +596,11 @@ fn kernels_give_llama_cpp_bits() {
             quantize_row_act(at, xr, ar);
         }
         assert!(a == qa, "{ty:?}: {at:?} activations differ from ggml's");
+        if ty.block_size() != 32 {
+            continue; // K-quants: the tiled goldens below
+        }
         for be in available_backends() {
-            if be.name == "scalar" && ty.block_size() != 32 {
-                continue; // the K-quant scalar reference is ggml's portable code, not its x86 one
-            }
-            let k = (be.tile)(ty);
-            let mut got = vec![0u32; rows * nt];
-            for r0 in (0..rows).step_by(k.max_r) {
-                for t0 in (0..nt).step_by(k.max_t) {
-                    let (nr, ntt) = (k.max_r.min(rows - r0), k.max_t.min(nt - t0));
-                    let mut o = vec![0f32; nr * ntt];
-                    (k.f)(
-                        cols,
-                        nr,
-                        ntt,
-                        &w[r0 * wrb..],
-                        wrb,
-                        &a[t0 * arb..],
-                        arb,
-                        &mut o,
-                    );
-                    for i in 0..nr {
-                        for j in 0..ntt {
-                            got[(r0 + i) * nt + t0 + j] = o[i * ntt + j].to_bits();
-                        }
-                    }
-                }
-            }
+            let got = tile_bits(be, ty, cols, rows, nt, w, &a);
             assert_eq!(got, want, "{} {ty:?}: tiles vs llama.cpp", be.name);
             if be.name == "scalar" {
                 let r: Vec<u32> = (0..rows * nt)
@@ -593,4 +617,55 @@ fn kernels_give_llama_cpp_bits() {
     }
     assert_eq!(pos, data.len());
     eprintln!("llama.cpp bits reproduced for {seen:?}");
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_tiled.bin");
+    let data = std::fs::read(path).unwrap();
+    assert_eq!(&data[..4], b"FGT1");
+    let mut pos = 4;
+    let u32_at = |pos: &mut usize| {
+        let v = u32::from_le_bytes(data[*pos..*pos + 4].try_into().unwrap());
+        *pos += 4;
+        v as usize
+    };
+    let count = u32_at(&mut pos);
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let id = u32_at(&mut pos);
+        let (rows, nt, cols) = (u32_at(&mut pos), u32_at(&mut pos), u32_at(&mut pos));
+        let ty = GgmlType::from_id(id as u32).unwrap();
+        let (wrb, arb) = (
+            ty.row_bytes(cols).unwrap(),
+            GgmlType::Q8K.row_bytes(cols).unwrap(),
+        );
+        let mut take = |n: usize| {
+            let s = &data[pos..pos + n];
+            pos += n;
+            s
+        };
+        let (w, a) = (take(wrb * rows), take(arb * nt));
+        let want: Vec<u32> = take(4 * rows * nt)
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        for be in available_backends() {
+            let got = tile_bits(be, ty, cols, rows, nt, w, a);
+            let same = got.iter().zip(&want).filter(|(g, w)| g == w).count();
+            assert!(
+                got == want,
+                "{} {ty:?} {rows}x{nt}x{cols}: tiles vs llama.cpp's tiled matmul, {same}/{} equal",
+                be.name,
+                want.len()
+            );
+        }
+        let r: Vec<u32> = (0..rows * nt)
+            .map(|i| {
+                let (r, t) = (i / nt, i % nt);
+                vec_dot_ref(ty, cols, &w[r * wrb..][..wrb], &a[t * arb..][..arb]).to_bits()
+            })
+            .collect();
+        assert_eq!(r, want, "{ty:?}: vec_dot_ref vs llama.cpp's tiled matmul");
+        seen.push((ty, rows, nt, cols));
+    }
+    assert_eq!(pos, data.len());
+    eprintln!("llama.cpp's tiled bits reproduced for {seen:?}");
 }

@@ -36,10 +36,9 @@ const MIN_AGREEMENT: f64 = 0.98;
 const MAX_MARGIN: f32 = 0.25;
 /// Files whose every tensor type Ferry computes in llama.cpp's own arithmetic (matmuls and the
 /// other ops, see docs/PERFORMANCE.md "fidelity"): their logits must equal llama.cpp's up to
-/// the goldens' 4-decimal rounding, not just agree on the top-1. The K-quant mixes are not in
-/// the list: llama.cpp runs their Q4_K/Q5_K/Q6_K tensors through its tiled kernel, which
-/// Ferry does not follow yet.
-const EXACT_TYPES: [&str; 4] = ["Q4_1", "Q4_0", "Q8_0", "F16"];
+/// the goldens' 4-decimal rounding, not just agree on the top-1. Every file is: the K-quant
+/// mixes' Q4_K/Q5_K/Q6_K tensors follow llama.cpp's tiled K-quant matmul (its batched path).
+const EXACT_TYPES: [&str; 7] = ["Q4_1", "Q4_0", "Q8_0", "F16", "Q6_K", "Q4_K_M", "Q5_K_M"];
 /// Largest |ferry - llama.cpp| allowed on an `EXACT_TYPES` file (the goldens are rounded to
 /// 4 decimals; exact logits measure at most 0.0001).
 const EXACT_MAX_DIFF: f32 = 0.001;

@@ -1,5 +1,5 @@
 //! AVX2 + FMA + F16C kernels: tiled Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 products, single-pair float and K-quant
-//! products, and the Q8_0/Q8_1/Q8_K activation quantizers.
+//! products (the K-quants in llama.cpp's tiled order), and the Q8_0/Q8_1/Q8_K activation quantizers.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or an
@@ -15,7 +15,7 @@ use std::arch::x86_64::*;
 use super::tile_wrapper;
 use crate::dot::{check_tile, Backend, TileKernel};
 use crate::quant::{quantize_row_act, GgmlType};
-use crate::quant_k::{q8k_finish, unpack_scales_mins, Q8K_BSUMS, Q8K_QS, QK_K};
+use crate::quant_k::{k_block_step, q8k_finish, unpack_scales_mins, Q8K_BSUMS, Q8K_QS, QK_K};
 
 /// Whether this CPU runs the kernels in this module.
 pub(crate) fn detected() -> bool {
@@ -113,14 +113,6 @@ pub(crate) unsafe fn rd16(p: *const u8) -> i16 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn hsum128(s: __m128) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
@@ -618,7 +610,26 @@ unsafe fn dot_bf16(n: usize, w: *const u8, a: *const u8) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// K-quants (after ggml's AVX2 kernels).
+// K-quants, one (row, token) pair at a time, in llama.cpp's tiled K-quant order: per super-block
+// the exact integer sums `s1` (and `s2` for the mins), then `quant_k::k_block_step`'s float ops.
+
+/// Sum of 8 i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32x8(v: __m256i) -> i32 {
+    hsum_i32x4(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
+/// Sum of 4 i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32x4(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
+}
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -652,18 +663,14 @@ unsafe fn k_mins(mins: &[u8; 8], y: *const u8) -> __m128i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4k(n: usize, x: *const u8, y: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
+    let mut acc = 0f32;
     for i in 0..n / QK_K {
         // SAFETY: block `i` of both rows is in bounds (checked by the wrapper).
         unsafe {
             let xb = x.add(i * 144);
             let yb = y.add(i * 292);
-            let yd = rdf32(yb);
-            let d = yd * f16_to_f32(rd16(xb));
-            let dmin = -yd * f16_to_f32(rd16(xb.add(2)));
             let (sc, mn) = unpack_scales_mins(std::slice::from_raw_parts(xb.add(4), 12));
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(k_mins(&mn, yb)), acc_m);
+            let s2 = hsum_i32x4(k_mins(&mn, yb));
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
                 let q4 = _mm256_loadu_si256(xb.add(16 + 32 * j) as *const __m256i);
@@ -681,32 +688,24 @@ unsafe fn dot_q4k(n: usize, x: *const u8, y: *const u8) -> f32 {
                 );
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            let (d, dmin) = (f16_to_f32(rd16(xb)), f16_to_f32(rd16(xb.add(2))));
+            acc = k_block_step(acc, hsum_i32x8(sumi), s2, d, Some(dmin), rdf32(yb));
         }
     }
-    hsum256(acc) + hsum128(acc_m)
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5k(n: usize, x: *const u8, y: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    // ggml's Q5_K (unlike its Q4_K) sums the mins' products as integers and accumulates them
-    // in one scalar: `summs += dmin · Σ` (an FMA in its binaries).
-    let mut summs = 0f32;
+    let mut acc = 0f32;
     for i in 0..n / QK_K {
         // SAFETY: block `i` of both rows is in bounds (checked by the wrapper).
         unsafe {
             let xb = x.add(i * 176);
             let yb = y.add(i * 292);
-            let yd = rdf32(yb);
-            let d = yd * f16_to_f32(rd16(xb));
-            let dmin = -yd * f16_to_f32(rd16(xb.add(2)));
             let (sc, mn) = unpack_scales_mins(std::slice::from_raw_parts(xb.add(4), 12));
-            let m = k_mins(&mn, yb);
-            let z = _mm_setzero_si128();
-            let m = _mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(m, z), z));
-            summs = dmin.mul_add(m as f32, summs);
+            let s2 = hsum_i32x4(k_mins(&mn, yb));
             let mut hbits = _mm256_loadu_si256(xb.add(16) as *const __m256i);
             let mut sumi = _mm256_setzero_si256();
             for j in 0..4 {
@@ -728,23 +727,23 @@ unsafe fn dot_q5k(n: usize, x: *const u8, y: *const u8) -> f32 {
                 );
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            let (d, dmin) = (f16_to_f32(rd16(xb)), f16_to_f32(rd16(xb.add(2))));
+            acc = k_block_step(acc, hsum_i32x8(sumi), s2, d, Some(dmin), rdf32(yb));
         }
     }
-    hsum256(acc) + summs
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6k(n: usize, x: *const u8, y: *const u8) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m3 = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = 0f32;
     for i in 0..n / QK_K {
         // SAFETY: block `i` of both rows is in bounds (checked by the wrapper).
         unsafe {
             let xb = x.add(i * 210);
             let yb = y.add(i * 292);
-            let d = rdf32(yb) * f16_to_f32(rd16(xb.add(208)));
             let mut sumi = _mm256_setzero_si256();
             for h in 0..2 {
                 let qa = _mm256_loadu_si256(xb.add(64 * h) as *const __m256i);
@@ -772,17 +771,15 @@ unsafe fn dot_q6k(n: usize, x: *const u8, y: *const u8) -> f32 {
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
                 }
             }
-            // The -32 offset as ggml subtracts it: lane k takes -32 · Σ scale · a over the
-            // 32 elements 32k..32k+32 (sub-blocks 2k, 2k+1, from the activation's bsums), not
-            // over its own elements. The total is the same; the lanes, and so the float
-            // rounding, are ggml's.
+            // The -32 offset: Σ scale · (q − 32) · a = Σ scale · q · a − 32 · Σ scale · bsum.
             let bs = _mm256_loadu_si256(yb.add(Q8K_BSUMS) as *const __m256i);
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.add(192) as *const __m128i));
             sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16)));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            let d = f16_to_f32(rd16(xb.add(208)));
+            acc = k_block_step(acc, hsum_i32x8(sumi), 0, d, None, rdf32(yb));
         }
     }
-    hsum256(acc)
+    acc
 }
 
 // ---------------------------------------------------------------------------------------------

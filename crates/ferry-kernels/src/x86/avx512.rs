@@ -1,7 +1,8 @@
 //! AVX-512 VNNI kernels, all tiled up to 4 weight rows × 4 tokens: the 32-element block types
 //! (Q4_0, Q4_1, Q8_0: two weight rows per 512-bit vector; Q5_0, Q5_1: two tokens per vector;
-//! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`) and the 16-bit float
-//! rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
+//! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the
+//! K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`, in llama.cpp's tiled K-quant order)
+//! and the 16-bit float rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or a pointer
@@ -528,12 +529,24 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
         max_r: MAX_R,
         max_t: MAX_T,
     };
+    let kq = |prep_w: PrepWFn, prep_a: PrepFn, f: TileFn| PreparedKernel {
+        w_bytes: prep_w_bytes_k,
+        prep_w,
+        a_bytes: prep_a_bytes_k,
+        prep_a,
+        f,
+        max_r: MAX_R,
+        max_t: MAX_T,
+    };
     type Bytes = (fn(usize) -> usize, fn(usize) -> usize);
     let (w_bytes, prep_w, prep_a, f): (Bytes, PrepWFn, PrepFn, TileFn) = match ty {
         GgmlType::F16 => return Some(h16(prep_w_f16, prep_f16, tile_prep_f16)),
         GgmlType::BF16 => return Some(h16(prep_w_bf16, prep_bf16, tile_prep_bf16)),
         GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
         GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
+        GgmlType::Q4K => return Some(kq(prep_w_q4k, prep_a_q4k, tile_prep_q4k)),
+        GgmlType::Q5K => return Some(kq(prep_w_q5k, prep_a_q5k, tile_prep_q5k)),
+        GgmlType::Q6K => return Some(kq(prep_w_q6k, prep_a_q6k, tile_prep_q6k)),
         GgmlType::Q4_0 => (
             (prep_w_bytes_pair::<Q40>, prep_a_bytes_pair::<Q40>),
             prep_w_q4_0,
@@ -1233,34 +1246,37 @@ prep_fns_tok2!(Q50, prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0);
 prep_fns_tok2!(Q51, prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1);
 
 // ---------------------------------------------------------------------------------------------
-// K-quants (256-element super-blocks) against Q8_K activations, tiled.
+// K-quants (256-element super-blocks) against Q8_K activations, tiled, in llama.cpp's *tiled*
+// K-quant order (`quant_k::vec_dot_k_ref` states it; `ggml-cpu/tiled`, its batched path).
 //
 // Per 64 elements: `vpmaddubsw` (unsigned quants × signed activations → i16 pairs, which cannot
-// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes. The
-// float arithmetic is that of ggml's AVX2 kernels (`ggml_vec_dot_q{4,5,6}_K_q8_K`, which
-// llama.cpp runs on this kind of CPU) and of `avx2::dot_q*k`, bit for bit: the 16 integer lanes
-// are folded to ggml's 8 (lane i sums the elements with `(e mod 32) / 4 = i`; integer sums are
-// exact, so only the partition matters), converted once per super-block and accumulated as
-// `acc += (d_a · d_w) · Σ` in 8 lanes; Q4_K's mins go to 4 more lanes of the same vector as
-// ggml's `acc_m += (-d_a · dmin) · Σ mins · bsums`, with its pairing of the bsums; Q5_K's to
-// lane 8 alone as ggml's scalar `summs += (-d_a · dmin) · Σ` (the 4 products summed as integers
-// first). Q6_K's `-32` is subtracted as ggml does: lane k takes `32 · Σ bsums · scales` over
-// elements 32k..32k+32, not its own elements' offsets (`kernels_give_llama_cpp_bits` checks all
-// of this against llama.cpp's outputs).
+// saturate: quants ≤ 63), then `vpdpwssd` with the sub-block scales as i16 → i32 lanes; Q6_K's
+// `−32` is taken off as `32 · Σ scale · bsum`. Integer sums are exact, so each (row, token)
+// pair's lanes hold, in total, llama.cpp's `s1` (and, in 4 more lanes from the bsums, `s2`).
+// The 16 pairs of a 4×4 tile are then reduced together (`reduce_pairs`: a transpose-and-add
+// that leaves pair `p`'s `s1` and `s2` in lane `lane_of(p)` of two vectors), so the float steps of
+// `quant_k::k_block_step` run once per super-block on 16 pairs at a time: `r = f32(s1) · d`,
+// `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)` per lane: llama.cpp's per-output
+// operations, lanes never mix, whatever the tile shape.
 
-/// A K-quant weight block unpacked for the tiled kernel.
+/// A K-quant weight block unpacked for the tiled kernel (`repr(C)` without padding: stored
+/// whole as a prepared weight block).
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct WK {
     /// Unsigned quants in element order, 64 per vector.
     q: [__m512i; 4],
     /// The scale of each i16 lane's element pair, per 64-element chunk.
     sc: [__m512i; 4],
-    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
-    mins: __m128i,
     /// Q6_K: the 16 scales as i16 (unused by Q4_K/Q5_K).
     sc16: __m256i,
-    /// Lanes 0-7: `d`; Q4_K/Q5_K lanes 8-11: `dmin`; the rest zero.
-    d: __m512,
+    /// Q4_K/Q5_K: the 8 mins as i16 (unused by Q6_K).
+    mins: __m128i,
+    /// `d` and (Q4_K/Q5_K) `dmin` as f32.
+    d: f32,
+    dmin: f32,
+    /// Zero: fills the struct to 576 bytes.
+    pad: [f32; 2],
 }
 
 /// A Q8_K activation block.
@@ -1272,8 +1288,8 @@ struct AK {
     q8s: __m128i,
     /// Q6_K: the 16 bsums (sums of 16 quants) as i16.
     bs: __m256i,
-    /// Lanes 0-7: `d`; lanes 8-11: `-d`; the rest zero.
-    d: __m512,
+    /// `d`.
+    d: f32,
 }
 
 trait KQuant {
@@ -1281,9 +1297,6 @@ trait KQuant {
     const WTY: GgmlType;
     /// Whether the block has mins (Q4_K, Q5_K) rather than a fixed offset (Q6_K).
     const MINS: bool;
-    /// Whether ggml sums the mins' integer products first and accumulates them in one scalar
-    /// (`summs += dmin · Σ`, Q5_K) rather than in 4 lanes (`acc_m`, Q4_K).
-    const SUMMS: bool = false;
     unsafe fn load_w(p: *const u8) -> WK;
 }
 
@@ -1323,20 +1336,12 @@ static SH_0_1: [u16; 32] = halves(0, 1);
 static SH_4_2: [u16; 32] = halves(4, 2);
 static SH_0_2: [u16; 32] = halves(0, 2);
 
-/// The f16 at `p` in lanes 0-7 and (if `m` is given) the f16 at `m` in lanes 8-11, as f32;
-/// zero elsewhere.
+/// The f16 at `p` as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn d_lanes(p: *const u8, m: Option<*const u8>) -> __m512 {
-    // SAFETY: the caller guarantees two readable bytes at `p` (and at `m`).
-    unsafe {
-        let v = _mm256_maskz_set1_epi16(0x00FF, avx2::rd16(p));
-        let v = match m {
-            Some(m) => _mm256_mask_set1_epi16(v, 0x0F00, avx2::rd16(m)),
-            None => v,
-        };
-        _mm512_cvtph_ps(v)
-    }
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees two readable bytes at `p`.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(avx2::rd16(p) as u16 as i32))) }
 }
 
 /// 32 bytes at `p` in both halves of a vector.
@@ -1347,11 +1352,11 @@ unsafe fn bcast256(p: *const u8) -> __m512i {
     unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i)) }
 }
 
-/// Q4_K/Q5_K header: per-chunk scales, mins and `d`/`dmin` lanes (ggml's `utmp` unpacking of
-/// the 12 packed 6-bit scales and mins).
+/// Q4_K/Q5_K header: per-chunk scales, mins, `d` and `dmin` (ggml's `utmp` unpacking of the 12
+/// packed 6-bit scales and mins).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m128i, __m512) {
+unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m128i, f32, f32) {
     const KM1: u32 = 0x3f3f_3f3f;
     const KM2: u32 = 0x0f0f_0f0f;
     const KM3: u32 = 0x0303_0303;
@@ -1368,7 +1373,7 @@ unsafe fn k4_header(p: *const u8) -> ([__m512i; 4], __m128i, __m512) {
         let sc = _mm512_castsi256_si512(sc);
         let scs = std::array::from_fn(|c| _mm512_permutexvar_epi16(ld512(&IDX_K4[c]), sc));
         let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, mn_hi as i32, mn_lo as i32));
-        (scs, mins, d_lanes(p, Some(p.add(2))))
+        (scs, mins, f16_at(p), f16_at(p.add(2)))
     }
 }
 
@@ -1381,7 +1386,7 @@ impl KQuant for Q4K {
     unsafe fn load_w(p: *const u8) -> WK {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
-            let (sc, mins, d) = k4_header(p);
+            let (sc, mins, d, dmin) = k4_header(p);
             let sh = ld512(&SH_0_4);
             let q = std::array::from_fn(|c| {
                 let raw = bcast256(p.add(16 + 32 * c));
@@ -1393,6 +1398,8 @@ impl KQuant for Q4K {
                 mins,
                 sc16: _mm256_setzero_si256(),
                 d,
+                dmin,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1402,13 +1409,12 @@ impl KQuant for Q5K {
     const WB: usize = 176;
     const WTY: GgmlType = GgmlType::Q5K;
     const MINS: bool = true;
-    const SUMMS: bool = true;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load_w(p: *const u8) -> WK {
         // SAFETY: the caller guarantees a whole block at `p`; tables are 64 bytes.
         unsafe {
-            let (sc, mins, d) = k4_header(p);
+            let (sc, mins, d, dmin) = k4_header(p);
             let (sh, sh_h) = (ld512(&SH_0_4), ld512(&SH_0_1));
             // Chunk c: the low nibbles take bit 2c of `qh`, the high nibbles bit 2c + 1.
             let mut h = bcast256(p.add(16));
@@ -1426,6 +1432,8 @@ impl KQuant for Q5K {
                 mins,
                 sc16: _mm256_setzero_si256(),
                 d,
+                dmin,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1466,7 +1474,9 @@ impl KQuant for Q6K {
                 sc: scs,
                 mins: _mm_setzero_si128(),
                 sc16,
-                d: d_lanes(p.add(208), None),
+                d: f16_at(p.add(208)),
+                dmin: 0.0,
+                pad: [0.0; 2],
             }
         }
     }
@@ -1478,33 +1488,30 @@ unsafe fn load_ak(p: *const u8, mins: bool) -> AK {
     // SAFETY: the caller guarantees a whole Q8_K block at `p`.
     unsafe {
         let q = p.add(Q8K_QS);
+        let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
         let (q8s, bs) = if mins {
-            let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
             let q8s = _mm_hadd_epi16(
                 _mm256_castsi256_si128(bs),
                 _mm256_extracti128_si256::<1>(bs),
             );
             (q8s, _mm256_setzero_si256())
         } else {
-            let bs = _mm256_loadu_si256(p.add(Q8K_BSUMS) as *const __m256i);
             (_mm_setzero_si128(), bs)
         };
-        let d = _mm512_set1_ps(std::ptr::read_unaligned(p as *const f32));
-        let neg = _mm512_sub_ps(_mm512_setzero_ps(), d);
         AK {
             p: q,
             q8s,
             bs,
-            d: _mm512_maskz_mov_ps(0x0FFF, _mm512_mask_mov_ps(d, 0x0F00, neg)),
+            d: std::ptr::read_unaligned(p as *const f32),
         }
     }
 }
 
-/// Add one block pair's product to `acc`; the float ops depend only on the two blocks.
-/// `mins` is a constant per type (inlined away).
+/// One block pair's exact integer sums: lanes 0-3 sum to `s1`, lanes 4-7 to `s2` (zero for
+/// Q6_K). `mins` is a constant per type (inlined away).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn step_k(mins: bool, summs: bool, w: &WK, a: &AK, acc: __m512) -> __m512 {
+unsafe fn sums_k(mins: bool, w: &WK, a: &AK) -> __m256i {
     let mut isum = _mm512_setzero_si512();
     for c in 0..4 {
         // SAFETY: the activation block holds 256 quants at `a.p`.
@@ -1518,37 +1525,63 @@ unsafe fn step_k(mins: bool, summs: bool, w: &WK, a: &AK, acc: __m512) -> __m512
         _mm512_extracti64x4_epi64::<1>(isum),
     );
     if !mins {
-        // Q6_K's -32 offset as ggml subtracts it: lane k takes -32 · Σ scale · a over elements
-        // 32k..32k+32 (sub-blocks 2k, 2k+1, from the bsums), not over its own elements.
+        // Q6_K's −32: Σ scale · (q − 32) · a = Σ scale · q · a − 32 · Σ scale · bsum.
         s8 = _mm256_sub_epi32(s8, _mm256_slli_epi32::<5>(_mm256_madd_epi16(a.bs, w.sc16)));
     }
-    let all = if mins {
-        let mut m = _mm_madd_epi16(w.mins, a.q8s);
-        if summs {
-            // ggml's Q5_K: the 4 sums added as integers (exact) into lane 8, lanes 9-11 zero.
-            let z = _mm_setzero_si128();
-            m = _mm_hadd_epi32(_mm_hadd_epi32(m, z), z);
-        }
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(s8), _mm256_zextsi128_si256(m))
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(s8),
+        _mm256_extracti128_si256::<1>(s8),
+    );
+    let m = if mins {
+        _mm_madd_epi16(w.mins, a.q8s)
     } else {
-        _mm512_zextsi256_si512(s8)
+        _mm_setzero_si128()
     };
-    _mm512_fmadd_ps(_mm512_mul_ps(a.d, w.d), _mm512_cvtepi32_ps(all), acc)
+    _mm256_set_m128i(m, s4)
 }
 
-/// ggml's final sum: `hsum_float_8(acc)`, plus `hsum(acc_m)` of lanes 8-11 when there are mins
-/// (Q4_K), or lane 8 alone (`summs`, Q5_K).
+/// Lane of pair `p = 4·row + token` in the vectors of `reduce_pairs`.
+const fn lane_of(p: usize) -> usize {
+    8 * (p / 8) + 4 * (p % 2) + (p % 8) / 2
+}
+/// Lane masks of the pairs of each row (`row`) or each token: bit `lane_of(p)` of entry `i` is
+/// set when pair `p` has row (token) `i`.
+const fn pair_masks(row: bool) -> [u16; 4] {
+    let mut m = [0u16; 4];
+    let mut p = 0;
+    while p < 16 {
+        m[if row { p / 4 } else { p % 4 }] |= 1 << lane_of(p);
+        p += 1;
+    }
+    m
+}
+const ROW_MASK: [u16; 4] = pair_masks(true);
+const TOK_MASK: [u16; 4] = pair_masks(false);
+
+/// Sum each 4-lane group of `a`, `b`, `c`, `d`: group `g` of vector `k` lands in lane `4g + k`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn finish_k(mins: bool, summs: bool, acc: __m512) -> f32 {
-    let s = avx2::hsum256(_mm512_castps512_ps256(acc));
-    if summs {
-        s + _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(acc))
-    } else if mins {
-        s + avx2::hsum128(_mm512_extractf32x4_ps::<2>(acc))
-    } else {
-        s
-    }
+fn reduce4(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m512i {
+    let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd))
+}
+
+/// The 16 pairs' `s1` and `s2` (from `sums_k`), pair `p` in lane `lane_of(p)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+fn reduce_pairs(pv: &[__m256i; 16]) -> (__m512i, __m512i) {
+    // Vector j holds pairs 2j (groups 0, 1: s1, s2) and 2j + 1 (groups 2, 3).
+    let v: [__m512i; 8] = std::array::from_fn(|j| {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(pv[2 * j]), pv[2 * j + 1])
+    });
+    let r0 = reduce4(v[0], v[1], v[2], v[3]);
+    let r1 = reduce4(v[4], v[5], v[6], v[7]);
+    // s1: groups 0 and 2 of r0, then of r1; s2: groups 1 and 3.
+    (
+        _mm512_shuffle_i32x4::<0x88>(r0, r1),
+        _mm512_shuffle_i32x4::<0xDD>(r0, r1),
+    )
 }
 
 /// `R` weight rows × `T` activation rows over `nb` super-blocks.
@@ -1561,29 +1594,180 @@ unsafe fn tile_kq<K: KQuant, const R: usize, const T: usize>(
     as_: usize,
     out: *mut f32,
 ) {
-    const AB: usize = 292;
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kq_any::<K, R, T, false>(nb, w, ws, a, as_, out) }
+}
+
+/// `tile_kq` over prepared rows (`PREP`, layout below) or plain ones: the same operations on
+/// the same `WK` and `AK` values, so the same bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_kq_any<K: KQuant, const R: usize, const T: usize, const PREP: bool>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    let (ab, a_off) = if PREP {
+        (PREP_AK, PREP_AK_OFF)
+    } else {
+        (292, 0)
+    };
+    let mut acc = _mm512_setzero_ps();
     for b in 0..nb {
+        let mut pv = [_mm256_setzero_si256(); 16];
+        // Per lane: the `d` and `dmin` of its pair's row and the `d` of its token (zero in the
+        // lanes of absent pairs, whose sums are zero too).
+        let (mut dw, mut dm, mut da) = (
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+            _mm512_setzero_ps(),
+        );
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
-            let mut av = [load_ak(a.add(b * AB), K::MINS); T];
+            let mut av = [load_ak(a.add(b * ab + a_off), K::MINS); T];
             for (t, v) in av.iter_mut().enumerate().skip(1) {
-                *v = load_ak(a.add(t * as_ + b * AB), K::MINS);
+                *v = load_ak(a.add(t * as_ + b * ab + a_off), K::MINS);
+            }
+            for t in 0..T {
+                da = _mm512_mask_blend_ps(TOK_MASK[t], da, _mm512_set1_ps(av[t].d));
             }
             for r in 0..R {
-                let wk = K::load_w(w.add(r * ws + b * K::WB));
+                let wk = if PREP {
+                    std::ptr::read_unaligned(w.add(r * ws + b * PREP_WK) as *const WK)
+                } else {
+                    K::load_w(w.add(r * ws + b * K::WB))
+                };
+                dw = _mm512_mask_blend_ps(ROW_MASK[r], dw, _mm512_set1_ps(wk.d));
+                if K::MINS {
+                    dm = _mm512_mask_blend_ps(ROW_MASK[r], dm, _mm512_set1_ps(wk.dmin));
+                }
                 for t in 0..T {
-                    acc[r][t] = step_k(K::MINS, K::SUMMS, &wk, &av[t], acc[r][t]);
+                    pv[4 * r + t] = sums_k(K::MINS, &wk, &av[t]);
                 }
             }
         }
+        let (s1, s2) = reduce_pairs(&pv);
+        let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), dw);
+        if K::MINS {
+            r = _mm512_fnmadd_ps(dm, _mm512_cvtepi32_ps(s2), r);
+        }
+        acc = _mm512_fmadd_ps(r, da, acc);
     }
+    let mut o = [0f32; 16];
+    // SAFETY: `o` is 64 writable bytes.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
     for r in 0..R {
         for t in 0..T {
             // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(r * T + t) = finish_k(K::MINS, K::SUMMS, acc[r][t]) };
+            unsafe { *out.add(r * T + t) = o[lane_of(4 * r + t)] };
         }
     }
+}
+
+// Prepared K-quant operands: each weight block as the `WK` that `load_w` unpacks from it (codes
+// widened to bytes, scales spread over the i16 lanes, `d`/`dmin` as f32: 576 bytes, stored
+// whole), so a 4×4 tile no longer unpacks every weight block once per 4 tokens; each Q8_K
+// activation block copied into a 384-byte slot at offset 60, so that its 256 quants start on a
+// cache line. `tile_prep_kq` is `tile_kq` on the same `WK`/`AK` values: the same bits.
+
+/// Bytes of a prepared weight block (`size_of::<WK>()`: no padding).
+const PREP_WK: usize = 576;
+const _: () = assert!(std::mem::size_of::<WK>() == PREP_WK);
+/// Bytes of a prepared activation block's slot, and where the Q8_K block starts in it.
+const PREP_AK: usize = 384;
+const PREP_AK_OFF: usize = 64 - Q8K_QS;
+
+fn prep_w_bytes_k(n: usize) -> usize {
+    n / QK_K * PREP_WK
+}
+
+fn prep_a_bytes_k(n: usize) -> usize {
+    n / QK_K * PREP_AK
+}
+
+/// Unpack the `nb` blocks of one weight row at `src` into `dst`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_w_k<K: KQuant>(nb: usize, src: *const u8, dst: *mut u8) {
+    for b in 0..nb {
+        // SAFETY: the caller checked `nb` blocks at `src` and `nb · PREP_WK` bytes at `dst`.
+        unsafe {
+            let wk = K::load_w(src.add(b * K::WB));
+            std::ptr::write_unaligned(dst.add(b * PREP_WK) as *mut WK, wk);
+        }
+    }
+}
+
+/// The safe entry points of the prepared kernel of K-quant `$k`.
+macro_rules! prep_fns_k {
+    ($k:ty, $pw:ident, $pa:ident, $tile:ident) => {
+        fn $pw(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
+            let (wrb, pb) = (<$k>::WTY.row_bytes(n).unwrap(), prep_w_bytes_k(n));
+            assert!((1..=MAX_R).contains(&nr) && ss >= wrb && ds >= pb);
+            assert!(src.len() >= (nr - 1) * ss + wrb && dst.len() >= (nr - 1) * ds + pb);
+            for i in 0..nr {
+                // SAFETY: bounds checked above; reachable only via `BACKEND`, used after
+                // `detected()`.
+                unsafe {
+                    prep_w_k::<$k>(
+                        n / QK_K,
+                        src.as_ptr().add(i * ss),
+                        dst.as_mut_ptr().add(i * ds),
+                    )
+                }
+            }
+        }
+        fn $pa(n: usize, src: &[u8], dst: &mut [u8]) {
+            let nb = n / QK_K;
+            assert!(src.len() >= nb * 292 && dst.len() >= prep_a_bytes_k(n));
+            for b in 0..nb {
+                dst[b * PREP_AK + PREP_AK_OFF..][..292].copy_from_slice(&src[b * 292..][..292]);
+            }
+        }
+        fn $tile(
+            n: usize,
+            nr: usize,
+            nt: usize,
+            w: &[u8],
+            ws: usize,
+            a: &[u8],
+            as_: usize,
+            out: &mut [f32],
+        ) {
+            let (pwb, pab) = (prep_w_bytes_k(n), prep_a_bytes_k(n));
+            assert!(n % QK_K == 0 && nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+            assert!(
+                ws >= pwb && w.len() >= (nr - 1) * ws + pwb,
+                "weight tile out of bounds"
+            );
+            assert!(
+                as_ >= pab && a.len() >= (nt - 1) * as_ + pab,
+                "activation tile out of bounds"
+            );
+            let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+            // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+            unsafe { super::rt_match!(tile_prep_kq, $k, nr, nt, (n / QK_K, w, ws, a, as_, o)) }
+        }
+    };
+}
+prep_fns_k!(Q4K, prep_w_q4k, prep_a_q4k, tile_prep_q4k);
+prep_fns_k!(Q5K, prep_w_q5k, prep_a_q5k, tile_prep_q5k);
+prep_fns_k!(Q6K, prep_w_q6k, prep_a_q6k, tile_prep_q6k);
+
+/// `tile_kq` over prepared rows of `nb` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_prep_kq<K: KQuant, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { tile_kq_any::<K, R, T, true>(nb, w, ws, a, as_, out) }
 }
 
 tile_wrapper!(tile_q4k, Q4K::WTY, tile_kq, Q4K, QK_K);
