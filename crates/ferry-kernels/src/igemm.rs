@@ -375,50 +375,61 @@ fn quantize_acts(
 unsafe fn put_token(isa: Isa, q: *mut u32, s: *mut f32, kp: usize, t: usize, row: &[f32]) {
     let cols = row.len();
     debug_assert_eq!(kp, cols.next_multiple_of(2));
-    ROW.with(|cell| {
-        let row_q = &mut *cell.borrow_mut();
-        if row_q.len() < kp {
-            row_q.resize(kp, 0);
-        }
-        // The odd column's pad.
-        row_q[cols..kp].fill(0);
-        let sc = match isa {
-            // SAFETY: AVX-512F/BW/VL were detected (Vnni512 implies them); the lengths are
-            // equal.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut row_q[..cols]) },
-            _ => quantize_row(row, &mut row_q[..cols]),
+    let amax = match isa {
+        // SAFETY: AVX-512F was detected (Vnni512 implies it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni512 => unsafe { x86::amax512(row) },
+        _ => amax_ref(row),
+    };
+    let (sc, inv) = scales(amax, X_MAX);
+    // SAFETY: the caller's contract (token t's scale).
+    unsafe { *s.add(t) = sc };
+    let (tile, j) = (t / MT, t % MT);
+    // SAFETY: the caller's contract: tile `tile` lies inside `q`.
+    let q = unsafe { q.add(tile * tile_words(kp)) };
+    // Chunk by chunk, straight into the tile: the chunk's CP words are token j's KCH values
+    // in column order (two i16 per little-endian u32), contiguous.
+    for (c, src) in row.chunks(KCH).enumerate() {
+        // SAFETY: token j's words of chunk c in this tile (xidx(c * CP, j) + CP <=
+        // tile_words(kp)), the caller's alone; `src.len().next_multiple_of(2) / 2 <= CP`
+        // words are written.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                q.add(xidx(c * CP, j)).cast::<i16>(),
+                src.len().next_multiple_of(2),
+            )
         };
-        // SAFETY: the caller's contract (token t's scale).
-        unsafe { *s.add(t) = sc };
-        let (tile, j) = (t / MT, t % MT);
-        // SAFETY: the caller's contract: tile `tile` lies inside `q`.
-        let q = unsafe { q.add(tile * tile_words(kp)) };
-        // Chunk by chunk: CP contiguous words (the odd column's pad is 0).
-        for (c, pr) in row_q[..kp].chunks(KCH).enumerate() {
-            // SAFETY: token j's words of chunk c in this tile (xidx < tile_words(kp)),
-            // the caller's alone.
-            let d = unsafe { std::slice::from_raw_parts_mut(q.add(xidx(c * CP, j)), pr.len() / 2) };
-            for (d, pr) in d.iter_mut().zip(pr.chunks_exact(2)) {
-                *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
-            }
+        // The odd column's pad.
+        dst[src.len()..].fill(0);
+        let dst = &mut dst[..src.len()];
+        match isa {
+            // SAFETY: AVX-512F/BW/VL were detected; the lengths are equal.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Vnni512 => unsafe { x86::quant512(src, inv, dst) },
+            _ => quant_ref(src, inv, dst),
         }
-    })
+    }
 }
 
-thread_local! {
-    /// One quantized activation row per pool thread.
-    static ROW: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+/// The largest magnitude of an activation row (reference of `x86::amax512`).
+fn amax_ref(row: &[f32]) -> f32 {
+    row.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `quant` over a row (reference of `x86::quant512`).
+fn quant_ref(row: &[f32], inv: f32, q: &mut [i16]) {
+    assert_eq!(row.len(), q.len());
+    q.iter_mut()
+        .zip(row)
+        .for_each(|(d, &v)| *d = quant(v, inv, X_MAX));
 }
 
 /// Quantize one activation row to `X_MAX` levels each side; returns its scale. The reference
 /// of `x86::quantize_row512` (bit-identical for finite inputs).
+#[cfg(test)]
 fn quantize_row(row: &[f32], q: &mut [i16]) -> f32 {
-    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let (sc, inv) = scales(amax, X_MAX);
-    for (d, &v) in q.iter_mut().zip(row) {
-        *d = quant(v, inv, X_MAX);
-    }
+    let (sc, inv) = scales(amax_ref(row), X_MAX);
+    quant_ref(row, inv, q);
     sc
 }
 
@@ -710,28 +721,73 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row512(row: &[f32], q: &mut [i16]) -> f32 {
         assert_eq!(row.len(), q.len());
+        // SAFETY: the features are enabled on this function.
+        let (sc, inv) = super::scales(unsafe { amax512(row) }, X_MAX);
+        // SAFETY: as above; the lengths are equal.
+        unsafe { quant512(row, inv, q) };
+        sc
+    }
+
+    fn tail(n: usize, i: usize) -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    }
+
+    /// The largest magnitude of `row` (max is exact in any order), 0 for an empty row.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn amax512(row: &[f32]) -> f32 {
         let n = row.len();
-        let tail = |i: usize| -> __mmask16 {
-            if n - i >= 16 {
-                0xffff
-            } else {
-                (1u16 << (n - i)) - 1
-            }
-        };
-        let mut m = _mm512_setzero_ps();
+        let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut i = 0;
+        // Two independent max chains, then the masked tail.
+        while i + 32 <= n {
+            // SAFETY: row[i..i + 32] is inside the row.
+            unsafe {
+                m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i))));
+                m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i + 16))));
+            }
+            i += 32;
+        }
         while i < n {
             // SAFETY: the mask covers row[i..n] only.
-            let v = unsafe { _mm512_maskz_loadu_ps(tail(i), row.as_ptr().add(i)) };
-            m = _mm512_max_ps(m, _mm512_abs_ps(v));
+            let v = unsafe { _mm512_maskz_loadu_ps(tail(n, i), row.as_ptr().add(i)) };
+            m0 = _mm512_max_ps(m0, _mm512_abs_ps(v));
             i += 16;
         }
-        let (sc, inv) = super::scales(_mm512_reduce_max_ps(m), X_MAX);
+        _mm512_reduce_max_ps(_mm512_max_ps(m0, m1))
+    }
+
+    /// `q[i] = clamp(round_half_even(row[i] · inv), ±X_MAX)`: `vcvtps2dq` (round half to even
+    /// under the default MXCSR, as `round_ties_even`) and a clamp. Identical to `quant` for
+    /// finite inputs.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL must be available; `q.len() == row.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quant512(row: &[f32], inv: f32, q: &mut [i16]) {
+        assert_eq!(row.len(), q.len());
+        let n = row.len();
         let inv = _mm512_set1_ps(inv);
         let (lo, hi) = (_mm512_set1_epi32(-X_MAX), _mm512_set1_epi32(X_MAX));
         let mut i = 0;
-        while i < n {
-            let k = tail(i);
+        while i + 16 <= n {
+            // SAFETY: row[i..i + 16] and q[i..i + 16] are inside the slices.
+            unsafe {
+                let v = _mm512_loadu_ps(row.as_ptr().add(i));
+                let r = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+                let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+                _mm256_storeu_si256(q.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(r));
+            }
+            i += 16;
+        }
+        if i < n {
+            let k = tail(n, i);
             // SAFETY: the masks cover row[i..n] and q[i..n] only.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
@@ -739,9 +795,7 @@ mod x86 {
                 let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
                 _mm256_mask_storeu_epi16(q.as_mut_ptr().add(i).cast(), k, _mm512_cvtepi32_epi16(r));
             }
-            i += 16;
         }
-        sc
     }
 
     /// AVX2: `vpmaddwd` + `vpaddd` per 8 rows × column pair; 16 rows × up to 6 tokens at a time.
