@@ -147,7 +147,10 @@ mod x86 {
         if s.kt.len() < hd * lp {
             s.kt.resize(hd * lp, 0.0);
         }
-        assert!(l.stride < (i32::MAX as usize) / 16, "row stride fits the gather's index");
+        assert!(
+            l.stride < (i32::MAX as usize) / 16,
+            "row stride fits the gather's index"
+        );
         let idx = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(l.stride as i32),

@@ -481,7 +481,11 @@ fn prequantized_with(
     out: &mut [f32],
     s: &I16Scratch,
 ) {
-    assert_eq!(s.begun, Some((n_tokens, w.cols)), "activations begun for this shape");
+    assert_eq!(
+        s.begun,
+        Some((n_tokens, w.cols)),
+        "activations begun for this shape"
+    );
     assert_eq!(
         s.filled.load(Ordering::Acquire),
         n_tokens,

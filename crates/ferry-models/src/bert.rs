@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
-use ferry_kernels::igemm::{self, gemm_i16, gemm_i16_prequantized, I16Scratch, PackedI16, QuantSink};
+use ferry_kernels::igemm::{
+    self, gemm_i16, gemm_i16_prequantized, I16Scratch, PackedI16, QuantSink,
+};
 use ferry_kernels::ops::gelu_inplace;
 use ferry_kernels::quant::quantize_row_act;
 use ferry_kernels::vmath::add_layer_norm;
