@@ -636,7 +636,6 @@ impl Bert {
             h,
             sink.as_ref(),
         );
-        drop(sink);
         for (i, layer) in self.layers.iter().enumerate() {
             self.layer(pool, layer, self.layers.get(i + 1), seqs, n, ws);
         }
@@ -669,7 +668,6 @@ impl Bert {
         ws.ctx.resize(n * h, 0.0);
         let sink = self.pre(&l.attn_out).then(|| ws.pre.begin(n, h));
         self.attention(pool, seqs, &ws.qkv, &mut ws.ctx, sink.as_ref());
-        drop(sink);
         // Attention output + residual, layer norm.
         if self.pre(&l.attn_out) {
             l.attn_out.forward_pre(pool, &ws.pre, n, &mut ws.tmp, false);
@@ -687,7 +685,6 @@ impl Bert {
             h,
             sink.as_ref(),
         );
-        drop(sink);
         // Feed-forward + residual, layer norm.
         if self.pre(&l.up) {
             l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true);
