@@ -122,18 +122,50 @@ mod x86 {
     ) {
         let (len, hd) = (l.len, l.head_dim);
         let lp = len.div_ceil(16) * 16;
+        let base = qkv.as_ptr();
+        // The head's Q, K and V rows are scattered over a QKV buffer that is larger than L2
+        // (one row per token, `stride` floats apart): ask for all their lines up front, so
+        // that their misses overlap instead of stalling the transpose and the context loop
+        // one row at a time.
+        for j in 0..len {
+            for col in [l.k, l.q, l.v] {
+                // SAFETY: row j, columns col..col + hd lie inside qkv (checked); a prefetch
+                // never faults.
+                unsafe {
+                    let row = base.add(j * l.stride + col).cast::<i8>();
+                    let mut off = 0;
+                    while off < hd * 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(row.add(off));
+                        off += 64;
+                    }
+                    _mm_prefetch::<_MM_HINT_T0>(row.add(hd * 4 - 1));
+                }
+            }
+        }
         // Kᵀ of this head, `hd × lp`, zero past `len` (every element written below, so the
-        // buffer is only grown, never cleared).
+        // buffer is only grown, never cleared): 16 keys at a time, one gather per dimension.
         if s.kt.len() < hd * lp {
             s.kt.resize(hd * lp, 0.0);
         }
-        for d in 0..hd {
-            s.kt[d * lp + len..(d + 1) * lp].fill(0.0);
-        }
-        for j in 0..len {
-            let k = &qkv[j * l.stride + l.k..][..hd];
+        assert!(
+            l.stride < (i32::MAX as usize) / 16,
+            "row stride fits the gather's index"
+        );
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(l.stride as i32),
+        );
+        let ktp = s.kt.as_mut_ptr();
+        for jc in (0..lp).step_by(16) {
+            let m = mask(len - jc);
             for d in 0..hd {
-                s.kt[d * lp + j] = k[d];
+                // SAFETY: the mask keeps rows jc.. below len; their column k + d lies inside
+                // qkv (checked); kt holds hd × lp floats and jc + 16 <= lp.
+                unsafe {
+                    let kb = base.add(jc * l.stride + l.k + d);
+                    let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, kb.cast());
+                    _mm512_storeu_ps(ktp.add(d * lp + jc), v);
+                }
             }
         }
         if s.e.len() < R * lp {
@@ -216,6 +248,16 @@ mod x86 {
                 w /= 2;
             }
             inv[r] = 1.0 / lanes[0];
+            // The weights `e[j] · (1/sum)` (the same product per element as the reference),
+            // 16 at a time instead of one scalar product per dimension block and key.
+            let vi = _mm512_set1_ps(inv[r]);
+            for jc in (0..lp).step_by(16) {
+                // SAFETY: e holds N × lp.
+                unsafe {
+                    let x = _mm512_loadu_ps(e.add(r * lp + jc));
+                    _mm512_storeu_ps(e.add(r * lp + jc), _mm512_mul_ps(x, vi));
+                }
+            }
         }
         for dc in (0..hd).step_by(16) {
             let dm = mask(hd - dc);
@@ -226,7 +268,7 @@ mod x86 {
                 unsafe {
                     let v = _mm512_maskz_loadu_ps(dm, base.add(j * l.stride + l.v + dc));
                     for r in 0..N {
-                        let p = _mm512_set1_ps(*e.add(r * lp + j) * inv[r]);
+                        let p = _mm512_set1_ps(*e.add(r * lp + j));
                         acc[r] = _mm512_fmadd_ps(p, v, acc[r]);
                     }
                 }

@@ -27,6 +27,8 @@
 // The micro-kernels index registers and lanes by position.
 #![allow(clippy::needless_range_loop)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::pool::ThreadPool;
 use crate::vmath::gelu_ref;
 use crate::KernelError;
@@ -157,10 +159,103 @@ pub struct I16Scratch {
     /// (little end first, as two i16 lie in memory): index `xidx(p, j)`, `tile_words(kp)`
     /// words per tile. A token's pairs in a chunk are contiguous (the quantizer copies them
     /// straight from its row), and the micro-kernel's 14 broadcasts of a pair lie at fixed
-    /// distances (`CP` words) from one pointer.
+    /// distances (`CP` words) from one pointer. Only grown (never shrunk), so that switching
+    /// between 384- and 1536-column products does not zero megabytes each time: the first
+    /// `tiles × tile_words(kp)` words are the current activations.
     q: Vec<u32>,
     /// Per-token scale.
     s: Vec<f32>,
+    /// `(tokens, columns)` of the activations begun by `begin` (for `gemm_i16_prequantized`).
+    begun: Option<(usize, usize)>,
+    /// Per token: put by a `QuantSink::put` since `begin`.
+    claimed: Vec<AtomicBool>,
+}
+
+impl I16Scratch {
+    /// Size the buffers for `n` tokens of `kp` (even) values and zero the last tile's padding
+    /// tokens. Every word the kernels read is then either padding or written by the quantizer,
+    /// so the buffer is never cleared.
+    fn prepare(&mut self, n: usize, kp: usize) {
+        let tiles = n.div_ceil(MT);
+        let tw = tile_words(kp);
+        if self.q.len() < tiles * tw {
+            self.q.resize(tiles * tw, 0);
+        }
+        self.s.clear();
+        self.s.resize(n, 0.0);
+        if !n.is_multiple_of(MT) {
+            let q = &mut self.q[(tiles - 1) * tw..tiles * tw];
+            for j in n % MT..MT {
+                for c in 0..(kp / 2).div_ceil(CP) {
+                    q[xidx(c * CP, j)..][..CP].fill(0);
+                }
+            }
+        }
+        self.begun = None;
+    }
+
+    /// Start quantizing `n` tokens of `cols` columns row by row, for
+    /// `gemm_i16_prequantized`: whoever produces a token's row (a LayerNorm, attention) hands
+    /// it to `QuantSink::put` while it is still in cache, instead of a separate pass over the
+    /// activations. The result is the same bits as `gemm_i16` quantizing them itself.
+    pub fn begin(&mut self, n: usize, cols: usize) -> QuantSink<'_> {
+        self.begin_with(isa(), n, cols)
+    }
+
+    fn begin_with(&mut self, isa: Isa, n: usize, cols: usize) -> QuantSink<'_> {
+        let kp = cols.next_multiple_of(2);
+        self.prepare(n, kp);
+        self.begun = Some((n, cols));
+        if self.claimed.len() < n {
+            self.claimed.resize_with(n, AtomicBool::default);
+        }
+        self.claimed[..n]
+            .iter_mut()
+            .for_each(|c| *c.get_mut() = false);
+        QuantSink {
+            isa,
+            q: self.q.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            n,
+            cols,
+            kp,
+            claimed: &self.claimed[..n],
+        }
+    }
+}
+
+/// Quantizes activation rows into an `I16Scratch` (see `I16Scratch::begin`); shared by the
+/// pool's tasks, each putting its own tokens.
+pub struct QuantSink<'a> {
+    isa: Isa,
+    q: *mut u32,
+    s: *mut f32,
+    n: usize,
+    cols: usize,
+    kp: usize,
+    claimed: &'a [AtomicBool],
+}
+
+// SAFETY: `put` writes token `t`'s words and scale only after claiming `t` (an atomic swap
+// that succeeds once per `begin`), so concurrent puts write disjoint memory; the buffers are
+// borrowed (through `begin`'s `&mut`) for the sink's lifetime.
+unsafe impl Sync for QuantSink<'_> {}
+unsafe impl Send for QuantSink<'_> {}
+
+impl QuantSink<'_> {
+    /// Quantize token `t`'s row (`cols` values) into its place. Each token is put once:
+    /// a second put of the same token panics.
+    pub fn put(&self, t: usize, row: &[f32]) {
+        assert!(t < self.n, "token {t} of {}", self.n);
+        assert_eq!(row.len(), self.cols, "row length");
+        assert!(
+            !self.claimed[t].swap(true, Ordering::AcqRel),
+            "token {t} put twice"
+        );
+        // SAFETY: `q` holds ceil(n / MT) tiles and `s` n scales (`prepare`); token t < n was
+        // claimed above by this call alone.
+        unsafe { put_token(self.isa, self.q, self.s, self.kp, t, row) };
+    }
 }
 
 /// What is applied to the product before it is stored.
@@ -243,8 +338,7 @@ pub fn gemm_i16(
 }
 
 /// Quantize `n` token rows of `x` (`cols` each) into `s.q` (tiles of `MT` tokens, see
-/// `I16Scratch`) and `s.s`. Every word the kernels read is written (zero
-/// for the padding), so the buffer is never cleared.
+/// `I16Scratch`) and `s.s`.
 fn quantize_acts(
     isa: Isa,
     pool: &ThreadPool,
@@ -254,64 +348,82 @@ fn quantize_acts(
     kp: usize,
     s: &mut I16Scratch,
 ) {
-    let tiles = n.div_ceil(MT);
-    let (pairs, tw) = (kp / 2, tile_words(kp));
-    s.q.resize(tiles * tw, 0);
-    s.s.clear();
-    s.s.resize(n, 0.0);
+    s.prepare(n, kp);
     let p = QPtr(s.q.as_mut_ptr(), s.s.as_mut_ptr());
     let p = &p;
-    pool.run(tiles, &|tile| {
-        ROW.with(|cell| {
-            let row_q = &mut *cell.borrow_mut();
-            row_q.clear();
-            row_q.resize(kp, 0);
-            // SAFETY: tile `tile` of `q` (tw words inside tiles × tw) and the scales of its
-            // tokens belong to this task only.
-            let q = unsafe { std::slice::from_raw_parts_mut(p.0.add(tile * tw), tw) };
-            for j in 0..MT {
-                let t = tile * MT + j;
-                if t < n {
-                    let row = &x[t * cols..(t + 1) * cols];
-                    let sc = match isa {
-                        // SAFETY: AVX-512F/BW/VL were detected (Vnni512 implies them); the
-                        // lengths are equal.
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Vnni512 => unsafe { x86::quantize_row512(row, &mut row_q[..cols]) },
-                        _ => quantize_row(row, &mut row_q[..cols]),
-                    };
-                    // SAFETY: as above (token t < n of this tile).
-                    unsafe { *p.1.add(t) = sc };
-                    // Chunk by chunk: CP contiguous words (the odd column's pad stays 0).
-                    for (c, pr) in row_q.chunks(KCH).enumerate() {
-                        let d = &mut q[xidx(c * CP, j)..][..pr.len() / 2];
-                        for (d, pr) in d.iter_mut().zip(pr.chunks_exact(2)) {
-                            *d = pr[0] as u16 as u32 | (pr[1] as u16 as u32) << 16;
-                        }
-                    }
-                } else {
-                    for c in 0..pairs.div_ceil(CP) {
-                        q[xidx(c * CP, j)..][..CP].fill(0);
-                    }
-                }
-            }
-        })
+    pool.run(n.div_ceil(MT), &|tile| {
+        for t in tile * MT..(tile * MT + MT).min(n) {
+            // SAFETY: `prepare` sized q and s for n tokens; token t belongs to this task.
+            unsafe { put_token(isa, p.0, p.1, kp, t, &x[t * cols..(t + 1) * cols]) };
+        }
     });
 }
 
-thread_local! {
-    /// One quantized activation row per pool thread.
-    static ROW: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Quantize token `t`'s row into its words of the tile layout (`I16Scratch::q`) and its scale
+/// into `s[t]`.
+///
+/// # Safety
+/// `q` holds `ceil((t + 1) / MT)` tiles of `tile_words(kp)` words and `s` at least `t + 1`
+/// scales; `kp` is `row.len()` rounded up to even; no one else touches token `t`'s words or
+/// scale meanwhile.
+unsafe fn put_token(isa: Isa, q: *mut u32, s: *mut f32, kp: usize, t: usize, row: &[f32]) {
+    let cols = row.len();
+    debug_assert_eq!(kp, cols.next_multiple_of(2));
+    let amax = match isa {
+        // SAFETY: AVX-512F was detected (Vnni512 implies it).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Vnni512 => unsafe { x86::amax512(row) },
+        _ => amax_ref(row),
+    };
+    let (sc, inv) = scales(amax, X_MAX);
+    // SAFETY: the caller's contract (token t's scale).
+    unsafe { *s.add(t) = sc };
+    let (tile, j) = (t / MT, t % MT);
+    // SAFETY: the caller's contract: tile `tile` lies inside `q`.
+    let q = unsafe { q.add(tile * tile_words(kp)) };
+    // Chunk by chunk, straight into the tile: the chunk's CP words are token j's KCH values
+    // in column order (two i16 per little-endian u32), contiguous.
+    for (c, src) in row.chunks(KCH).enumerate() {
+        // SAFETY: token j's words of chunk c in this tile (xidx(c * CP, j) + CP <=
+        // tile_words(kp)), the caller's alone; `src.len().next_multiple_of(2) / 2 <= CP`
+        // words are written.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                q.add(xidx(c * CP, j)).cast::<i16>(),
+                src.len().next_multiple_of(2),
+            )
+        };
+        // The odd column's pad.
+        dst[src.len()..].fill(0);
+        let dst = &mut dst[..src.len()];
+        match isa {
+            // SAFETY: AVX-512F/BW/VL were detected; the lengths are equal.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Vnni512 => unsafe { x86::quant512(src, inv, dst) },
+            _ => quant_ref(src, inv, dst),
+        }
+    }
+}
+
+/// The largest magnitude of an activation row (reference of `x86::amax512`).
+fn amax_ref(row: &[f32]) -> f32 {
+    row.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `quant` over a row (reference of `x86::quant512`).
+fn quant_ref(row: &[f32], inv: f32, q: &mut [i16]) {
+    assert_eq!(row.len(), q.len());
+    q.iter_mut()
+        .zip(row)
+        .for_each(|(d, &v)| *d = quant(v, inv, X_MAX));
 }
 
 /// Quantize one activation row to `X_MAX` levels each side; returns its scale. The reference
 /// of `x86::quantize_row512` (bit-identical for finite inputs).
+#[cfg(test)]
 fn quantize_row(row: &[f32], q: &mut [i16]) -> f32 {
-    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let (sc, inv) = scales(amax, X_MAX);
-    for (d, &v) in q.iter_mut().zip(row) {
-        *d = quant(v, inv, X_MAX);
-    }
+    let (sc, inv) = scales(amax_ref(row), X_MAX);
+    quant_ref(row, inv, q);
     sc
 }
 
@@ -334,9 +446,72 @@ fn gemm_with(
     if n_tokens == 0 || w.rows == 0 {
         return;
     }
+    quantize_acts(isa, pool, x, n_tokens, w.cols, w.kp, scratch);
+    products(isa, pool, w, n_tokens, epi, out, scratch);
+}
+
+/// `gemm_i16` on activations already quantized row by row through `s.begin(n_tokens,
+/// w.cols())` and a `put` of every token: the same bits.
+///
+/// # Panics
+/// If `s` was not begun for `n_tokens` tokens of `w.cols()` columns, or a token was not put.
+pub fn gemm_i16_prequantized(
+    pool: &ThreadPool,
+    w: &PackedI16,
+    n_tokens: usize,
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    s: &I16Scratch,
+) {
+    prequantized_with(isa(), pool, w, n_tokens, epi, out, s)
+}
+
+fn prequantized_with(
+    isa: Isa,
+    pool: &ThreadPool,
+    w: &PackedI16,
+    n_tokens: usize,
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    s: &I16Scratch,
+) {
+    assert_eq!(
+        s.begun,
+        Some((n_tokens, w.cols)),
+        "activations begun for this shape"
+    );
+    // Every sink borrowing `s` is gone, so every put has returned (pool tasks and scoped
+    // threads are joined before a borrow they hold ends): a claimed token is written. No
+    // shared counter per put: it would bounce between the threads' caches on every row.
+    assert!(
+        s.claimed[..n_tokens]
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed)),
+        "every token quantized"
+    );
+    assert_eq!(out.len(), n_tokens * w.rows, "output shape");
+    if let Some(b) = epi.bias {
+        assert_eq!(b.len(), w.rows, "bias length");
+    }
+    if n_tokens == 0 || w.rows == 0 {
+        return;
+    }
+    products(isa, pool, w, n_tokens, epi, out, s);
+}
+
+/// The products over quantized activations in `scratch` (`n_tokens` of `w.kp` values).
+fn products(
+    isa: Isa,
+    pool: &ThreadPool,
+    w: &PackedI16,
+    n_tokens: usize,
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+    scratch: &I16Scratch,
+) {
     let kp = w.kp;
-    quantize_acts(isa, pool, x, n_tokens, w.cols, kp, scratch);
-    let (xq, sx) = (&scratch.q[..], &scratch.s[..]);
+    let (xq, sx) = (&scratch.q[..], &scratch.s[..n_tokens]);
+    assert!(xq.len() >= n_tokens.div_ceil(MT) * tile_words(kp));
     let panels = w.panels();
     let n_tb = n_tokens.div_ceil(TOK_BLOCK);
     let outp = OutPtr(out.as_mut_ptr());
@@ -545,31 +720,77 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F must be available; `q.len() == row.len()`.
+    #[cfg(test)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row512(row: &[f32], q: &mut [i16]) -> f32 {
         assert_eq!(row.len(), q.len());
+        // SAFETY: the features are enabled on this function.
+        let (sc, inv) = super::scales(unsafe { amax512(row) }, X_MAX);
+        // SAFETY: as above; the lengths are equal.
+        unsafe { quant512(row, inv, q) };
+        sc
+    }
+
+    fn tail(n: usize, i: usize) -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    }
+
+    /// The largest magnitude of `row` (max is exact in any order), 0 for an empty row.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn amax512(row: &[f32]) -> f32 {
         let n = row.len();
-        let tail = |i: usize| -> __mmask16 {
-            if n - i >= 16 {
-                0xffff
-            } else {
-                (1u16 << (n - i)) - 1
-            }
-        };
-        let mut m = _mm512_setzero_ps();
+        let (mut m0, mut m1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut i = 0;
+        // Two independent max chains, then the masked tail.
+        while i + 32 <= n {
+            // SAFETY: row[i..i + 32] is inside the row.
+            unsafe {
+                m0 = _mm512_max_ps(m0, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i))));
+                m1 = _mm512_max_ps(m1, _mm512_abs_ps(_mm512_loadu_ps(row.as_ptr().add(i + 16))));
+            }
+            i += 32;
+        }
         while i < n {
             // SAFETY: the mask covers row[i..n] only.
-            let v = unsafe { _mm512_maskz_loadu_ps(tail(i), row.as_ptr().add(i)) };
-            m = _mm512_max_ps(m, _mm512_abs_ps(v));
+            let v = unsafe { _mm512_maskz_loadu_ps(tail(n, i), row.as_ptr().add(i)) };
+            m0 = _mm512_max_ps(m0, _mm512_abs_ps(v));
             i += 16;
         }
-        let (sc, inv) = super::scales(_mm512_reduce_max_ps(m), X_MAX);
+        _mm512_reduce_max_ps(_mm512_max_ps(m0, m1))
+    }
+
+    /// `q[i] = clamp(round_half_even(row[i] · inv), ±X_MAX)`: `vcvtps2dq` (round half to even
+    /// under the default MXCSR, as `round_ties_even`) and a clamp. Identical to `quant` for
+    /// finite inputs.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL must be available; `q.len() == row.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quant512(row: &[f32], inv: f32, q: &mut [i16]) {
+        assert_eq!(row.len(), q.len());
+        let n = row.len();
         let inv = _mm512_set1_ps(inv);
         let (lo, hi) = (_mm512_set1_epi32(-X_MAX), _mm512_set1_epi32(X_MAX));
         let mut i = 0;
-        while i < n {
-            let k = tail(i);
+        while i + 16 <= n {
+            // SAFETY: row[i..i + 16] and q[i..i + 16] are inside the slices.
+            unsafe {
+                let v = _mm512_loadu_ps(row.as_ptr().add(i));
+                let r = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+                let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
+                _mm256_storeu_si256(q.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(r));
+            }
+            i += 16;
+        }
+        if i < n {
+            let k = tail(n, i);
             // SAFETY: the masks cover row[i..n] and q[i..n] only.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(i));
@@ -577,9 +798,7 @@ mod x86 {
                 let r = _mm512_min_epi32(_mm512_max_epi32(r, lo), hi);
                 _mm256_mask_storeu_epi16(q.as_mut_ptr().add(i).cast(), k, _mm512_cvtepi32_epi16(r));
             }
-            i += 16;
         }
-        sc
     }
 
     /// AVX2: `vpmaddwd` + `vpaddd` per 8 rows × column pair; 16 rows × up to 6 tokens at a time.
@@ -793,6 +1012,17 @@ mod tests {
                     let xt = &x[t * cols..(t + 1) * cols];
                     gemm_with(isa, &pool, &p, xt, 1, epi, &mut one, &mut s);
                     assert_eq!(one, want[t * rows..(t + 1) * rows].to_vec());
+                    // Quantized ahead, row by row from pool tasks in a scrambled order, into
+                    // the scratch that held the other activations: the same bits.
+                    let sink = s.begin_with(isa, n, cols);
+                    pool.run(n, &|i| {
+                        let t = (i * 7 + 3) % n;
+                        let t = if n % 7 == 0 { i } else { t };
+                        sink.put(t, &x[t * cols..(t + 1) * cols]);
+                    });
+                    let mut pre = vec![f32::NAN; n * rows];
+                    prequantized_with(isa, &pool, &p, n, epi, &mut pre, &s);
+                    assert_eq!(pre, want, "{isa:?} prequantized {rows}x{cols} n={n}");
                 }
             }
         }
@@ -827,6 +1057,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "put twice")]
+    fn a_token_put_twice_panics() {
+        let mut s = I16Scratch::default();
+        let sink = s.begin(3, 10);
+        sink.put(1, &[1.0; 10]);
+        sink.put(1, &[1.0; 10]);
+    }
+
+    #[test]
+    #[should_panic(expected = "every token quantized")]
+    fn a_missing_token_panics() {
+        let pool = ThreadPool::new(1);
+        let p = PackedI16::new(&[0.5; 40], 4, 10).unwrap();
+        let mut s = I16Scratch::default();
+        let sink = s.begin(3, 10);
+        sink.put(0, &[1.0; 10]);
+        sink.put(2, &[1.0; 10]);
+        let mut out = vec![0f32; 12];
+        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s);
+    }
+
+    #[test]
+    #[should_panic(expected = "begun for this shape")]
+    fn a_shape_not_begun_panics() {
+        let pool = ThreadPool::new(1);
+        let p = PackedI16::new(&[0.5; 40], 4, 10).unwrap();
+        let mut s = I16Scratch::default();
+        let sink = s.begin(3, 12);
+        (0..3).for_each(|t| sink.put(t, &[1.0; 12]));
+        let mut out = vec![0f32; 12];
+        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s);
     }
 
     /// The overflow bound's worst case: every product at its largest magnitude, one sign.

@@ -11,14 +11,18 @@
 //! batch. Weights are converted once at load to the matmul format (`WeightFormat`).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
-use ferry_kernels::igemm::{self, gemm_i16, I16Scratch, PackedI16};
+use ferry_kernels::igemm::{
+    self, gemm_i16, gemm_i16_prequantized, I16Scratch, PackedI16, QuantSink,
+};
 use ferry_kernels::ops::gelu_inplace;
 use ferry_kernels::quant::quantize_row_act;
 use ferry_kernels::vmath::add_layer_norm;
 use ferry_kernels::{matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
+
 use serde::Deserialize;
 
 use crate::safetensors::{SafetensorsError, SafetensorsFile};
@@ -309,6 +313,30 @@ impl Linear {
         }
     }
 
+    /// Whether this layer's input can be quantized by whoever produces it
+    /// (`I16Scratch::begin`, then `forward_pre`).
+    fn prequantizes(&self) -> bool {
+        self.packed_i16.is_some()
+    }
+
+    /// `forward` on an input already quantized into `pre` (`prequantizes` layers only).
+    fn forward_pre(
+        &self,
+        pool: &ThreadPool,
+        pre: &I16Scratch,
+        n: usize,
+        out: &mut Vec<f32>,
+        gelu: bool,
+    ) {
+        let p = self.packed_i16.as_ref().expect("an int16 layer");
+        out.resize(n * self.rows, 0.0);
+        let epi = igemm::Epilogue {
+            bias: Some(&self.bias),
+            gelu,
+        };
+        gemm_i16_prequantized(pool, p, n, epi, out, pre);
+    }
+
     fn matrix(&self) -> Matrix<'_> {
         Matrix {
             ty: self.ty,
@@ -385,6 +413,9 @@ pub struct Bert {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     eps: f32,
+    /// Quantize an int16 layer's input where it is produced (LayerNorm, attention) rather than
+    /// in a pass of its own: the same bits either way (false only in tests, to show it).
+    fuse_quant: bool,
 }
 
 impl std::fmt::Debug for Bert {
@@ -407,6 +438,8 @@ pub struct BertWorkspace {
     tmp: Vec<f32>,
     ff: Vec<f32>,
     mm: Scratch,
+    /// The next int16 product's input, quantized by the pass that produced it.
+    pre: I16Scratch,
 }
 
 /// The matrix products' own buffers.
@@ -424,7 +457,8 @@ thread_local! {
 
 struct SyncPtr(*mut f32);
 // SAFETY: pool tasks given a `SyncPtr` write disjoint parts of its buffer: (token, head)
-// slices of the context (attention), rows (LayerNorm), chunks (GELU).
+// slices of the context (attention), rows (LayerNorm), chunks (GELU); a sequence's context
+// rows are read (to quantize them) only after every task writing them has finished.
 unsafe impl Sync for SyncPtr {}
 
 /// The default weight format: I16 (int16 GEMM, the fastest; worst golden cosine against
@@ -515,6 +549,7 @@ impl Bert {
             emb_norm: norm("embeddings.LayerNorm")?,
             layers,
             eps: cfg.layer_norm_eps as f32,
+            fuse_quant: true,
             cfg,
             pooling,
             normalize,
@@ -587,39 +622,102 @@ impl Bert {
                 row += 1;
             }
         }
-        add_norm(pool, &mut ws.x, None, &self.emb_norm, self.eps, h);
-        for layer in &self.layers {
-            self.layer(pool, layer, seqs, n, ws);
+        let sink = self
+            .layers
+            .first()
+            .is_some_and(|l| self.pre(&l.qkv))
+            .then(|| ws.pre.begin(n, h));
+        add_norm(
+            pool,
+            &mut ws.x,
+            None,
+            &self.emb_norm,
+            self.eps,
+            h,
+            sink.as_ref(),
+        );
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.layer(pool, layer, self.layers.get(i + 1), seqs, n, ws);
         }
         Ok(self.pool_outputs(seqs, &ws.x))
+    }
+
+    /// Whether `l`'s input is quantized where it is produced.
+    fn pre(&self, l: &Linear) -> bool {
+        self.fuse_quant && l.prequantizes()
     }
 
     fn layer(
         &self,
         pool: &ThreadPool,
         l: &Layer,
+        next: Option<&Layer>,
         seqs: &[&[u32]],
         n: usize,
         ws: &mut BertWorkspace,
     ) {
         let h = self.cfg.hidden_size;
-        l.qkv
-            .forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
+        // The QKV input was quantized by the LayerNorm before (`forward`, or the previous
+        // layer's last one).
+        if self.pre(&l.qkv) {
+            l.qkv.forward_pre(pool, &ws.pre, n, &mut ws.qkv, false);
+        } else {
+            l.qkv
+                .forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
+        }
         ws.ctx.resize(n * h, 0.0);
-        self.attention(pool, seqs, &ws.qkv, &mut ws.ctx);
+        let sink = self.pre(&l.attn_out).then(|| ws.pre.begin(n, h));
+        self.attention(pool, seqs, &ws.qkv, &mut ws.ctx, sink.as_ref());
         // Attention output + residual, layer norm.
-        l.attn_out
-            .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm, false);
-        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.attn_norm, self.eps, h);
+        if self.pre(&l.attn_out) {
+            l.attn_out.forward_pre(pool, &ws.pre, n, &mut ws.tmp, false);
+        } else {
+            l.attn_out
+                .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm, false);
+        }
+        let sink = self.pre(&l.up).then(|| ws.pre.begin(n, h));
+        add_norm(
+            pool,
+            &mut ws.x,
+            Some(&ws.tmp),
+            &l.attn_norm,
+            self.eps,
+            h,
+            sink.as_ref(),
+        );
         // Feed-forward + residual, layer norm.
-        l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
+        if self.pre(&l.up) {
+            l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true);
+        } else {
+            l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
+        }
         l.down
             .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
-        add_norm(pool, &mut ws.x, Some(&ws.tmp), &l.out_norm, self.eps, h);
+        let sink = next
+            .is_some_and(|nl| self.pre(&nl.qkv))
+            .then(|| ws.pre.begin(n, h));
+        add_norm(
+            pool,
+            &mut ws.x,
+            Some(&ws.tmp),
+            &l.out_norm,
+            self.eps,
+            h,
+            sink.as_ref(),
+        );
     }
 
     /// Scaled dot-product attention per (sequence, head) over the sequence's own tokens.
-    fn attention(&self, pool: &ThreadPool, seqs: &[&[u32]], qkv: &[f32], ctx: &mut [f32]) {
+    /// With `sink`, each sequence's context rows are quantized by the task that finishes its
+    /// last head.
+    fn attention(
+        &self,
+        pool: &ThreadPool,
+        seqs: &[&[u32]],
+        qkv: &[f32],
+        ctx: &mut [f32],
+        sink: Option<&QuantSink<'_>>,
+    ) {
         let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let hd = self.cfg.head_dim();
@@ -630,6 +728,9 @@ impl Bert {
             starts.push((t0, s.len()));
             t0 += s.len();
         }
+        // Heads still to finish, per sequence.
+        let left: Vec<AtomicUsize> = seqs.iter().map(|_| AtomicUsize::new(nh)).collect();
+        let left = &left;
         let out = SyncPtr(ctx.as_mut_ptr());
         let out = &out;
         let starts = &starts;
@@ -659,6 +760,17 @@ impl Bert {
                     dst.copy_from_slice(row);
                 }
             });
+            if let Some(sink) = sink {
+                // The last head of the sequence to finish: every head's columns are written
+                // (each task's writes happen before its decrement; this one's acquires them).
+                if left[si].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    for t in t0..t0 + len {
+                        // SAFETY: token t's row is complete and no task writes it any more.
+                        let row = unsafe { std::slice::from_raw_parts(out.0.add(t * h), h) };
+                        sink.put(t, row);
+                    }
+                }
+            }
         });
     }
 
@@ -700,6 +812,7 @@ fn add_norm(
     n: &LayerNorm,
     eps: f32,
     h: usize,
+    sink: Option<&QuantSink<'_>>,
 ) {
     const ROWS: usize = 32;
     let rows = x.len() / h;
@@ -710,6 +823,10 @@ fn add_norm(
             // SAFETY: row r of `x` (n × h) is touched by this task only.
             let xr = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * h), h) };
             add_layer_norm(xr, y.map(|y| &y[r * h..(r + 1) * h]), &n.w, &n.b, eps);
+            // Quantized for the next product while the row is in cache.
+            if let Some(s) = sink {
+                s.put(r, xr);
+            }
         }
     });
 }
@@ -853,6 +970,21 @@ mod tests {
             let v = q.forward(&pool, &[b], &mut ws).unwrap();
             let cos: f32 = v[0].iter().zip(&solo_b[0]).map(|(x, y)| x * y).sum();
             assert!(cos > 0.99, "{f:?}: {cos}");
+        }
+        // Quantizing the int16 products' inputs where they are produced (LayerNorm,
+        // attention) gives the same bits as a pass of their own, whatever the batch.
+        let mut q = Bert::load_with(&dir, WeightFormat::I16).unwrap();
+        let c: &[u32] = &[2, 5, 5, 6, 4, 4, 4, 5, 6, 6, 5, 4, 4, 5, 6, 4, 3];
+        let batch: Vec<&[u32]> = vec![a, b, c, b, &[2, 3], c, a, a, c];
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            q.fuse_quant = true;
+            let fused = q.forward(&pool, &batch, &mut ws).unwrap();
+            q.fuse_quant = false;
+            let apart = q.forward(&pool, &batch, &mut ws).unwrap();
+            assert_eq!(fused, apart, "threads={threads}");
+            q.fuse_quant = true;
+            assert_eq!(q.forward(&pool, &[c], &mut ws).unwrap()[0], fused[2]);
         }
         let long = vec![4u32; 33];
         assert!(matches!(
