@@ -15,6 +15,12 @@
 //! sequence in a fresh cache. Head sizes that are not a multiple of 16 (where llama.cpp would
 //! take another kernel) keep the same lane rule, so the result is still deterministic.
 //!
+//! The cache holds keys and values as f16 bits (`store_f16`); `AttnGroup` runs the queries that
+//! share one KV head (a GQA group, and a block of a sequence's tokens in prefill) over it,
+//! converting each key and value row to f32 once for all of them (`load_f16`, exact), then
+//! running the f32 pieces below per query, so every query's bits are those of the pieces run
+//! on an f32 cache of the same values.
+//!
 //! Each step has a portable body; on x86-64 the same bodies are compiled with FMA (and AVX-512
 //! where present, with ggml's vector `expf` and F16C conversions), which only removes library
 //! calls: every operation and its order are the same, so are the bits (`tests`).
@@ -67,6 +73,115 @@ unsafe fn round_f16_f16c(x: &mut [f32]) {
     }
     for v in c.into_remainder() {
         *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+/// Round every element of `src` to the nearest f16 (ties to even, as `round_f16`) and store its
+/// bits in `dst`: what the KV cache holds.
+pub fn store_f16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "store_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C and AVX were detected; the lengths are equal.
+        return unsafe { store_f16_f16c(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(*s).to_bits();
+    }
+}
+
+/// The f32 values of the f16 bits in `src` (exact: every f16 is an f32).
+pub fn load_f16(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "load_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C and AVX were detected; the lengths are equal.
+        return unsafe { load_f16_f16c(src, dst) };
+    }
+    load_f16_body(src, dst)
+}
+
+#[inline(always)]
+fn load_f16_body(src: &[u16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn store_f16_f16c(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n8 = src.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= len of both slices.
+        unsafe {
+            let v = _mm256_loadu_ps(src.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+    }
+    for (d, s) in dst[n8..].iter_mut().zip(&src[n8..]) {
+        *d = half::f16::from_f32(*s).to_bits();
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn load_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n8 = src.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= len of both slices.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    load_f16_body(&src[n8..], &mut dst[n8..]);
+}
+
+/// Convert rows `p0..p0 + n` of an f16 cache (row `p` at `src[row(p)..][..hd]`) into `dst`
+/// (`n` rows of `hd`, contiguous).
+fn load_rows_f16<F: Fn(usize) -> usize>(
+    src: &[u16],
+    row: &F,
+    p0: usize,
+    n: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C and AVX were detected.
+        return unsafe { load_rows_f16c(src, row, p0, n, hd, dst) };
+    }
+    for (r, d) in dst[..n * hd].chunks_exact_mut(hd).enumerate() {
+        let o = row(p0 + r);
+        load_f16_body(&src[o..o + hd], d);
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn load_rows_f16c<F: Fn(usize) -> usize>(
+    src: &[u16],
+    row: &F,
+    p0: usize,
+    n: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    for (r, d) in dst[..n * hd].chunks_exact_mut(hd).enumerate() {
+        let o = row(p0 + r);
+        // SAFETY: F16C and AVX are available (this function's contract).
+        unsafe { load_f16_f16c(&src[o..o + hd], d) };
     }
 }
 
@@ -216,6 +331,11 @@ pub fn accumulate(w: &[f32], v: &[f32], stride: usize, n: usize, p0: usize, acc:
     assert!(acc.len() == hd * LANES && w.len() >= n);
     assert!(n == 0 || v.len() >= (n - 1) * stride + hd);
     #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX-512F (hence FMA and AVX2) was detected; bounds were checked above.
+        return unsafe { accumulate_avx512(w, v, stride, n, p0, acc) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: FMA and AVX2 were detected.
         return unsafe { accumulate_fma(w, v, stride, n, p0, acc) };
@@ -250,12 +370,194 @@ unsafe fn accumulate_fma(
     accumulate_body(w, v, stride, n, p0, acc)
 }
 
+/// `accumulate_body` for head sizes that are a multiple of 16 on AVX-512: per 16 columns of
+/// the head, the 16 lanes' accumulators stay in registers over all `n` rows (register `l` is
+/// lane `l`; rows from a position that is a multiple of 16 go to registers 0..16 in turn), so
+/// each row costs one load, one broadcast and one FMA per 16 columns instead of a load and
+/// store of the accumulator. Each lane still takes `fma(v, w, lane)` in position order: the
+/// bits of `accumulate_body`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `hd = acc.len() / 16` is a multiple of 16, `w.len() >= n`
+/// and the `n` value rows lie inside `v` (checked by `accumulate`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn accumulate_avx512(
+    w: &[f32],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    p0: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = acc.len() / LANES;
+    debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
+    // Rows before the next multiple of 16 positions, in the plain way.
+    let lead = ((LANES - p0 % LANES) % LANES).min(n);
+    accumulate_body(w, v, stride, lead, p0, acc);
+    if lead == n {
+        return;
+    }
+    let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
+    let ap = acc.as_mut_ptr();
+    for c in (0..hd).step_by(LANES) {
+        // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]`
+        // and `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` floats,
+        // and `w` holds `n` weights; the row and weight pointers advance once per row taken.
+        let mut a: [__m512; LANES] =
+            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
+        let mut vp = unsafe { v.as_ptr().add(c) };
+        let mut wp = w.as_ptr();
+        let full = n / LANES;
+        for _ in 0..full {
+            for al in a.iter_mut() {
+                unsafe {
+                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        let rem = n - full * LANES;
+        for (l, al) in a.iter_mut().enumerate() {
+            if l < rem {
+                unsafe {
+                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        for (l, al) in a.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(ap.add(l * hd + c), *al) };
+        }
+    }
+}
+
 /// Fold the 16-lane accumulator into the head's output (`out.len()` = head size).
 pub fn finish(acc: &[f32], out: &mut [f32]) {
     let hd = out.len();
     assert_eq!(acc.len(), hd * LANES);
     for (j, o) in out.iter_mut().enumerate() {
         *o = fold16(std::array::from_fn(|l| acc[l * hd + j]));
+    }
+}
+
+/// Causal attention of several queries over one KV head of a paged f16 cache, sharing each
+/// key and value row's conversion to f32: the queries are the query heads of a GQA group, for
+/// one token (decode) or a block of one sequence's tokens (prefill). Rows are converted in
+/// blocks of about 32 KiB; each query's scores, softmax, value sums and fold are the pieces
+/// above (`scores`, `softmax_f16`, `accumulate`, `finish`) in position order, so its output has
+/// the bits of those pieces over an f32 cache holding the same values, one query at a time.
+///
+/// The buffers grow to the largest group and longest sequence seen and are then reused:
+/// `clear`, `push` each query, `run`, read `out`.
+#[derive(Default)]
+pub struct AttnGroup {
+    hd: usize,
+    /// Queries rounded to f16, `hd` each.
+    q: Vec<f32>,
+    /// Each query's sequence position (it attends to `0..=pos`).
+    pos: Vec<usize>,
+    /// Scores then weights, one row of `npos` per query.
+    s: Vec<f32>,
+    /// A block of converted key or value rows.
+    rows: Vec<f32>,
+    /// 16-lane value accumulators, `16 * hd` per query.
+    acc: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl AttnGroup {
+    /// Start a group of queries of head size `hd`.
+    pub fn clear(&mut self, hd: usize) {
+        self.hd = hd;
+        self.q.clear();
+        self.pos.clear();
+    }
+
+    /// Add a query (`hd` values, rounded to f16 here) at sequence position `pos`.
+    pub fn push(&mut self, q: &[f32], pos: usize) {
+        assert_eq!(q.len(), self.hd, "query length");
+        let start = self.q.len();
+        self.q.extend_from_slice(q);
+        round_f16(&mut self.q[start..]);
+        self.pos.push(pos);
+    }
+
+    /// Number of queries pushed.
+    pub fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos.is_empty()
+    }
+
+    /// Run every query over keys `k` and values `v` (f16 bits), where position `p`'s row of
+    /// this KV head is `k[row(p)..][..hd]` (and the same in `v`), for `p` up to the largest
+    /// position pushed. `out(j)` then holds query `j`'s output.
+    pub fn run<F: Fn(usize) -> usize>(&mut self, k: &[u16], v: &[u16], row: F, scale: f32) {
+        let (hd, nq) = (self.hd, self.pos.len());
+        let Some(&maxpos) = self.pos.iter().max() else {
+            return;
+        };
+        let npos = maxpos + 1;
+        // Rows per converted block: ~32 KiB of f32, a multiple of 16 positions so that the
+        // blocks start where `accumulate` keeps its lanes in registers.
+        let rb = ((32768 / 4 / hd.max(1)) / LANES * LANES).max(LANES);
+        if self.s.len() < nq * npos {
+            self.s.resize(nq * npos, 0.0);
+        }
+        if self.rows.len() < rb * hd {
+            self.rows.resize(rb * hd, 0.0);
+        }
+        self.acc.clear();
+        self.acc.resize(nq * LANES * hd, 0.0);
+        self.out.resize(nq * hd, 0.0);
+        let (q, pos, s, rows) = (&self.q, &self.pos, &mut self.s, &mut self.rows);
+        let mut c0 = 0;
+        while c0 < npos {
+            let c1 = (c0 + rb).min(npos);
+            load_rows_f16(k, &row, c0, c1 - c0, hd, rows);
+            for (j, &p) in pos.iter().enumerate() {
+                if p >= c0 {
+                    let n = c1.min(p + 1) - c0;
+                    let qj = &q[j * hd..(j + 1) * hd];
+                    scores(qj, rows, hd, n, scale, &mut s[j * npos + c0..]);
+                }
+            }
+            c0 = c1;
+        }
+        for (j, &p) in pos.iter().enumerate() {
+            softmax_f16(&mut s[j * npos..j * npos + p + 1]);
+        }
+        let mut c0 = 0;
+        while c0 < npos {
+            let c1 = (c0 + rb).min(npos);
+            load_rows_f16(v, &row, c0, c1 - c0, hd, rows);
+            for (j, &p) in pos.iter().enumerate() {
+                if p >= c0 {
+                    let n = c1.min(p + 1) - c0;
+                    let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
+                    accumulate(&s[j * npos + c0..], rows, hd, n, c0, acc);
+                }
+            }
+            c0 = c1;
+        }
+        for (a, o) in self
+            .acc
+            .chunks_exact(LANES * hd)
+            .zip(self.out.chunks_exact_mut(hd))
+        {
+            finish(a, o);
+        }
+    }
+
+    /// Query `j`'s output (`hd` values) after `run`.
+    pub fn out(&self, j: usize) -> &[f32] {
+        &self.out[j * self.hd..(j + 1) * self.hd]
     }
 }
 
@@ -370,4 +672,145 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn f16_store_and_load_match_half() {
+        // Every f16 bit pattern converts as `half` does (NaNs stay NaN).
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for len in [0, 1, 7, 8, 9, 23, 65536] {
+            let mut y = vec![0f32; len];
+            load_f16(&all[..len], &mut y);
+            for (a, b) in y.iter().zip(&all) {
+                let want = half::f16::from_bits(*b).to_f32();
+                assert!(a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan()));
+            }
+        }
+        let mut seed = 11u64;
+        let x: Vec<f32> = (0..1000)
+            .map(|i| lcg(&mut seed) * [1.0, 1e-6, 7e4, 1e5, 3e-5][i % 5])
+            .collect();
+        for len in [0, 1, 7, 8, 9, 100, 1000] {
+            let mut h = vec![0u16; len];
+            store_f16(&x[..len], &mut h);
+            let mut r = x[..len].to_vec();
+            round_f16(&mut r);
+            for ((a, b), c) in h.iter().zip(&x).zip(&r) {
+                assert_eq!(*a, half::f16::from_f32(*b).to_bits());
+                assert_eq!(half::f16::from_bits(*a).to_f32().to_bits(), c.to_bits());
+            }
+        }
+    }
+
+    /// The dispatched `accumulate` (AVX-512 registers-resident lanes where present) against
+    /// the portable body, for ragged row counts, start positions and head sizes.
+    #[test]
+    fn accumulate_matches_body() {
+        let mut seed = 13u64;
+        for hd in [16, 24, 32, 48, 64, 128, 144] {
+            for p0 in [0, 1, 5, 15, 16, 17, 31, 40] {
+                for n in [0, 1, 2, 15, 16, 17, 33, 50] {
+                    let stride = hd + 8;
+                    let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                    let v: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 3.0).collect();
+                    let init: Vec<f32> = (0..16 * hd).map(|_| lcg(&mut seed)).collect();
+                    let mut want = init.clone();
+                    accumulate_body(&w, &v, stride, n, p0, &mut want);
+                    let mut got = init;
+                    accumulate(&w, &v, stride, n, p0, &mut got);
+                    assert_eq!(got, want, "hd {hd} p0 {p0} n {n}");
+                }
+            }
+        }
+    }
+
+    /// `AttnGroup` over an f16 paged cache against the per-(token, head) attention it replaced
+    /// (the pieces walked per cache block over an f32 cache of the same values), bit for bit:
+    /// ragged positions, token blocks, group sizes, block sizes and head sizes 16..128.
+    #[test]
+    fn group_over_f16_cache_equals_per_head_over_f32_cache() {
+        let mut seed = 17u64;
+        let mut g = AttnGroup::default();
+        for (hd, n_kv, bs, group) in [
+            (64, 3, 16, 3),
+            (16, 2, 16, 1),
+            (24, 1, 5, 2),
+            (32, 2, 7, 4),
+            (48, 2, 16, 3),
+            (80, 1, 3, 2),
+            (128, 2, 16, 2),
+        ] {
+            let kvd = n_kv * hd;
+            let npos: usize = 300;
+            let n_blocks = npos.div_ceil(bs) + 3;
+            // A shuffled block table.
+            let mut table: Vec<usize> = (0..n_blocks).collect();
+            for i in (1..n_blocks).rev() {
+                let j = ((lcg(&mut seed) + 0.5) * (i + 1) as f32) as usize % (i + 1);
+                table.swap(i, j);
+            }
+            let len = n_blocks * bs * kvd;
+            let kf: Vec<f32> = (0..len)
+                .map(|_| half::f16::from_f32(lcg(&mut seed) * 6.0).to_f32())
+                .collect();
+            let vf: Vec<f32> = (0..len)
+                .map(|_| half::f16::from_f32(lcg(&mut seed) * 2.0).to_f32())
+                .collect();
+            let mut kh = vec![0u16; len];
+            let mut vh = vec![0u16; len];
+            store_f16(&kf, &mut kh);
+            store_f16(&vf, &mut vh);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let off = |p: usize| (table[p / bs] * bs + p % bs) * kvd;
+            for kvh in 0..n_kv {
+                let row = |p: usize| off(p) + kvh * hd;
+                for positions in [
+                    vec![0],
+                    vec![7],
+                    vec![16],
+                    vec![0, 1, 2],
+                    vec![15, 16, 17, 18, 19],
+                    vec![3, 40, 41, 299],
+                    (100..116).collect::<Vec<_>>(),
+                    (250..300).collect::<Vec<_>>(),
+                ] {
+                    g.clear(hd);
+                    let mut qs = Vec::new();
+                    for &p in &positions {
+                        for _ in 0..group {
+                            let q: Vec<f32> = (0..hd).map(|_| lcg(&mut seed) * 4.0).collect();
+                            g.push(&q, p);
+                            qs.push((q, p));
+                        }
+                    }
+                    g.run(&kh, &vh, row, scale);
+                    for (j, (q, p)) in qs.iter().enumerate() {
+                        // The replaced per-head code of `Llama::forward`.
+                        let mut qh = q.clone();
+                        round_f16(&mut qh);
+                        let mut s = vec![0f32; p + 1];
+                        let mut acc = vec![0f32; LANES * hd];
+                        let mut x = 0;
+                        while x <= *p {
+                            let nrows = (bs - x % bs).min(p + 1 - x);
+                            let o = row(x);
+                            scores(&qh, &kf[o..], kvd, nrows, scale, &mut s[x..]);
+                            x += nrows;
+                        }
+                        softmax_f16(&mut s);
+                        let mut x = 0;
+                        while x <= *p {
+                            let nrows = (bs - x % bs).min(p + 1 - x);
+                            let o = row(x);
+                            accumulate(&s[x..], &vf[o..], kvd, nrows, x, &mut acc);
+                            x += nrows;
+                        }
+                        let mut want = vec![0f32; hd];
+                        finish(&acc, &mut want);
+                        assert_eq!(g.out(j), &want[..], "hd {hd} bs {bs} kvh {kvh} pos {p}");
+                    }
+                }
+            }
+        }
+    }
+
 }
