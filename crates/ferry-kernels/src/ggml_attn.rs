@@ -145,43 +145,64 @@ unsafe fn load_f16_f16c(src: &[u16], dst: &mut [f32]) {
     load_f16_body(&src[n8..], &mut dst[n8..]);
 }
 
-/// Convert rows `p0..p0 + n` of an f16 cache (row `p` at `src[row(p)..][..hd]`) into `dst`
-/// (`n` rows of `hd`, contiguous).
+/// Where one KV head's rows lie in a paged cache: position `p`'s row is
+/// `block(p / bs) + (p % bs) * stride` (`hd` elements), `block(b)` being the offset of block
+/// `b`'s first row.
+struct Paged<'a, F> {
+    bs: usize,
+    stride: usize,
+    block: &'a F,
+}
+
+/// Convert rows `p0..p0 + n` of an f16 cache into `dst` (`n` rows of `hd`, contiguous), one
+/// cache block's run of rows at a time.
 fn load_rows_f16<F: Fn(usize) -> usize>(
     src: &[u16],
-    row: &F,
+    at: &Paged<'_, F>,
     p0: usize,
     n: usize,
     hd: usize,
     dst: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
-        // SAFETY: F16C and AVX were detected.
-        return unsafe { load_rows_f16c(src, row, p0, n, hd, dst) };
-    }
-    for (r, d) in dst[..n * hd].chunks_exact_mut(hd).enumerate() {
-        let o = row(p0 + r);
-        load_f16_body(&src[o..o + hd], d);
+    let mut p = p0;
+    while p < p0 + n {
+        let r0 = p % at.bs;
+        let cnt = (at.bs - r0).min(p0 + n - p);
+        let base = (at.block)(p / at.bs) + r0 * at.stride;
+        let src = &src[base..base + (cnt - 1) * at.stride + hd];
+        let dst = &mut dst[(p - p0) * hd..(p - p0 + cnt) * hd];
+        #[cfg(target_arch = "x86_64")]
+        if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+            // SAFETY: AVX-512F was detected; `src` holds the `cnt` rows of `hd` at `stride`
+            // and `dst` `cnt` rows of `hd` (sliced above).
+            unsafe { load_rows_avx512(src, at.stride, cnt, hd, dst) };
+            p += cnt;
+            continue;
+        }
+        for (r, d) in dst.chunks_exact_mut(hd).enumerate() {
+            load_f16(&src[r * at.stride..r * at.stride + hd], d);
+        }
+        p += cnt;
     }
 }
 
 /// # Safety
-/// The CPU must support F16C and AVX.
+/// The CPU must support AVX-512F; `hd` is a multiple of 16, `src` holds `n` rows of `hd` at
+/// `stride` (the last one may end the slice) and `dst` `n * hd` floats.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn load_rows_f16c<F: Fn(usize) -> usize>(
-    src: &[u16],
-    row: &F,
-    p0: usize,
-    n: usize,
-    hd: usize,
-    dst: &mut [f32],
-) {
-    for (r, d) in dst[..n * hd].chunks_exact_mut(hd).enumerate() {
-        let o = row(p0 + r);
-        // SAFETY: F16C and AVX are available (this function's contract).
-        unsafe { load_f16_f16c(&src[o..o + hd], d) };
+#[target_feature(enable = "avx512f")]
+unsafe fn load_rows_avx512(src: &[u16], stride: usize, n: usize, hd: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(n == 0 || src.len() >= (n - 1) * stride + hd);
+    debug_assert!(dst.len() >= n * hd);
+    for r in 0..n {
+        for c in (0..hd).step_by(LANES) {
+            // SAFETY: row `r` holds `hd` halves at `r * stride`, `c + 16 <= hd`.
+            unsafe {
+                let h = _mm256_loadu_si256(src.as_ptr().add(r * stride + c) as *const __m256i);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(r * hd + c), _mm512_cvtph_ps(h));
+            }
+        }
     }
 }
 
@@ -435,6 +456,165 @@ unsafe fn accumulate_avx512(
     }
 }
 
+/// `scores` over keys stored as f16 bits (`k[p * stride..][..q.len()]`): the same values as
+/// `scores` on their f32 conversions, the same bits; each key chunk is converted in register
+/// (`vcvtph2ps`) on AVX-512, else through a row buffer. For a query that is alone on its KV
+/// head's rows (single-stream decode), where converting rows once for several queries buys
+/// nothing. Head size at most 256.
+pub fn scores_h(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(hd <= 256 && out.len() >= n && (n == 0 || k.len() >= (n - 1) * stride + hd));
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) && hd / LANES <= 8 {
+        let f = match hd / LANES {
+            1 => scores_h_avx512::<1>,
+            2 => scores_h_avx512::<2>,
+            3 => scores_h_avx512::<3>,
+            4 => scores_h_avx512::<4>,
+            5 => scores_h_avx512::<5>,
+            6 => scores_h_avx512::<6>,
+            7 => scores_h_avx512::<7>,
+            _ => scores_h_avx512::<8>,
+        };
+        // SAFETY: AVX-512F was detected; bounds were checked above.
+        return unsafe { f(q, k, stride, n, scale, out) };
+    }
+    let mut row = [0f32; 256];
+    for (p, o) in out[..n].iter_mut().enumerate() {
+        load_f16(&k[p * stride..p * stride + hd], &mut row[..hd]);
+        scores(q, &row[..hd], hd, 1, scale, std::slice::from_mut(o));
+    }
+}
+
+/// `scores_avx512` with each key chunk loaded as 16 halves and converted (exact).
+///
+/// # Safety
+/// As `scores_avx512`, with `k` holding f16 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn scores_h_avx512<const NC: usize>(
+    q: &[f32],
+    k: &[u16],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(q.len() == 16 * NC && out.len() >= n);
+    // SAFETY (all loads and stores): `q` holds 16 * NC floats, key `p < n` starts at
+    // `p * stride` inside `k` and holds 16 * NC halves, `out` holds `n` floats (masked store).
+    let qv: [__m512; NC] =
+        std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
+    let mut p0 = 0;
+    while p0 < n {
+        let cnt = (n - p0).min(16);
+        let mut a = [_mm512_setzero_ps(); 16];
+        for (p, ap) in a.iter_mut().enumerate().take(cnt) {
+            let kr = unsafe { k.as_ptr().add((p0 + p) * stride) };
+            let mut t = _mm512_setzero_ps();
+            for (c, qc) in qv.iter().enumerate() {
+                let h = unsafe { _mm256_loadu_si256(kr.add(16 * c) as *const __m256i) };
+                t = _mm512_fmadd_ps(_mm512_cvtph_ps(h), *qc, t);
+            }
+            *ap = t;
+        }
+        let sc = _mm512_mul_ps(crate::ops::attend_x86::fold16(&a), _mm512_set1_ps(scale));
+        let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
+        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(p0), m, sc) };
+        p0 += 16;
+    }
+}
+
+/// `accumulate` over value rows stored as f16 bits: the same bits as `accumulate` on their f32
+/// conversions (converted in register on AVX-512, else one row at a time). Head size at most
+/// 256.
+pub fn accumulate_h(w: &[f32], v: &[u16], stride: usize, n: usize, p0: usize, acc: &mut [f32]) {
+    let hd = acc.len() / LANES;
+    assert!(hd <= 256 && acc.len() == hd * LANES && w.len() >= n);
+    assert!(n == 0 || v.len() >= (n - 1) * stride + hd);
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX-512F was detected; bounds were checked above.
+        return unsafe { accumulate_h_avx512(w, v, stride, n, p0, acc) };
+    }
+    let mut row = [0f32; 256];
+    for r in 0..n {
+        load_f16(&v[r * stride..r * stride + hd], &mut row[..hd]);
+        accumulate(&w[r..], &row[..hd], hd, 1, p0 + r, acc);
+    }
+}
+
+/// `accumulate_avx512` with each value chunk loaded as 16 halves and converted (exact).
+///
+/// # Safety
+/// As `accumulate_avx512`, with `v` holding f16 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn accumulate_h_avx512(
+    w: &[f32],
+    v: &[u16],
+    stride: usize,
+    n: usize,
+    p0: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = acc.len() / LANES;
+    debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
+    // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]` and
+    // `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` halves, and `w`
+    // holds `n` weights. Rows before the next multiple of 16 positions go through memory.
+    let ap = acc.as_mut_ptr();
+    let lead = ((LANES - p0 % LANES) % LANES).min(n);
+    for r in 0..lead {
+        let lane = (p0 + r) % LANES;
+        for c in (0..hd).step_by(LANES) {
+            unsafe {
+                let h = _mm256_loadu_si256(v.as_ptr().add(r * stride + c) as *const __m256i);
+                let a = ap.add(lane * hd + c);
+                let x = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(w[r]), _mm512_loadu_ps(a));
+                _mm512_storeu_ps(a, x);
+            }
+        }
+    }
+    if lead == n {
+        return;
+    }
+    let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
+    for c in (0..hd).step_by(LANES) {
+        let mut a: [__m512; LANES] =
+            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
+        let mut vp = v.as_ptr().wrapping_add(c);
+        let mut wp = w.as_ptr();
+        let full = n / LANES;
+        for _ in 0..full {
+            for al in a.iter_mut() {
+                unsafe {
+                    let h = _mm256_loadu_si256(vp as *const __m256i);
+                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        let rem = n - full * LANES;
+        for (l, al) in a.iter_mut().enumerate() {
+            if l < rem {
+                unsafe {
+                    let h = _mm256_loadu_si256(vp as *const __m256i);
+                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        for (l, al) in a.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(ap.add(l * hd + c), *al) };
+        }
+    }
+}
+
 /// Fold the 16-lane accumulator into the head's output (`out.len()` = head size).
 pub fn finish(acc: &[f32], out: &mut [f32]) {
     let hd = out.len();
@@ -453,6 +633,10 @@ pub fn finish(acc: &[f32], out: &mut [f32]) {
 ///
 /// The buffers grow to the largest group and longest sequence seen and are then reused:
 /// `clear`, `push` each query, `run`, read `out`.
+/// Groups of at most this many queries read the f16 rows in place (`AttnGroup::run_direct`);
+/// larger ones convert each row block once into f32 for all of them.
+const DIRECT_MAX: usize = 2;
+
 #[derive(Default)]
 pub struct AttnGroup {
     hd: usize,
@@ -495,10 +679,26 @@ impl AttnGroup {
         self.pos.is_empty()
     }
 
-    /// Run every query over keys `k` and values `v` (f16 bits), where position `p`'s row of
-    /// this KV head is `k[row(p)..][..hd]` (and the same in `v`), for `p` up to the largest
-    /// position pushed. `out(j)` then holds query `j`'s output.
-    pub fn run<F: Fn(usize) -> usize>(&mut self, k: &[u16], v: &[u16], row: F, scale: f32) {
+    /// Run every query over keys `k` and values `v` (f16 bits) of a paged cache: blocks of
+    /// `bs` positions, rows `stride` apart in a block, block `b`'s first row of this KV head at
+    /// `block(b)` (the same in `k` and `v`); position `p`'s row is then
+    /// `k[block(p / bs) + (p % bs) * stride..][..hd]`, for `p` up to the largest position
+    /// pushed. `out(j)` then holds query `j`'s output.
+    pub fn run<F: Fn(usize) -> usize>(
+        &mut self,
+        k: &[u16],
+        v: &[u16],
+        bs: usize,
+        stride: usize,
+        block: F,
+        scale: f32,
+    ) {
+        assert!(bs > 0, "block size");
+        let at = Paged {
+            bs,
+            stride,
+            block: &block,
+        };
         let (hd, nq) = (self.hd, self.pos.len());
         let Some(&maxpos) = self.pos.iter().max() else {
             return;
@@ -516,11 +716,15 @@ impl AttnGroup {
         self.acc.clear();
         self.acc.resize(nq * LANES * hd, 0.0);
         self.out.resize(nq * hd, 0.0);
+        if nq <= DIRECT_MAX {
+            self.run_direct(k, v, &at, npos, scale);
+            return;
+        }
         let (q, pos, s, rows) = (&self.q, &self.pos, &mut self.s, &mut self.rows);
         let mut c0 = 0;
         while c0 < npos {
             let c1 = (c0 + rb).min(npos);
-            load_rows_f16(k, &row, c0, c1 - c0, hd, rows);
+            load_rows_f16(k, &at, c0, c1 - c0, hd, rows);
             for (j, &p) in pos.iter().enumerate() {
                 if p >= c0 {
                     let n = c1.min(p + 1) - c0;
@@ -536,7 +740,7 @@ impl AttnGroup {
         let mut c0 = 0;
         while c0 < npos {
             let c1 = (c0 + rb).min(npos);
-            load_rows_f16(v, &row, c0, c1 - c0, hd, rows);
+            load_rows_f16(v, &at, c0, c1 - c0, hd, rows);
             for (j, &p) in pos.iter().enumerate() {
                 if p >= c0 {
                     let n = c1.min(p + 1) - c0;
@@ -545,6 +749,58 @@ impl AttnGroup {
                 }
             }
             c0 = c1;
+        }
+        for (a, o) in self
+            .acc
+            .chunks_exact(LANES * hd)
+            .zip(self.out.chunks_exact_mut(hd))
+        {
+            finish(a, o);
+        }
+    }
+
+    /// `run` for one or two queries: each reads the f16 rows in place, converting in
+    /// register (`scores_h`, `accumulate_h`), one cache block's run of rows at a time.
+    fn run_direct<F: Fn(usize) -> usize>(
+        &mut self,
+        k: &[u16],
+        v: &[u16],
+        at: &Paged<'_, F>,
+        npos: usize,
+        scale: f32,
+    ) {
+        let hd = self.hd;
+        let (q, pos, s) = (&self.q, &self.pos, &mut self.s);
+        let seg = |p: usize| {
+            let r0 = p % at.bs;
+            ((at.block)(p / at.bs) + r0 * at.stride, at.bs - r0)
+        };
+        let mut p = 0;
+        while p < npos {
+            let (base, cnt) = seg(p);
+            for (j, &pj) in pos.iter().enumerate() {
+                if pj >= p {
+                    let n = cnt.min(pj + 1 - p);
+                    let qj = &q[j * hd..(j + 1) * hd];
+                    scores_h(qj, &k[base..], at.stride, n, scale, &mut s[j * npos + p..]);
+                }
+            }
+            p += cnt;
+        }
+        for (j, &pj) in pos.iter().enumerate() {
+            softmax_f16(&mut s[j * npos..j * npos + pj + 1]);
+        }
+        let mut p = 0;
+        while p < npos {
+            let (base, cnt) = seg(p);
+            for (j, &pj) in pos.iter().enumerate() {
+                if pj >= p {
+                    let n = cnt.min(pj + 1 - p);
+                    let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
+                    accumulate_h(&s[j * npos + p..], &v[base..], at.stride, n, p, acc);
+                }
+            }
+            p += cnt;
         }
         for (a, o) in self
             .acc
@@ -782,7 +1038,7 @@ mod tests {
                             qs.push((q, p));
                         }
                     }
-                    g.run(&kh, &vh, row, scale);
+                    g.run(&kh, &vh, bs, kvd, |b| table[b] * bs * kvd + kvh * hd, scale);
                     for (j, (q, p)) in qs.iter().enumerate() {
                         // The replaced per-head code of `Llama::forward`.
                         let mut qh = q.clone();
@@ -809,6 +1065,40 @@ mod tests {
                         assert_eq!(g.out(j), &want[..], "hd {hd} bs {bs} kvh {kvh} pos {p}");
                     }
                 }
+            }
+        }
+    }
+
+
+    /// `scores_h` and `accumulate_h` (f16 rows read in place) against `scores` and
+    /// `accumulate` on the same values as f32, for ragged counts, start positions and head
+    /// sizes (multiples of 16 take the AVX-512 kernels, the others the row-buffer path).
+    #[test]
+    fn f16_row_pieces_match_f32_pieces() {
+        let mut seed = 19u64;
+        for hd in [16, 24, 32, 48, 64, 80, 128, 144] {
+            for (n, p0) in [(0, 0), (1, 0), (5, 3), (16, 0), (17, 15), (33, 16), (40, 7)] {
+                let stride = hd + 16;
+                let q: Vec<f32> = (0..hd)
+                    .map(|_| half::f16::from_f32(lcg(&mut seed) * 4.0).to_f32())
+                    .collect();
+                let x: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 4.0).collect();
+                let mut h = vec![0u16; x.len()];
+                store_f16(&x, &mut h);
+                let mut xf = vec![0f32; x.len()];
+                load_f16(&h, &mut xf);
+                let mut want = vec![0f32; n];
+                scores(&q, &xf, stride, n, 0.125, &mut want);
+                let mut got = vec![0f32; n];
+                scores_h(&q, &h, stride, n, 0.125, &mut got);
+                assert_eq!(got, want, "scores hd {hd} n {n}");
+                let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let init: Vec<f32> = (0..16 * hd).map(|_| lcg(&mut seed)).collect();
+                let mut want = init.clone();
+                accumulate(&w, &xf, stride, n, p0, &mut want);
+                let mut got = init;
+                accumulate_h(&w, &h, stride, n, p0, &mut got);
+                assert_eq!(got, want, "accumulate hd {hd} n {n} p0 {p0}");
             }
         }
     }

@@ -470,7 +470,8 @@ impl Llama {
                                 g.push(&q[i * d + h * hd..i * d + (h + 1) * hd], t.pos);
                             }
                         }
-                        g.run(&kvr.k, &kvr.v, |p| kvr.offset(li, table, p) + kvo, scale);
+                        let bs = kvr.block_size();
+                        g.run(&kvr.k, &kvr.v, bs, kvd, |b| kvr.offset(li, table, b * bs) + kvo, scale);
                         for i in i0..i0 + nt {
                             for h in h0..h0 + nh {
                                 // SAFETY: the tasks partition the (token, head) pairs; this
