@@ -567,13 +567,13 @@ unsafe fn accumulate_h_avx512(
     // holds `n` weights. Rows before the next multiple of 16 positions go through memory.
     let ap = acc.as_mut_ptr();
     let lead = ((LANES - p0 % LANES) % LANES).min(n);
-    for r in 0..lead {
+    for (r, &wr) in w.iter().enumerate().take(lead) {
         let lane = (p0 + r) % LANES;
         for c in (0..hd).step_by(LANES) {
             unsafe {
                 let h = _mm256_loadu_si256(v.as_ptr().add(r * stride + c) as *const __m256i);
                 let a = ap.add(lane * hd + c);
-                let x = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(w[r]), _mm512_loadu_ps(a));
+                let x = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(wr), _mm512_loadu_ps(a));
                 _mm512_storeu_ps(a, x);
             }
         }
@@ -1069,7 +1069,6 @@ mod tests {
         }
     }
 
-
     /// `scores_h` and `accumulate_h` (f16 rows read in place) against `scores` and
     /// `accumulate` on the same values as f32, for ragged counts, start positions and head
     /// sizes (multiples of 16 take the AVX-512 kernels, the others the row-buffer path).
@@ -1102,5 +1101,4 @@ mod tests {
             }
         }
     }
-
 }

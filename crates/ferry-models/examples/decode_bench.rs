@@ -20,7 +20,9 @@ const BLOCK: usize = 16;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).expect("usage: decode_bench <gguf> [streams] [context] [steps]");
+    let path = args
+        .get(1)
+        .expect("usage: decode_bench <gguf> [streams] [context] [steps]");
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().expect("a number"));
     let (streams, context, steps, threads) = (arg(2, 16), arg(3, 1024), arg(4, 32), arg(5, 2));
     let file = Arc::new(GgufFile::open(std::path::Path::new(path)).expect("open gguf"));

@@ -471,7 +471,14 @@ impl Llama {
                             }
                         }
                         let bs = kvr.block_size();
-                        g.run(&kvr.k, &kvr.v, bs, kvd, |b| kvr.offset(li, table, b * bs) + kvo, scale);
+                        g.run(
+                            &kvr.k,
+                            &kvr.v,
+                            bs,
+                            kvd,
+                            |b| kvr.offset(li, table, b * bs) + kvo,
+                            scale,
+                        );
                         for i in i0..i0 + nt {
                             for h in h0..h0 + nh {
                                 // SAFETY: the tasks partition the (token, head) pairs; this
