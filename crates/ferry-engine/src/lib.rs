@@ -233,7 +233,8 @@ impl Engine {
     pub fn estimate_memory(m: &LlamaConfig, file_size: u64, cfg: &EngineConfig) -> u64 {
         let f = std::mem::size_of::<f32>() as u64;
         let slots = cfg.kv_cache_tokens.div_ceil(cfg.block_size).max(1) * cfg.block_size;
-        let kv = 2 * (m.n_layer * slots * m.kv_dim()) as u64 * f;
+        // Keys and values are cached as f16.
+        let kv = 2 * (m.n_layer * slots * m.kv_dim() * std::mem::size_of::<u16>()) as u64;
         let t = cfg.max_batch_tokens as u64;
         let per_token = 5 * m.n_embd + 2 * m.kv_dim() + 2 * m.n_ff + m.vocab_size;
         file_size + kv + t * per_token as u64 * f

@@ -15,6 +15,12 @@
 //! sequence in a fresh cache. Head sizes that are not a multiple of 16 (where llama.cpp would
 //! take another kernel) keep the same lane rule, so the result is still deterministic.
 //!
+//! The cache holds keys and values as f16 bits (`store_f16`); `AttnGroup` runs the queries that
+//! share one KV head (a GQA group, and a block of a sequence's tokens in prefill) over it,
+//! converting each key and value row to f32 once for all of them (`load_f16`, exact), then
+//! running the f32 pieces below per query, so every query's bits are those of the pieces run
+//! on an f32 cache of the same values.
+//!
 //! Each step has a portable body; on x86-64 the same bodies are compiled with FMA (and AVX-512
 //! where present, with ggml's vector `expf` and F16C conversions), which only removes library
 //! calls: every operation and its order are the same, so are the bits (`tests`).
@@ -67,6 +73,136 @@ unsafe fn round_f16_f16c(x: &mut [f32]) {
     }
     for v in c.into_remainder() {
         *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
+/// Round every element of `src` to the nearest f16 (ties to even, as `round_f16`) and store its
+/// bits in `dst`: what the KV cache holds.
+pub fn store_f16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "store_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C and AVX were detected; the lengths are equal.
+        return unsafe { store_f16_f16c(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_f32(*s).to_bits();
+    }
+}
+
+/// The f32 values of the f16 bits in `src` (exact: every f16 is an f32).
+pub fn load_f16(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "load_f16 lengths");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C and AVX were detected; the lengths are equal.
+        return unsafe { load_f16_f16c(src, dst) };
+    }
+    load_f16_body(src, dst)
+}
+
+#[inline(always)]
+fn load_f16_body(src: &[u16], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn store_f16_f16c(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n8 = src.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= len of both slices.
+        unsafe {
+            let v = _mm256_loadu_ps(src.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+            _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+        }
+    }
+    for (d, s) in dst[n8..].iter_mut().zip(&src[n8..]) {
+        *d = half::f16::from_f32(*s).to_bits();
+    }
+}
+
+/// # Safety
+/// The CPU must support F16C and AVX; `src.len() == dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn load_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n8 = src.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= len of both slices.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    load_f16_body(&src[n8..], &mut dst[n8..]);
+}
+
+/// Where one KV head's rows lie in a paged cache: position `p`'s row is
+/// `block(p / bs) + (p % bs) * stride` (`hd` elements), `block(b)` being the offset of block
+/// `b`'s first row.
+struct Paged<'a, F> {
+    bs: usize,
+    stride: usize,
+    block: &'a F,
+}
+
+/// Convert rows `p0..p0 + n` of an f16 cache into `dst` (`n` rows of `hd`, contiguous), one
+/// cache block's run of rows at a time.
+fn load_rows_f16<F: Fn(usize) -> usize>(
+    src: &[u16],
+    at: &Paged<'_, F>,
+    p0: usize,
+    n: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    let mut p = p0;
+    while p < p0 + n {
+        let r0 = p % at.bs;
+        let cnt = (at.bs - r0).min(p0 + n - p);
+        let base = (at.block)(p / at.bs) + r0 * at.stride;
+        let src = &src[base..base + (cnt - 1) * at.stride + hd];
+        let dst = &mut dst[(p - p0) * hd..(p - p0 + cnt) * hd];
+        #[cfg(target_arch = "x86_64")]
+        if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+            // SAFETY: AVX-512F was detected; `src` holds the `cnt` rows of `hd` at `stride`
+            // and `dst` `cnt` rows of `hd` (sliced above).
+            unsafe { load_rows_avx512(src, at.stride, cnt, hd, dst) };
+            p += cnt;
+            continue;
+        }
+        for (r, d) in dst.chunks_exact_mut(hd).enumerate() {
+            load_f16(&src[r * at.stride..r * at.stride + hd], d);
+        }
+        p += cnt;
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F; `hd` is a multiple of 16, `src` holds `n` rows of `hd` at
+/// `stride` (the last one may end the slice) and `dst` `n * hd` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_rows_avx512(src: &[u16], stride: usize, n: usize, hd: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(n == 0 || src.len() >= (n - 1) * stride + hd);
+    debug_assert!(dst.len() >= n * hd);
+    for r in 0..n {
+        for c in (0..hd).step_by(LANES) {
+            // SAFETY: row `r` holds `hd` halves at `r * stride`, `c + 16 <= hd`.
+            unsafe {
+                let h = _mm256_loadu_si256(src.as_ptr().add(r * stride + c) as *const __m256i);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(r * hd + c), _mm512_cvtph_ps(h));
+            }
+        }
     }
 }
 
@@ -216,6 +352,11 @@ pub fn accumulate(w: &[f32], v: &[f32], stride: usize, n: usize, p0: usize, acc:
     assert!(acc.len() == hd * LANES && w.len() >= n);
     assert!(n == 0 || v.len() >= (n - 1) * stride + hd);
     #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX-512F (hence FMA and AVX2) was detected; bounds were checked above.
+        return unsafe { accumulate_avx512(w, v, stride, n, p0, acc) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: FMA and AVX2 were detected.
         return unsafe { accumulate_fma(w, v, stride, n, p0, acc) };
@@ -250,12 +391,429 @@ unsafe fn accumulate_fma(
     accumulate_body(w, v, stride, n, p0, acc)
 }
 
+/// `accumulate_body` for head sizes that are a multiple of 16 on AVX-512: per 16 columns of
+/// the head, the 16 lanes' accumulators stay in registers over all `n` rows (register `l` is
+/// lane `l`; rows from a position that is a multiple of 16 go to registers 0..16 in turn), so
+/// each row costs one load, one broadcast and one FMA per 16 columns instead of a load and
+/// store of the accumulator. Each lane still takes `fma(v, w, lane)` in position order: the
+/// bits of `accumulate_body`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `hd = acc.len() / 16` is a multiple of 16, `w.len() >= n`
+/// and the `n` value rows lie inside `v` (checked by `accumulate`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn accumulate_avx512(
+    w: &[f32],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    p0: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = acc.len() / LANES;
+    debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
+    // Rows before the next multiple of 16 positions, in the plain way.
+    let lead = ((LANES - p0 % LANES) % LANES).min(n);
+    accumulate_body(w, v, stride, lead, p0, acc);
+    if lead == n {
+        return;
+    }
+    let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
+    let ap = acc.as_mut_ptr();
+    for c in (0..hd).step_by(LANES) {
+        // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]`
+        // and `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` floats,
+        // and `w` holds `n` weights; the row and weight pointers advance once per row taken.
+        let mut a: [__m512; LANES] =
+            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
+        let mut vp = unsafe { v.as_ptr().add(c) };
+        let mut wp = w.as_ptr();
+        let full = n / LANES;
+        for _ in 0..full {
+            for al in a.iter_mut() {
+                unsafe {
+                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        let rem = n - full * LANES;
+        for (l, al) in a.iter_mut().enumerate() {
+            if l < rem {
+                unsafe {
+                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        for (l, al) in a.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(ap.add(l * hd + c), *al) };
+        }
+    }
+}
+
+/// `scores` over keys stored as f16 bits (`k[p * stride..][..q.len()]`): the same values as
+/// `scores` on their f32 conversions, the same bits; each key chunk is converted in register
+/// (`vcvtph2ps`) on AVX-512, else through a row buffer. For a query that is alone on its KV
+/// head's rows (single-stream decode), where converting rows once for several queries buys
+/// nothing. Head size at most 256.
+pub fn scores_h(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(hd <= 256 && out.len() >= n && (n == 0 || k.len() >= (n - 1) * stride + hd));
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) && hd / LANES <= 8 {
+        let f = match hd / LANES {
+            1 => scores_h_avx512::<1>,
+            2 => scores_h_avx512::<2>,
+            3 => scores_h_avx512::<3>,
+            4 => scores_h_avx512::<4>,
+            5 => scores_h_avx512::<5>,
+            6 => scores_h_avx512::<6>,
+            7 => scores_h_avx512::<7>,
+            _ => scores_h_avx512::<8>,
+        };
+        // SAFETY: AVX-512F was detected; bounds were checked above.
+        return unsafe { f(q, k, stride, n, scale, out) };
+    }
+    let mut row = [0f32; 256];
+    for (p, o) in out[..n].iter_mut().enumerate() {
+        load_f16(&k[p * stride..p * stride + hd], &mut row[..hd]);
+        scores(q, &row[..hd], hd, 1, scale, std::slice::from_mut(o));
+    }
+}
+
+/// `scores_avx512` with each key chunk loaded as 16 halves and converted (exact).
+///
+/// # Safety
+/// As `scores_avx512`, with `k` holding f16 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn scores_h_avx512<const NC: usize>(
+    q: &[f32],
+    k: &[u16],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(q.len() == 16 * NC && out.len() >= n);
+    // SAFETY (all loads and stores): `q` holds 16 * NC floats, key `p < n` starts at
+    // `p * stride` inside `k` and holds 16 * NC halves, `out` holds `n` floats (masked store).
+    let qv: [__m512; NC] =
+        std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
+    let mut p0 = 0;
+    while p0 < n {
+        let cnt = (n - p0).min(16);
+        let mut a = [_mm512_setzero_ps(); 16];
+        for (p, ap) in a.iter_mut().enumerate().take(cnt) {
+            let kr = unsafe { k.as_ptr().add((p0 + p) * stride) };
+            let mut t = _mm512_setzero_ps();
+            for (c, qc) in qv.iter().enumerate() {
+                let h = unsafe { _mm256_loadu_si256(kr.add(16 * c) as *const __m256i) };
+                t = _mm512_fmadd_ps(_mm512_cvtph_ps(h), *qc, t);
+            }
+            *ap = t;
+        }
+        let sc = _mm512_mul_ps(crate::ops::attend_x86::fold16(&a), _mm512_set1_ps(scale));
+        let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
+        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(p0), m, sc) };
+        p0 += 16;
+    }
+}
+
+/// `accumulate` over value rows stored as f16 bits: the same bits as `accumulate` on their f32
+/// conversions (converted in register on AVX-512, else one row at a time). Head size at most
+/// 256.
+pub fn accumulate_h(w: &[f32], v: &[u16], stride: usize, n: usize, p0: usize, acc: &mut [f32]) {
+    let hd = acc.len() / LANES;
+    assert!(hd <= 256 && acc.len() == hd * LANES && w.len() >= n);
+    assert!(n == 0 || v.len() >= (n - 1) * stride + hd);
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX-512F was detected; bounds were checked above.
+        return unsafe { accumulate_h_avx512(w, v, stride, n, p0, acc) };
+    }
+    let mut row = [0f32; 256];
+    for r in 0..n {
+        load_f16(&v[r * stride..r * stride + hd], &mut row[..hd]);
+        accumulate(&w[r..], &row[..hd], hd, 1, p0 + r, acc);
+    }
+}
+
+/// `accumulate_avx512` with each value chunk loaded as 16 halves and converted (exact).
+///
+/// # Safety
+/// As `accumulate_avx512`, with `v` holding f16 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn accumulate_h_avx512(
+    w: &[f32],
+    v: &[u16],
+    stride: usize,
+    n: usize,
+    p0: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let hd = acc.len() / LANES;
+    debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
+    // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]` and
+    // `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` halves, and `w`
+    // holds `n` weights. Rows before the next multiple of 16 positions go through memory.
+    let ap = acc.as_mut_ptr();
+    let lead = ((LANES - p0 % LANES) % LANES).min(n);
+    for (r, &wr) in w.iter().enumerate().take(lead) {
+        let lane = (p0 + r) % LANES;
+        for c in (0..hd).step_by(LANES) {
+            unsafe {
+                let h = _mm256_loadu_si256(v.as_ptr().add(r * stride + c) as *const __m256i);
+                let a = ap.add(lane * hd + c);
+                let x = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(wr), _mm512_loadu_ps(a));
+                _mm512_storeu_ps(a, x);
+            }
+        }
+    }
+    if lead == n {
+        return;
+    }
+    let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
+    for c in (0..hd).step_by(LANES) {
+        let mut a: [__m512; LANES] =
+            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
+        let mut vp = v.as_ptr().wrapping_add(c);
+        let mut wp = w.as_ptr();
+        let full = n / LANES;
+        for _ in 0..full {
+            for al in a.iter_mut() {
+                unsafe {
+                    let h = _mm256_loadu_si256(vp as *const __m256i);
+                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        let rem = n - full * LANES;
+        for (l, al) in a.iter_mut().enumerate() {
+            if l < rem {
+                unsafe {
+                    let h = _mm256_loadu_si256(vp as *const __m256i);
+                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
+                    vp = vp.wrapping_add(stride);
+                    wp = wp.add(1);
+                }
+            }
+        }
+        for (l, al) in a.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(ap.add(l * hd + c), *al) };
+        }
+    }
+}
+
 /// Fold the 16-lane accumulator into the head's output (`out.len()` = head size).
 pub fn finish(acc: &[f32], out: &mut [f32]) {
     let hd = out.len();
     assert_eq!(acc.len(), hd * LANES);
     for (j, o) in out.iter_mut().enumerate() {
         *o = fold16(std::array::from_fn(|l| acc[l * hd + j]));
+    }
+}
+
+/// Causal attention of several queries over one KV head of a paged f16 cache, sharing each
+/// key and value row's conversion to f32: the queries are the query heads of a GQA group, for
+/// one token (decode) or a block of one sequence's tokens (prefill). Rows are converted in
+/// blocks of about 32 KiB; each query's scores, softmax, value sums and fold are the pieces
+/// above (`scores`, `softmax_f16`, `accumulate`, `finish`) in position order, so its output has
+/// the bits of those pieces over an f32 cache holding the same values, one query at a time.
+///
+/// The buffers grow to the largest group and longest sequence seen and are then reused:
+/// `clear`, `push` each query, `run`, read `out`.
+/// Groups of at most this many queries read the f16 rows in place (`AttnGroup::run_direct`);
+/// larger ones convert each row block once into f32 for all of them.
+const DIRECT_MAX: usize = 2;
+
+#[derive(Default)]
+pub struct AttnGroup {
+    hd: usize,
+    /// Queries rounded to f16, `hd` each.
+    q: Vec<f32>,
+    /// Each query's sequence position (it attends to `0..=pos`).
+    pos: Vec<usize>,
+    /// Scores then weights, one row of `npos` per query.
+    s: Vec<f32>,
+    /// A block of converted key or value rows.
+    rows: Vec<f32>,
+    /// 16-lane value accumulators, `16 * hd` per query.
+    acc: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl AttnGroup {
+    /// Start a group of queries of head size `hd`.
+    pub fn clear(&mut self, hd: usize) {
+        self.hd = hd;
+        self.q.clear();
+        self.pos.clear();
+    }
+
+    /// Add a query (`hd` values, rounded to f16 here) at sequence position `pos`.
+    pub fn push(&mut self, q: &[f32], pos: usize) {
+        assert_eq!(q.len(), self.hd, "query length");
+        let start = self.q.len();
+        self.q.extend_from_slice(q);
+        round_f16(&mut self.q[start..]);
+        self.pos.push(pos);
+    }
+
+    /// Number of queries pushed.
+    pub fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos.is_empty()
+    }
+
+    /// Run every query over keys `k` and values `v` (f16 bits) of a paged cache: blocks of
+    /// `bs` positions, rows `stride` apart in a block, block `b`'s first row of this KV head at
+    /// `block(b)` (the same in `k` and `v`); position `p`'s row is then
+    /// `k[block(p / bs) + (p % bs) * stride..][..hd]`, for `p` up to the largest position
+    /// pushed. `out(j)` then holds query `j`'s output.
+    pub fn run<F: Fn(usize) -> usize>(
+        &mut self,
+        k: &[u16],
+        v: &[u16],
+        bs: usize,
+        stride: usize,
+        block: F,
+        scale: f32,
+    ) {
+        assert!(bs > 0, "block size");
+        let at = Paged {
+            bs,
+            stride,
+            block: &block,
+        };
+        let (hd, nq) = (self.hd, self.pos.len());
+        let Some(&maxpos) = self.pos.iter().max() else {
+            return;
+        };
+        let npos = maxpos + 1;
+        // Rows per converted block: ~32 KiB of f32, a multiple of 16 positions so that the
+        // blocks start where `accumulate` keeps its lanes in registers.
+        let rb = ((32768 / 4 / hd.max(1)) / LANES * LANES).max(LANES);
+        if self.s.len() < nq * npos {
+            self.s.resize(nq * npos, 0.0);
+        }
+        if self.rows.len() < rb * hd {
+            self.rows.resize(rb * hd, 0.0);
+        }
+        self.acc.clear();
+        self.acc.resize(nq * LANES * hd, 0.0);
+        self.out.resize(nq * hd, 0.0);
+        if nq <= DIRECT_MAX {
+            self.run_direct(k, v, &at, npos, scale);
+            return;
+        }
+        let (q, pos, s, rows) = (&self.q, &self.pos, &mut self.s, &mut self.rows);
+        let mut c0 = 0;
+        while c0 < npos {
+            let c1 = (c0 + rb).min(npos);
+            load_rows_f16(k, &at, c0, c1 - c0, hd, rows);
+            for (j, &p) in pos.iter().enumerate() {
+                if p >= c0 {
+                    let n = c1.min(p + 1) - c0;
+                    let qj = &q[j * hd..(j + 1) * hd];
+                    scores(qj, rows, hd, n, scale, &mut s[j * npos + c0..]);
+                }
+            }
+            c0 = c1;
+        }
+        for (j, &p) in pos.iter().enumerate() {
+            softmax_f16(&mut s[j * npos..j * npos + p + 1]);
+        }
+        let mut c0 = 0;
+        while c0 < npos {
+            let c1 = (c0 + rb).min(npos);
+            load_rows_f16(v, &at, c0, c1 - c0, hd, rows);
+            for (j, &p) in pos.iter().enumerate() {
+                if p >= c0 {
+                    let n = c1.min(p + 1) - c0;
+                    let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
+                    accumulate(&s[j * npos + c0..], rows, hd, n, c0, acc);
+                }
+            }
+            c0 = c1;
+        }
+        for (a, o) in self
+            .acc
+            .chunks_exact(LANES * hd)
+            .zip(self.out.chunks_exact_mut(hd))
+        {
+            finish(a, o);
+        }
+    }
+
+    /// `run` for one or two queries: each reads the f16 rows in place, converting in
+    /// register (`scores_h`, `accumulate_h`), one cache block's run of rows at a time.
+    fn run_direct<F: Fn(usize) -> usize>(
+        &mut self,
+        k: &[u16],
+        v: &[u16],
+        at: &Paged<'_, F>,
+        npos: usize,
+        scale: f32,
+    ) {
+        let hd = self.hd;
+        let (q, pos, s) = (&self.q, &self.pos, &mut self.s);
+        let seg = |p: usize| {
+            let r0 = p % at.bs;
+            ((at.block)(p / at.bs) + r0 * at.stride, at.bs - r0)
+        };
+        let mut p = 0;
+        while p < npos {
+            let (base, cnt) = seg(p);
+            for (j, &pj) in pos.iter().enumerate() {
+                if pj >= p {
+                    let n = cnt.min(pj + 1 - p);
+                    let qj = &q[j * hd..(j + 1) * hd];
+                    scores_h(qj, &k[base..], at.stride, n, scale, &mut s[j * npos + p..]);
+                }
+            }
+            p += cnt;
+        }
+        for (j, &pj) in pos.iter().enumerate() {
+            softmax_f16(&mut s[j * npos..j * npos + pj + 1]);
+        }
+        let mut p = 0;
+        while p < npos {
+            let (base, cnt) = seg(p);
+            for (j, &pj) in pos.iter().enumerate() {
+                if pj >= p {
+                    let n = cnt.min(pj + 1 - p);
+                    let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
+                    accumulate_h(&s[j * npos + p..], &v[base..], at.stride, n, p, acc);
+                }
+            }
+            p += cnt;
+        }
+        for (a, o) in self
+            .acc
+            .chunks_exact(LANES * hd)
+            .zip(self.out.chunks_exact_mut(hd))
+        {
+            finish(a, o);
+        }
+    }
+
+    /// Query `j`'s output (`hd` values) after `run`.
+    pub fn out(&self, j: usize) -> &[f32] {
+        &self.out[j * self.hd..(j + 1) * self.hd]
     }
 }
 
@@ -367,6 +925,179 @@ mod tests {
             round_f16(&mut y);
             for (a, b) in y.iter().zip(&x) {
                 assert_eq!(a.to_bits(), half::f16::from_f32(*b).to_f32().to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn f16_store_and_load_match_half() {
+        // Every f16 bit pattern converts as `half` does (NaNs stay NaN).
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for len in [0, 1, 7, 8, 9, 23, 65536] {
+            let mut y = vec![0f32; len];
+            load_f16(&all[..len], &mut y);
+            for (a, b) in y.iter().zip(&all) {
+                let want = half::f16::from_bits(*b).to_f32();
+                assert!(a.to_bits() == want.to_bits() || (a.is_nan() && want.is_nan()));
+            }
+        }
+        let mut seed = 11u64;
+        let x: Vec<f32> = (0..1000)
+            .map(|i| lcg(&mut seed) * [1.0, 1e-6, 7e4, 1e5, 3e-5][i % 5])
+            .collect();
+        for len in [0, 1, 7, 8, 9, 100, 1000] {
+            let mut h = vec![0u16; len];
+            store_f16(&x[..len], &mut h);
+            let mut r = x[..len].to_vec();
+            round_f16(&mut r);
+            for ((a, b), c) in h.iter().zip(&x).zip(&r) {
+                assert_eq!(*a, half::f16::from_f32(*b).to_bits());
+                assert_eq!(half::f16::from_bits(*a).to_f32().to_bits(), c.to_bits());
+            }
+        }
+    }
+
+    /// The dispatched `accumulate` (AVX-512 registers-resident lanes where present) against
+    /// the portable body, for ragged row counts, start positions and head sizes.
+    #[test]
+    fn accumulate_matches_body() {
+        let mut seed = 13u64;
+        for hd in [16, 24, 32, 48, 64, 128, 144] {
+            for p0 in [0, 1, 5, 15, 16, 17, 31, 40] {
+                for n in [0, 1, 2, 15, 16, 17, 33, 50] {
+                    let stride = hd + 8;
+                    let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                    let v: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 3.0).collect();
+                    let init: Vec<f32> = (0..16 * hd).map(|_| lcg(&mut seed)).collect();
+                    let mut want = init.clone();
+                    accumulate_body(&w, &v, stride, n, p0, &mut want);
+                    let mut got = init;
+                    accumulate(&w, &v, stride, n, p0, &mut got);
+                    assert_eq!(got, want, "hd {hd} p0 {p0} n {n}");
+                }
+            }
+        }
+    }
+
+    /// `AttnGroup` over an f16 paged cache against the per-(token, head) attention it replaced
+    /// (the pieces walked per cache block over an f32 cache of the same values), bit for bit:
+    /// ragged positions, token blocks, group sizes, block sizes and head sizes 16..128.
+    #[test]
+    fn group_over_f16_cache_equals_per_head_over_f32_cache() {
+        let mut seed = 17u64;
+        let mut g = AttnGroup::default();
+        for (hd, n_kv, bs, group) in [
+            (64, 3, 16, 3),
+            (16, 2, 16, 1),
+            (24, 1, 5, 2),
+            (32, 2, 7, 4),
+            (48, 2, 16, 3),
+            (80, 1, 3, 2),
+            (128, 2, 16, 2),
+        ] {
+            let kvd = n_kv * hd;
+            let npos: usize = 300;
+            let n_blocks = npos.div_ceil(bs) + 3;
+            // A shuffled block table.
+            let mut table: Vec<usize> = (0..n_blocks).collect();
+            for i in (1..n_blocks).rev() {
+                let j = ((lcg(&mut seed) + 0.5) * (i + 1) as f32) as usize % (i + 1);
+                table.swap(i, j);
+            }
+            let len = n_blocks * bs * kvd;
+            let kf: Vec<f32> = (0..len)
+                .map(|_| half::f16::from_f32(lcg(&mut seed) * 6.0).to_f32())
+                .collect();
+            let vf: Vec<f32> = (0..len)
+                .map(|_| half::f16::from_f32(lcg(&mut seed) * 2.0).to_f32())
+                .collect();
+            let mut kh = vec![0u16; len];
+            let mut vh = vec![0u16; len];
+            store_f16(&kf, &mut kh);
+            store_f16(&vf, &mut vh);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let off = |p: usize| (table[p / bs] * bs + p % bs) * kvd;
+            for kvh in 0..n_kv {
+                let row = |p: usize| off(p) + kvh * hd;
+                for positions in [
+                    vec![0],
+                    vec![7],
+                    vec![16],
+                    vec![0, 1, 2],
+                    vec![15, 16, 17, 18, 19],
+                    vec![3, 40, 41, 299],
+                    (100..116).collect::<Vec<_>>(),
+                    (250..300).collect::<Vec<_>>(),
+                ] {
+                    g.clear(hd);
+                    let mut qs = Vec::new();
+                    for &p in &positions {
+                        for _ in 0..group {
+                            let q: Vec<f32> = (0..hd).map(|_| lcg(&mut seed) * 4.0).collect();
+                            g.push(&q, p);
+                            qs.push((q, p));
+                        }
+                    }
+                    g.run(&kh, &vh, bs, kvd, |b| table[b] * bs * kvd + kvh * hd, scale);
+                    for (j, (q, p)) in qs.iter().enumerate() {
+                        // The replaced per-head code of `Llama::forward`.
+                        let mut qh = q.clone();
+                        round_f16(&mut qh);
+                        let mut s = vec![0f32; p + 1];
+                        let mut acc = vec![0f32; LANES * hd];
+                        let mut x = 0;
+                        while x <= *p {
+                            let nrows = (bs - x % bs).min(p + 1 - x);
+                            let o = row(x);
+                            scores(&qh, &kf[o..], kvd, nrows, scale, &mut s[x..]);
+                            x += nrows;
+                        }
+                        softmax_f16(&mut s);
+                        let mut x = 0;
+                        while x <= *p {
+                            let nrows = (bs - x % bs).min(p + 1 - x);
+                            let o = row(x);
+                            accumulate(&s[x..], &vf[o..], kvd, nrows, x, &mut acc);
+                            x += nrows;
+                        }
+                        let mut want = vec![0f32; hd];
+                        finish(&acc, &mut want);
+                        assert_eq!(g.out(j), &want[..], "hd {hd} bs {bs} kvh {kvh} pos {p}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `scores_h` and `accumulate_h` (f16 rows read in place) against `scores` and
+    /// `accumulate` on the same values as f32, for ragged counts, start positions and head
+    /// sizes (multiples of 16 take the AVX-512 kernels, the others the row-buffer path).
+    #[test]
+    fn f16_row_pieces_match_f32_pieces() {
+        let mut seed = 19u64;
+        for hd in [16, 24, 32, 48, 64, 80, 128, 144] {
+            for (n, p0) in [(0, 0), (1, 0), (5, 3), (16, 0), (17, 15), (33, 16), (40, 7)] {
+                let stride = hd + 16;
+                let q: Vec<f32> = (0..hd)
+                    .map(|_| half::f16::from_f32(lcg(&mut seed) * 4.0).to_f32())
+                    .collect();
+                let x: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 4.0).collect();
+                let mut h = vec![0u16; x.len()];
+                store_f16(&x, &mut h);
+                let mut xf = vec![0f32; x.len()];
+                load_f16(&h, &mut xf);
+                let mut want = vec![0f32; n];
+                scores(&q, &xf, stride, n, 0.125, &mut want);
+                let mut got = vec![0f32; n];
+                scores_h(&q, &h, stride, n, 0.125, &mut got);
+                assert_eq!(got, want, "scores hd {hd} n {n}");
+                let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let init: Vec<f32> = (0..16 * hd).map(|_| lcg(&mut seed)).collect();
+                let mut want = init.clone();
+                accumulate(&w, &xf, stride, n, p0, &mut want);
+                let mut got = init;
+                accumulate_h(&w, &h, stride, n, p0, &mut got);
+                assert_eq!(got, want, "accumulate hd {hd} n {n} p0 {p0}");
             }
         }
     }

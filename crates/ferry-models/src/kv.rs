@@ -4,6 +4,10 @@
 //! keys and values. A sequence owns a list of block ids (its block table); position `p` of the
 //! sequence lives in slot `p % block_size` of block `table[p / block_size]`. Which sequence gets
 //! which blocks is the engine's business (see `BlockAllocator`); this module only stores.
+//!
+//! Keys and values are stored as f16 bits, as llama.cpp's cache holds them (the model rounds
+//! them to f16 on the way in anyway, so nothing is lost): half the bytes of f32 storage, and
+//! half the bytes attention reads.
 
 /// Key/value storage for every layer.
 pub struct KvCache {
@@ -11,8 +15,10 @@ pub struct KvCache {
     pub(crate) kv_dim: usize,
     pub(crate) block_size: usize,
     pub(crate) n_blocks: usize,
-    pub(crate) k: Vec<f32>,
-    pub(crate) v: Vec<f32>,
+    /// Keys, f16 bits.
+    pub(crate) k: Vec<u16>,
+    /// Values, f16 bits.
+    pub(crate) v: Vec<u16>,
 }
 
 impl KvCache {
@@ -25,8 +31,8 @@ impl KvCache {
             kv_dim,
             block_size,
             n_blocks,
-            k: vec![0.0; len],
-            v: vec![0.0; len],
+            k: vec![0; len],
+            v: vec![0; len],
         }
     }
 
@@ -41,7 +47,7 @@ impl KvCache {
     }
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<u16>()
     }
 
     #[inline]

@@ -56,9 +56,27 @@ pub struct LlamaConfig {
 
 const MAX_HEAD_DIM: usize = 256;
 
+/// Most query tokens of one sequence in one attention task (prefill): with the GQA group's
+/// query heads they share each key and value row's conversion from f16.
+const ATTN_TOKENS: usize = 8;
+
 thread_local! {
-    /// Attention scores of one (token, head), per worker thread.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Attention buffers of one task, per worker thread (they grow to the largest task and
+    /// longest sequence seen, then are reused).
+    static ATTN: RefCell<ggml_attn::AttnGroup> = RefCell::new(ggml_attn::AttnGroup::default());
+}
+
+/// One attention task: tokens `i0..i0 + nt` of the batch (one sequence) and query heads
+/// `h0..h0 + nh`, which share KV head `kvh`.
+#[derive(Debug, Clone, Copy)]
+struct AttnTask {
+    i0: u32,
+    nt: u32,
+    h0: u32,
+    nh: u32,
+    kvh: u32,
+    /// Work estimate, for ordering: queries times keys of the last token.
+    cost: u64,
 }
 
 impl LlamaConfig {
@@ -212,6 +230,8 @@ pub struct Workspace {
     /// Logits of the tokens that asked for them, in batch order, `vocab_size` each.
     pub logits: Vec<f32>,
     mm: MatmulScratch,
+    /// This step's attention tasks (at most one per (token, head)).
+    attn_tasks: Vec<AttnTask>,
 }
 
 impl Workspace {
@@ -231,6 +251,7 @@ impl Workspace {
             rope: vec![0.0; t * cfg.head_dim],
             logits: Vec::new(),
             mm: MatmulScratch::default(),
+            attn_tasks: Vec::with_capacity(t * cfg.n_head),
         }
     }
     pub fn max_tokens(&self) -> usize {
@@ -418,59 +439,57 @@ impl Llama {
                 }
                 let off = kv.offset(li, tables[t.seq], t.pos);
                 // llama.cpp's cache holds f16.
-                kv.k[off..off + kvd].copy_from_slice(&ws.k[i * kvd..(i + 1) * kvd]);
-                kv.v[off..off + kvd].copy_from_slice(&ws.v[i * kvd..(i + 1) * kvd]);
-                ggml_attn::round_f16(&mut kv.k[off..off + kvd]);
-                ggml_attn::round_f16(&mut kv.v[off..off + kvd]);
+                ggml_attn::store_f16(&ws.k[i * kvd..(i + 1) * kvd], &mut kv.k[off..off + kvd]);
+                ggml_attn::store_f16(&ws.v[i * kvd..(i + 1) * kvd], &mut kv.v[off..off + kvd]);
             }
-            // Attention: one task per (token, head), in llama.cpp's arithmetic (see
-            // `ferry_kernels::ggml_attn`: f16 query, keys, values and weights, a two-pass
-            // softmax over the sequence in position order). The scores are kept in a
-            // per-thread buffer that grows with the longest sequence seen.
+            // Attention in llama.cpp's arithmetic (see `ferry_kernels::ggml_attn`: f16 query,
+            // keys, values and weights, a two-pass softmax over the sequence in position
+            // order), one task per (block of a sequence's tokens, KV head): the query heads
+            // sharing the KV head read and convert each cached row once for all of them. The
+            // tasks are built once per step (the same for every layer).
+            if li == 0 {
+                self.attn_tasks(pool, batch, &mut ws.attn_tasks);
+            }
             {
                 let kvr = &*kv;
                 let q = &ws.q;
                 let out = SyncPtr(ws.att.as_mut_ptr());
                 let out = &out;
-                let group = cfg.n_head / cfg.n_head_kv;
-                pool.run(n * cfg.n_head, &|task| {
-                    let (i, h) = (task / cfg.n_head, task % cfg.n_head);
-                    let t = &batch[i];
-                    let kvh = (h / group) * hd;
-                    let table = tables[t.seq];
-                    let bs = kvr.block_size();
-                    let mut qh = [0f32; MAX_HEAD_DIM];
-                    let qh = &mut qh[..hd];
-                    qh.copy_from_slice(&q[i * d + h * hd..i * d + (h + 1) * hd]);
-                    ggml_attn::round_f16(qh);
-                    let mut acc = [0f32; ggml_attn::LANES * MAX_HEAD_DIM];
-                    let acc = &mut acc[..ggml_attn::LANES * hd];
-                    SCORES.with(|sc| {
-                        let mut sc = sc.borrow_mut();
-                        if sc.len() <= t.pos {
-                            sc.resize(t.pos + 1, 0.0);
+                let tasks = &ws.attn_tasks;
+                pool.run(tasks.len(), &|ti| {
+                    let tk = tasks[ti];
+                    let (i0, nt) = (tk.i0 as usize, tk.nt as usize);
+                    let (h0, nh) = (tk.h0 as usize, tk.nh as usize);
+                    let table = tables[batch[i0].seq];
+                    let kvo = tk.kvh as usize * hd;
+                    ATTN.with(|g| {
+                        let mut g = g.borrow_mut();
+                        g.clear(hd);
+                        for (i, t) in batch.iter().enumerate().skip(i0).take(nt) {
+                            for h in h0..h0 + nh {
+                                g.push(&q[i * d + h * hd..i * d + (h + 1) * hd], t.pos);
+                            }
                         }
-                        let s = &mut sc[..t.pos + 1];
-                        let mut p = 0;
-                        while p <= t.pos {
-                            let nrows = (bs - p % bs).min(t.pos + 1 - p);
-                            let o = kvr.offset(li, table, p) + kvh;
-                            ggml_attn::scores(qh, &kvr.k[o..], kvd, nrows, scale, &mut s[p..]);
-                            p += nrows;
-                        }
-                        ggml_attn::softmax_f16(s);
-                        let mut p = 0;
-                        while p <= t.pos {
-                            let nrows = (bs - p % bs).min(t.pos + 1 - p);
-                            let o = kvr.offset(li, table, p) + kvh;
-                            ggml_attn::accumulate(&s[p..], &kvr.v[o..], kvd, nrows, p, acc);
-                            p += nrows;
+                        let bs = kvr.block_size();
+                        g.run(
+                            &kvr.k,
+                            &kvr.v,
+                            bs,
+                            kvd,
+                            |b| kvr.offset(li, table, b * bs) + kvo,
+                            scale,
+                        );
+                        for i in i0..i0 + nt {
+                            for h in h0..h0 + nh {
+                                // SAFETY: the tasks partition the (token, head) pairs; this
+                                // one owns elements i*d + h*hd .. + hd of `att`.
+                                let o = unsafe {
+                                    std::slice::from_raw_parts_mut(out.0.add(i * d + h * hd), hd)
+                                };
+                                o.copy_from_slice(g.out((i - i0) * nh + h - h0));
+                            }
                         }
                     });
-                    // SAFETY: task (i, h) owns elements i*d + h*hd .. + hd of `att`.
-                    let o =
-                        unsafe { std::slice::from_raw_parts_mut(out.0.add(i * d + h * hd), hd) };
-                    ggml_attn::finish(acc, o);
                 });
             }
             matmul(
@@ -544,6 +563,50 @@ impl Llama {
                 &mut ws.mm,
             );
         }
+    }
+}
+
+impl Llama {
+    /// Split a step's attention into tasks: runs of up to `ATTN_TOKENS` tokens of one sequence
+    /// (consecutive in the batch), times the KV heads; when that gives too few tasks for the
+    /// pool (single-stream decode), one task per query head instead. Heaviest first. The
+    /// arithmetic of every (token, head) is the same whatever the split.
+    fn attn_tasks(&self, pool: &ThreadPool, batch: &[BatchToken], tasks: &mut Vec<AttnTask>) {
+        let cfg = &self.cfg;
+        let group = cfg.n_head / cfg.n_head_kv;
+        let runs = |f: &mut dyn FnMut(usize, usize)| {
+            let mut i = 0;
+            while i < batch.len() {
+                let mut j = i + 1;
+                while j < batch.len() && j - i < ATTN_TOKENS && batch[j].seq == batch[i].seq {
+                    j += 1;
+                }
+                f(i, j - i);
+                i = j;
+            }
+        };
+        let mut n_runs = 0;
+        runs(&mut |_, _| n_runs += 1);
+        let per_task = if n_runs * cfg.n_head_kv < 4 * pool.n_threads() {
+            1
+        } else {
+            group
+        };
+        tasks.clear();
+        runs(&mut |i0, nt| {
+            let last = batch[i0..i0 + nt].iter().map(|t| t.pos).max().unwrap_or(0);
+            for h0 in (0..cfg.n_head).step_by(per_task) {
+                tasks.push(AttnTask {
+                    i0: i0 as u32,
+                    nt: nt as u32,
+                    h0: h0 as u32,
+                    nh: per_task as u32,
+                    kvh: (h0 / group) as u32,
+                    cost: (nt * per_task * (last + 1)) as u64,
+                });
+            }
+        });
+        tasks.sort_unstable_by_key(|t| std::cmp::Reverse(t.cost));
     }
 }
 
