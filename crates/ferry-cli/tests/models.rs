@@ -347,11 +347,11 @@ fn a_request_waits_at_most_the_load_timeout_then_gets_503_with_retry_after() {
 #[test]
 fn memory_budget_unloads_the_least_recently_used() {
     let home = home_with("budget", &["alpha"], false, false);
-    // One model of this shape (weights + 8192-token KV cache + workspace) is about 530 MB:
-    // two do not fit in 800 MiB.
-    let s = start_in(&home, &["--memory-budget", "800MiB"]);
+    // One model of this shape (weights + 8192-token f16 KV cache + workspace) is about 345 MB:
+    // two do not fit in 500 MiB.
+    let s = start_in(&home, &["--memory-budget", "500MiB"]);
     let one = card(&s, MODEL)["memory_bytes"].as_u64().unwrap();
-    assert!(one < 800 << 20 && 2 * one > 800 << 20, "{one}");
+    assert!(one < 500 << 20 && 2 * one > 500 << 20, "{one}");
     let r = ask(&s, "alpha");
     assert_eq!(r.status, 200, "{}", body(&r));
     assert_eq!(state(&s, "alpha"), "loaded");
@@ -387,8 +387,8 @@ fn a_model_with_requests_in_flight_is_not_unloaded_while_an_idle_one_can_be() {
 #[test]
 fn a_model_larger_than_the_whole_budget_is_refused_before_it_is_read() {
     let home = home_with("toobig", &["alpha"], true, false);
-    // Only the small embedding model is loaded at start; the chat model (about 530 MB with
-    // its KV cache) cannot fit in 300 MiB whatever is unloaded.
+    // Only the small embedding model is loaded at start; the chat model (about 345 MB with
+    // its f16 KV cache) cannot fit in 300 MiB whatever is unloaded.
     let s = common::start_serving(Some(&home), &["minilm"], &["--memory-budget", "300MiB"]);
     let small = card(&s, "minilm")["memory_bytes"].as_u64().unwrap();
     assert!(small < 300 << 20, "{small}");
@@ -414,8 +414,8 @@ fn a_model_larger_than_the_whole_budget_is_refused_before_it_is_read() {
 #[test]
 fn concurrent_loads_hold_room_so_the_budget_is_never_overshot() {
     let home = home_with("concurrent-budget", &["alpha", "beta"], false, false);
-    // One chat model (about 530 MB) fits in 800 MiB, two do not.
-    let s = start_in(&home, &["--memory-budget", "800MiB"]);
+    // One chat model (about 345 MB) fits in 500 MiB, two do not.
+    let s = start_in(&home, &["--memory-budget", "500MiB"]);
     let pid = s.pid();
     let one_engine = engine_threads(pid);
     assert!(one_engine >= 1);
