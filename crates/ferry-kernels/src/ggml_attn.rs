@@ -246,14 +246,14 @@ pub fn scores(q: &[f32], k: &[f32], stride: usize, n: usize, scale: f32, out: &m
     #[cfg(target_arch = "x86_64")]
     if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
         let f = match hd / LANES {
-            1 => scores_avx512::<1>,
-            2 => scores_avx512::<2>,
-            3 => scores_avx512::<3>,
-            4 => scores_avx512::<4>,
-            5 => scores_avx512::<5>,
-            6 => scores_avx512::<6>,
-            7 => scores_avx512::<7>,
-            8 => scores_avx512::<8>,
+            1 => scores_avx512::<f32, 1>,
+            2 => scores_avx512::<f32, 2>,
+            3 => scores_avx512::<f32, 3>,
+            4 => scores_avx512::<f32, 4>,
+            5 => scores_avx512::<f32, 5>,
+            6 => scores_avx512::<f32, 6>,
+            7 => scores_avx512::<f32, 7>,
+            8 => scores_avx512::<f32, 8>,
             _ => scores_fma,
         };
         // SAFETY: AVX-512F (hence FMA and AVX2) was detected; bounds were checked above.
@@ -267,19 +267,50 @@ pub fn scores(q: &[f32], k: &[f32], stride: usize, n: usize, scale: f32, out: &m
     scores_body(q, k, stride, n, scale, out)
 }
 
+/// Elements of a cached row that the AVX-512 kernels read 16 at a time as f32: `f32` itself,
+/// or `u16` holding f16 bits (converted in register by `vcvtph2ps`, exact).
+#[cfg(target_arch = "x86_64")]
+trait Row16: Copy {
+    /// # Safety
+    /// AVX-512F; `p` points at 16 readable elements.
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Row16 for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees 16 readable floats at `p`.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Row16 for u16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable halves (32 bytes) at `p`.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
 /// `scores_body` for head size `16 * NC` on AVX-512, 16 keys at a time: one vector of lane
 /// sums per key (`fmadd(k, q, lanes)` per 16 elements, as tinyBLAS), and the 16 keys' folds
 /// done together by `ops::attend_x86::fold16`, whose levels add the same pairs as `fold16`
-/// here (`+8`, `+4`, `+2`, `+1`), so the bits are those of `scores_body`.
+/// here (`+8`, `+4`, `+2`, `+1`), so the bits are those of `scores_body`. Keys are f32 or f16
+/// bits (`Row16`).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `q.len() == 16 * NC`, `out.len() >= n`, and the `n` key rows
-/// lie inside `k` (checked by `scores`).
+/// lie inside `k` (checked by `scores` / `scores_h`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn scores_avx512<const NC: usize>(
+unsafe fn scores_avx512<T: Row16, const NC: usize>(
     q: &[f32],
-    k: &[f32],
+    k: &[T],
     stride: usize,
     n: usize,
     scale: f32,
@@ -288,7 +319,7 @@ unsafe fn scores_avx512<const NC: usize>(
     use std::arch::x86_64::*;
     debug_assert!(q.len() == 16 * NC && out.len() >= n);
     // SAFETY (all loads and stores): `q` holds 16 * NC floats, key `p < n` starts at
-    // `p * stride` inside `k` and holds 16 * NC floats, `out` holds `n` floats (masked store).
+    // `p * stride` inside `k` and holds 16 * NC elements, `out` holds `n` floats (masked store).
     let qv: [__m512; NC] =
         std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
     let mut p0 = 0;
@@ -299,7 +330,7 @@ unsafe fn scores_avx512<const NC: usize>(
             let kr = unsafe { k.as_ptr().add((p0 + p) * stride) };
             let mut t = _mm512_setzero_ps();
             for (c, qc) in qv.iter().enumerate() {
-                t = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(kr.add(16 * c)) }, *qc, t);
+                t = _mm512_fmadd_ps(unsafe { T::load16(kr.add(16 * c)) }, *qc, t);
             }
             *ap = t;
         }
@@ -396,16 +427,16 @@ unsafe fn accumulate_fma(
 /// lane `l`; rows from a position that is a multiple of 16 go to registers 0..16 in turn), so
 /// each row costs one load, one broadcast and one FMA per 16 columns instead of a load and
 /// store of the accumulator. Each lane still takes `fma(v, w, lane)` in position order: the
-/// bits of `accumulate_body`.
+/// bits of `accumulate_body`. Values are f32 or f16 bits (`Row16`).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `hd = acc.len() / 16` is a multiple of 16, `w.len() >= n`
-/// and the `n` value rows lie inside `v` (checked by `accumulate`).
+/// and the `n` value rows lie inside `v` (checked by `accumulate` / `accumulate_h`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn accumulate_avx512(
+unsafe fn accumulate_avx512<T: Row16>(
     w: &[f32],
-    v: &[f32],
+    v: &[T],
     stride: usize,
     n: usize,
     p0: usize,
@@ -414,27 +445,39 @@ unsafe fn accumulate_avx512(
     use std::arch::x86_64::*;
     let hd = acc.len() / LANES;
     debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
-    // Rows before the next multiple of 16 positions, in the plain way.
+    // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]` and
+    // `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` elements, and `w`
+    // holds `n` weights. Rows before the next multiple of 16 positions go through memory.
+    let ap = acc.as_mut_ptr();
     let lead = ((LANES - p0 % LANES) % LANES).min(n);
-    accumulate_body(w, v, stride, lead, p0, acc);
+    for (r, &wr) in w.iter().enumerate().take(lead) {
+        let lane = (p0 + r) % LANES;
+        for c in (0..hd).step_by(LANES) {
+            unsafe {
+                let a = ap.add(lane * hd + c);
+                let x = _mm512_fmadd_ps(
+                    T::load16(v.as_ptr().add(r * stride + c)),
+                    _mm512_set1_ps(wr),
+                    _mm512_loadu_ps(a),
+                );
+                _mm512_storeu_ps(a, x);
+            }
+        }
+    }
     if lead == n {
         return;
     }
     let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
-    let ap = acc.as_mut_ptr();
     for c in (0..hd).step_by(LANES) {
-        // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]`
-        // and `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` floats,
-        // and `w` holds `n` weights; the row and weight pointers advance once per row taken.
         let mut a: [__m512; LANES] =
             std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
-        let mut vp = unsafe { v.as_ptr().add(c) };
+        let mut vp = v.as_ptr().wrapping_add(c);
         let mut wp = w.as_ptr();
         let full = n / LANES;
         for _ in 0..full {
             for al in a.iter_mut() {
                 unsafe {
-                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    *al = _mm512_fmadd_ps(T::load16(vp), _mm512_set1_ps(*wp), *al);
                     vp = vp.wrapping_add(stride);
                     wp = wp.add(1);
                 }
@@ -444,7 +487,7 @@ unsafe fn accumulate_avx512(
         for (l, al) in a.iter_mut().enumerate() {
             if l < rem {
                 unsafe {
-                    *al = _mm512_fmadd_ps(_mm512_loadu_ps(vp), _mm512_set1_ps(*wp), *al);
+                    *al = _mm512_fmadd_ps(T::load16(vp), _mm512_set1_ps(*wp), *al);
                     vp = vp.wrapping_add(stride);
                     wp = wp.add(1);
                 }
@@ -467,14 +510,14 @@ pub fn scores_h(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: 
     #[cfg(target_arch = "x86_64")]
     if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) && hd / LANES <= 8 {
         let f = match hd / LANES {
-            1 => scores_h_avx512::<1>,
-            2 => scores_h_avx512::<2>,
-            3 => scores_h_avx512::<3>,
-            4 => scores_h_avx512::<4>,
-            5 => scores_h_avx512::<5>,
-            6 => scores_h_avx512::<6>,
-            7 => scores_h_avx512::<7>,
-            _ => scores_h_avx512::<8>,
+            1 => scores_avx512::<u16, 1>,
+            2 => scores_avx512::<u16, 2>,
+            3 => scores_avx512::<u16, 3>,
+            4 => scores_avx512::<u16, 4>,
+            5 => scores_avx512::<u16, 5>,
+            6 => scores_avx512::<u16, 6>,
+            7 => scores_avx512::<u16, 7>,
+            _ => scores_avx512::<u16, 8>,
         };
         // SAFETY: AVX-512F was detected; bounds were checked above.
         return unsafe { f(q, k, stride, n, scale, out) };
@@ -483,46 +526,6 @@ pub fn scores_h(q: &[f32], k: &[u16], stride: usize, n: usize, scale: f32, out: 
     for (p, o) in out[..n].iter_mut().enumerate() {
         load_f16(&k[p * stride..p * stride + hd], &mut row[..hd]);
         scores(q, &row[..hd], hd, 1, scale, std::slice::from_mut(o));
-    }
-}
-
-/// `scores_avx512` with each key chunk loaded as 16 halves and converted (exact).
-///
-/// # Safety
-/// As `scores_avx512`, with `k` holding f16 bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn scores_h_avx512<const NC: usize>(
-    q: &[f32],
-    k: &[u16],
-    stride: usize,
-    n: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    debug_assert!(q.len() == 16 * NC && out.len() >= n);
-    // SAFETY (all loads and stores): `q` holds 16 * NC floats, key `p < n` starts at
-    // `p * stride` inside `k` and holds 16 * NC halves, `out` holds `n` floats (masked store).
-    let qv: [__m512; NC] =
-        std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) });
-    let mut p0 = 0;
-    while p0 < n {
-        let cnt = (n - p0).min(16);
-        let mut a = [_mm512_setzero_ps(); 16];
-        for (p, ap) in a.iter_mut().enumerate().take(cnt) {
-            let kr = unsafe { k.as_ptr().add((p0 + p) * stride) };
-            let mut t = _mm512_setzero_ps();
-            for (c, qc) in qv.iter().enumerate() {
-                let h = unsafe { _mm256_loadu_si256(kr.add(16 * c) as *const __m256i) };
-                t = _mm512_fmadd_ps(_mm512_cvtph_ps(h), *qc, t);
-            }
-            *ap = t;
-        }
-        let sc = _mm512_mul_ps(crate::ops::attend_x86::fold16(&a), _mm512_set1_ps(scale));
-        let m: __mmask16 = if cnt == 16 { 0xffff } else { (1u16 << cnt) - 1 };
-        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(p0), m, sc) };
-        p0 += 16;
     }
 }
 
@@ -536,82 +539,12 @@ pub fn accumulate_h(w: &[f32], v: &[u16], stride: usize, n: usize, p0: usize, ac
     #[cfg(target_arch = "x86_64")]
     if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
         // SAFETY: AVX-512F was detected; bounds were checked above.
-        return unsafe { accumulate_h_avx512(w, v, stride, n, p0, acc) };
+        return unsafe { accumulate_avx512(w, v, stride, n, p0, acc) };
     }
     let mut row = [0f32; 256];
     for r in 0..n {
         load_f16(&v[r * stride..r * stride + hd], &mut row[..hd]);
         accumulate(&w[r..], &row[..hd], hd, 1, p0 + r, acc);
-    }
-}
-
-/// `accumulate_avx512` with each value chunk loaded as 16 halves and converted (exact).
-///
-/// # Safety
-/// As `accumulate_avx512`, with `v` holding f16 bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn accumulate_h_avx512(
-    w: &[f32],
-    v: &[u16],
-    stride: usize,
-    n: usize,
-    p0: usize,
-    acc: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let hd = acc.len() / LANES;
-    debug_assert!(hd.is_multiple_of(LANES) && w.len() >= n);
-    // SAFETY (all loads and stores): lane `l` of the accumulator is `acc[l * hd..][..hd]` and
-    // `c + 16 <= hd`; row `r < n` starts at `r * stride` inside `v` with `hd` halves, and `w`
-    // holds `n` weights. Rows before the next multiple of 16 positions go through memory.
-    let ap = acc.as_mut_ptr();
-    let lead = ((LANES - p0 % LANES) % LANES).min(n);
-    for (r, &wr) in w.iter().enumerate().take(lead) {
-        let lane = (p0 + r) % LANES;
-        for c in (0..hd).step_by(LANES) {
-            unsafe {
-                let h = _mm256_loadu_si256(v.as_ptr().add(r * stride + c) as *const __m256i);
-                let a = ap.add(lane * hd + c);
-                let x = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(wr), _mm512_loadu_ps(a));
-                _mm512_storeu_ps(a, x);
-            }
-        }
-    }
-    if lead == n {
-        return;
-    }
-    let (w, v, n) = (&w[lead..n], &v[lead * stride..], n - lead);
-    for c in (0..hd).step_by(LANES) {
-        let mut a: [__m512; LANES] =
-            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(ap.add(l * hd + c)) });
-        let mut vp = v.as_ptr().wrapping_add(c);
-        let mut wp = w.as_ptr();
-        let full = n / LANES;
-        for _ in 0..full {
-            for al in a.iter_mut() {
-                unsafe {
-                    let h = _mm256_loadu_si256(vp as *const __m256i);
-                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
-                    vp = vp.wrapping_add(stride);
-                    wp = wp.add(1);
-                }
-            }
-        }
-        let rem = n - full * LANES;
-        for (l, al) in a.iter_mut().enumerate() {
-            if l < rem {
-                unsafe {
-                    let h = _mm256_loadu_si256(vp as *const __m256i);
-                    *al = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(*wp), *al);
-                    vp = vp.wrapping_add(stride);
-                    wp = wp.add(1);
-                }
-            }
-        }
-        for (l, al) in a.iter().enumerate() {
-            unsafe { _mm512_storeu_ps(ap.add(l * hd + c), *al) };
-        }
     }
 }
 
