@@ -5,7 +5,8 @@
 //! n_tokens 1, 4, 16, 64 and 512. `type` (default Q4_1) applies to the linear layers; the
 //! 576→49152 output layer is always Q8_0. `FERRY_KERNELS=scalar` forces the scalar kernels,
 //! `FERRY_KERNELS=avx2` the AVX2 ones. A third argument keeps one token count, a fourth `lin`
-//! skips the output layer: `kbench 1 F16 512 lin`.
+//! skips the output layer: `kbench 1 F16 512 lin`. Matrices are packed (`PackedMatrix`) where
+//! the backend has x16 kernels, as the model loader does; `FERRY_NO_PACK=1` leaves them as read.
 
 use std::time::Instant;
 
@@ -35,7 +36,9 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-use ferry_kernels::{backend_name, matmul, GgmlType, MatmulScratch, Matrix, ThreadPool};
+use ferry_kernels::{
+    backend_name, matmul, GgmlType, MatmulScratch, Matrix, PackedMatrix, ThreadPool,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -102,6 +105,12 @@ fn main() {
             }
         }
         let w = Matrix::new(ty, rows, cols, &data).unwrap();
+        // Packed for the small-batch kernels as a model loader does (`FERRY_NO_PACK=1`: not).
+        let packed = std::env::var_os("FERRY_NO_PACK")
+            .is_none()
+            .then(|| PackedMatrix::new(&w))
+            .flatten();
+        let w = w.with_packed(packed.as_ref());
         for n in [1usize, 4, 16, 64, 512] {
             if only_n.is_some_and(|o| o != n) {
                 continue;

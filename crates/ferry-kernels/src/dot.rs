@@ -72,6 +72,8 @@ pub(crate) struct Backend {
     pub quant: QuantFn,
     /// The prepared-operand kernel for a weight type, where the backend has one.
     pub prepared: fn(GgmlType) -> Option<PreparedKernel>,
+    /// The kernel over x16-packed weights (`crate::packed`) for a weight type, if any.
+    pub x16: fn(GgmlType) -> Option<crate::packed::X16Fn>,
 }
 
 /// For backends without prepared-operand kernels.
@@ -165,6 +167,7 @@ pub(crate) static SCALAR: Backend = Backend {
     tile: scalar_tile,
     quant: quantize_row_act,
     prepared: no_prepared,
+    x16: crate::packed::no_x16,
 };
 
 /// The backend this CPU runs, detected on first use.

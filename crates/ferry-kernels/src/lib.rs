@@ -15,6 +15,7 @@ pub mod ggml_attn;
 pub mod igemm;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quant;
 mod quant_k;
@@ -24,6 +25,7 @@ mod x86;
 
 pub use dot::{backend_name, quantize_row_act_fast, vec_dot};
 pub use matmul::{matmul, matmul_multi, MatmulScratch, Matrix};
+pub use packed::PackedMatrix;
 pub use pool::ThreadPool;
 pub use quant::GgmlType;
 

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 
 use crate::dot::{backend, Backend, PreparedKernel};
+use crate::packed::{PackedMatrix, X16Fn, ACT_BLK, GROUP, X16_MAX_T};
 use crate::pool::ThreadPool;
 use crate::quant::GgmlType;
 use crate::KernelError;
@@ -22,6 +23,9 @@ pub struct Matrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    /// The same matrix repacked for this process's small-batch kernels (`PackedMatrix`), if
+    /// the caller made one: products then read it instead of `data`.
+    pub packed: Option<&'a PackedMatrix>,
 }
 
 impl<'a> Matrix<'a> {
@@ -55,7 +59,22 @@ impl<'a> Matrix<'a> {
             rows,
             cols,
             data,
+            packed: None,
         })
+    }
+
+    /// This matrix with its packed copy (which must have been made from a matrix of the same
+    /// type and shape; panics otherwise).
+    pub fn with_packed(self, packed: Option<&'a PackedMatrix>) -> Self {
+        if let Some(p) = packed {
+            assert!(p.fits(&self), "packed copy of another matrix");
+        }
+        Self { packed, ..self }
+    }
+
+    /// The packed copy, if there is one for backend `be`.
+    fn packed_for(&self, be: &Backend) -> Option<&'a PackedMatrix> {
+        self.packed.filter(|p| p.backend == be.name)
     }
 
     /// Bytes per row.
@@ -254,26 +273,45 @@ fn matmul_quantized(
     n_tokens: usize,
     prep: &mut Vec<u8>,
 ) {
-    let k = (be.tile)(ws[0].ty);
+    let ty = ws[0].ty;
+    let k = (be.tile)(ty);
+    // Small batches over matrices that all have a packed copy run the x16 kernel; larger ones
+    // the prepared-operand kernel, if the backend has one.
+    let x16 = if n_tokens < PREP_MIN_TOKENS && ws.iter().all(|w| w.packed_for(be).is_some()) {
+        (be.x16)(ty)
+    } else {
+        None
+    };
     let pk = if n_tokens >= PREP_MIN_TOKENS {
-        (be.prepared)(ws[0].ty)
+        (be.prepared)(ty)
     } else {
         None
     };
     let arb = act.len() / n_tokens;
     let cols = ws[0].cols;
     // Prepared activations, once for the whole batch; rows 64-byte aligned (see `aligned`).
-    let pab = pk.map_or(0, |pk| (pk.a_bytes)(cols).next_multiple_of(PREP_ALIGN));
-    let prep = if let Some(pk) = pk {
+    let pab = if x16.is_some() {
+        (cols / 32 * ACT_BLK).next_multiple_of(PREP_ALIGN)
+    } else {
+        pk.map_or(0, |pk| (pk.a_bytes)(cols).next_multiple_of(PREP_ALIGN))
+    };
+    let prep = if x16.is_some() || pk.is_some() {
         let prep = aligned(prep, pab * n_tokens);
         for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab)) {
-            (pk.prep_a)(cols, src, dst);
+            match pk {
+                Some(pk) => (pk.prep_a)(cols, src, dst),
+                None => crate::packed::prep_act(ty, cols, src, dst),
+            }
         }
         &*prep
     } else {
         &[]
     };
-    let max_r = pk.map_or(k.max_r, |pk| pk.max_r);
+    let max_r = if x16.is_some() {
+        GROUP
+    } else {
+        pk.map_or(k.max_r, |pk| pk.max_r)
+    };
     let tok_chunk = match ws[0].ty {
         GgmlType::F16 | GgmlType::BF16 if pk.is_some() => TOK_CHUNK_H16,
         _ => TOK_CHUNK,
@@ -319,8 +357,24 @@ fn matmul_quantized(
                 }
             }
         };
+        if let Some(f) = x16 {
+            let p = w.packed_for(be).expect("checked above");
+            x16_task(f, p, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
+            return;
+        }
         if let Some(pk) = pk {
-            prepared_task(&pk, w, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
+            let p = w.packed_for(be);
+            prepared_task(
+                &pk,
+                w,
+                p,
+                prep,
+                pab,
+                (r0, r1),
+                (t0, t1),
+                &mut tile,
+                &mut put,
+            );
             return;
         }
         let mut t = t0;
@@ -340,12 +394,46 @@ fn matmul_quantized(
     });
 }
 
+/// One task of `matmul_quantized` over x16-packed weights: rows `r0..r1` (whole groups from
+/// `r0`, a multiple of `GROUP`) against tokens `t0..t1`.
+fn x16_task(
+    f: X16Fn,
+    p: &PackedMatrix,
+    prep: &[u8],
+    pab: usize,
+    (r0, r1): (usize, usize),
+    (t0, t1): (usize, usize),
+    tile: &mut [f32; 64],
+    put: &mut impl FnMut(usize, usize, usize, usize, &[f32]),
+) {
+    debug_assert_eq!(r0 % GROUP, 0);
+    let nb = p.cols / 32;
+    for r in (r0..r1).step_by(GROUP) {
+        let nr = GROUP.min(r1 - r);
+        let mut t = t0;
+        while t < t1 {
+            let nt = X16_MAX_T.min(t1 - t);
+            let a = &prep[t * pab..(t + nt) * pab];
+            f(nb, nt, p.group(r / GROUP), a, pab, &mut tile[..GROUP * nt]);
+            put(r, nr, t, nt, &tile[..nr * nt]);
+            t += nt;
+        }
+    }
+}
+
+thread_local! {
+    /// GGML rows unpacked from a packed matrix for the prepared kernel (one row group).
+    static UNPACKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// One task of `matmul_quantized` with prepared operands: each group of `max_r` weight rows is
 /// prepared once (as one group, see `PreparedKernel`), then run against every token tile of
-/// the task.
+/// the task. Rows come from the packed copy where there is one (so that the original bytes are
+/// never read once packed).
 fn prepared_task(
     pk: &PreparedKernel,
     w: &Matrix<'_>,
+    packed: Option<&PackedMatrix>,
     prep: &[u8],
     pab: usize,
     (r0, r1): (usize, usize),
@@ -362,8 +450,14 @@ fn prepared_task(
         let mut r = r0;
         while r < r1 {
             let nr = pk.max_r.min(r1 - r);
-            let src = &w.data[r * wrb..(r + nr) * wrb];
-            (pk.prep_w)(w.cols, nr, src, wrb, pw, pwb);
+            match packed {
+                Some(p) => UNPACKED.with_borrow_mut(|u| {
+                    u.resize(nr * wrb, 0);
+                    p.unpack_rows(r, nr, u);
+                    (pk.prep_w)(w.cols, nr, u, wrb, pw, pwb);
+                }),
+                None => (pk.prep_w)(w.cols, nr, &w.data[r * wrb..(r + nr) * wrb], wrb, pw, pwb),
+            }
             let mut t = t0;
             while t < t1 {
                 let nt = pk.max_t.min(t1 - t);
@@ -513,6 +607,54 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn packed_matrices_give_the_same_bits_and_unpack_exactly() {
+        let pool = ThreadPool::new(2);
+        let mut seed = 23u64;
+        let mut packed_any = false;
+        for be in crate::dot::available_backends() {
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+                for (rows, cols) in [(1, 32), (15, 64), (16, 96), (17, 32), (37, 160), (130, 64)] {
+                    let mut data = weights(ty, rows, cols, &mut seed);
+                    // A scale (and min) of its own per block, so that a misplaced one shows.
+                    for blk in data.chunks_exact_mut(ty.type_size()) {
+                        for (at, v) in [
+                            (0, 0.001 + lcg(&mut seed).abs() * 0.02),
+                            (2, lcg(&mut seed) * 0.1),
+                        ] {
+                            if at == 0 || ty == GgmlType::Q4_1 {
+                                let h = half::f16::from_f32(v).to_bits().to_le_bytes();
+                                blk[at..at + 2].copy_from_slice(&h);
+                            }
+                        }
+                    }
+                    let w = Matrix::new(ty, rows, cols, &data).unwrap();
+                    let Some(p) = PackedMatrix::new_with(be, &w) else {
+                        assert!((be.x16)(ty).is_none(), "{} packs {ty:?}", be.name);
+                        continue;
+                    };
+                    packed_any = true;
+                    let mut back = vec![0u8; data.len()];
+                    p.unpack_rows(0, rows, &mut back);
+                    assert!(back == data, "{} {ty:?} {rows}x{cols}: unpack", be.name);
+                    let wp = w.with_packed(Some(&p));
+                    let mut s = MatmulScratch::default();
+                    for n in [1, 2, 3, 4, 5, 7, 8, 9, 70] {
+                        let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 4.0).collect();
+                        let (mut a, mut b) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
+                        matmul_with(be, &pool, &w, &x, n, &mut a, &mut s);
+                        matmul_with(be, &pool, &wp, &x, n, &mut b, &mut s);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&a), bits(&b), "{} {ty:?} {rows}x{cols} n {n}", be.name);
+                    }
+                }
+            }
+        }
+        if crate::dot::backend().name == "avx512vnni" {
+            assert!(packed_any, "the AVX-512 backend packs Q4_0/Q4_1/Q8_0");
         }
     }
 

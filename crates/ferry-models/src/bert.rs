@@ -343,6 +343,7 @@ impl Linear {
             rows: self.rows,
             cols: self.cols,
             data: &self.data,
+            packed: None,
         }
     }
 

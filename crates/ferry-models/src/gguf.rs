@@ -345,6 +345,28 @@ impl GgufFile {
     pub fn file_size(&self) -> usize {
         self.data.bytes().len()
     }
+    /// Tell the kernel that bytes `offset..offset + len` of a mapped file will not be read
+    /// soon (the whole pages inside the range leave this process's resident set; a later read
+    /// maps them again from the page cache or the file, with the same bytes). For a tensor
+    /// whose weights were copied into another layout. Nothing for an in-memory file.
+    pub fn release(&self, offset: usize, len: usize) {
+        let Backing::Mmap(m) = &self.data else {
+            return;
+        };
+        let page = 4096;
+        let (start, end) = (
+            offset.next_multiple_of(page),
+            (offset + len).min(m.len()) / page * page,
+        );
+        if end > start {
+            // SAFETY: the map is a read-only private mapping of a file that Ferry never writes
+            // through: `MADV_DONTNEED` only unmaps its pages, which fault back in with the same
+            // file contents, so every `&[u8]` into it keeps reading the same bytes.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
 }
 
 fn align_up(x: u64, a: u64) -> Option<u64> {

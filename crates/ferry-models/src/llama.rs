@@ -12,7 +12,9 @@ use std::cell::RefCell;
 
 use ferry_kernels::ggml_attn;
 use ferry_kernels::ops::{rms_norm, rope_cache, rope_inplace, rope_theta_scale, swiglu_inplace};
-use ferry_kernels::{matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, ThreadPool};
+use ferry_kernels::{
+    matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, PackedMatrix, ThreadPool,
+};
 
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kv::KvCache;
@@ -174,6 +176,9 @@ struct W {
     cols: usize,
     offset: usize,
     len: usize,
+    /// The weights repacked for the small-batch kernels, where the kernels have such a layout
+    /// for the type; products then read only this copy (see `Llama::load`).
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 struct Layer {
@@ -274,18 +279,26 @@ impl Llama {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<W, ModelError> {
             let t = get(name)?;
             check_shape(t, &[cols as u64, rows as u64])?;
-            Matrix::new(t.ty, rows, cols, file.tensor_data(t)).map_err(|e| {
+            let m = Matrix::new(t.ty, rows, cols, file.tensor_data(t)).map_err(|e| {
                 ModelError::BadTensor {
                     name: name.into(),
                     why: e.to_string(),
                 }
             })?;
+            let packed = PackedMatrix::new(&m).map(Arc::new);
+            if packed.is_some() {
+                // Products read only the packed copy from now on (the token embedding's rows
+                // looked up per token aside): the file's pages leave the resident set as each
+                // matrix is packed, so that the weights are resident once, also while loading.
+                file.release(t.offset, t.n_bytes);
+            }
             Ok(W {
                 ty: t.ty,
                 rows,
                 cols,
                 offset: t.offset,
                 len: t.n_bytes,
+                packed,
             })
         };
         let vec = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
@@ -336,13 +349,14 @@ impl Llama {
         })
     }
 
-    fn m(&self, w: &W) -> Matrix<'_> {
+    fn m<'a>(&'a self, w: &'a W) -> Matrix<'a> {
         let bytes = &self.file.bytes()[w.offset..w.offset + w.len];
         Matrix {
             ty: w.ty,
             rows: w.rows,
             cols: w.cols,
             data: bytes,
+            packed: w.packed.as_deref(),
         }
     }
 

@@ -29,6 +29,7 @@ pub(crate) static BACKEND: Backend = Backend {
     tile,
     quant,
     prepared: crate::dot::no_prepared,
+    x16: crate::packed::no_x16,
 };
 
 /// Largest tile of the block kernels (rows, tokens).

@@ -35,6 +35,7 @@ pub(crate) static BACKEND: Backend = Backend {
     tile,
     quant: avx2::BACKEND.quant,
     prepared,
+    x16: super::packed16::x16,
 };
 
 const MAX_R: usize = 4;

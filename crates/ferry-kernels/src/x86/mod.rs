@@ -8,6 +8,7 @@ use crate::dot::Backend;
 
 pub(crate) mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod packed16;
 
 /// Every SIMD backend this CPU supports, fastest last.
 pub(crate) fn all() -> Vec<&'static Backend> {

@@ -1,0 +1,249 @@
+//! Weight matrices repacked once, at load time, into the layout the small-batch kernels load
+//! directly: 16 rows interleaved per block ("x16", the idea of llama.cpp's `repack.cpp`
+//! `block_q4_0x8` and friends, laid out for one 512-bit vector per 16 rows).
+//!
+//! A decode step multiplies every weight once by one activation row. Read in GGML's own layout,
+//! each block of a row has to be unpacked in registers (nibbles moved into place, scales
+//! gathered and widened) before its one use, which made the row-pair kernels compute-bound at a
+//! third of the memory bandwidth. In the x16 layout the same work is done once, here: for a
+//! group of 16 rows and one 32-element block, vector `k` holds the `k`-th group of 4 quant bytes
+//! of each of the 16 rows (row `r` in 32-bit lane `r`), so `vpdpbusd` with the activation's
+//! `k`-th 4 bytes broadcast gives lane `k` of GGML's 8-lane sum for all 16 rows at once, and
+//! the 16 rows' scales are one 32-byte vector of f16.
+//!
+//! The kernels perform, for every (row, token), exactly the float operations of the row-pair
+//! tiles (GGML's x86 `vec_dot` order: per block `acc[k] = fma(d_w·d_a, f32(Σ₄), acc[k])`, then
+//! `hsum_float_8`), so results are bit-identical to them and to llama.cpp (tested in
+//! `tests.rs`).
+//!
+//! Layout of one group (16 rows; rows past the matrix are zero, with zero scales), `nb` blocks:
+//! all blocks' quant vectors first (`QB` bytes per block, 64 per vector), then all blocks' `d`
+//! (32 bytes: 16 × f16), then, for Q4_1, all blocks' `m`. Q4_0/Q4_1 vectors hold GGML's packed
+//! bytes as they are (low nibbles are elements `4k..4k+3`, high nibbles `16+4k..`); Q8_0 bytes
+//! are stored plus 128 (as `u8`), the operand `vpdpbusd` wants. `unpack_rows` inverts the
+//! packing exactly, so one copy of the weights serves every batch size.
+
+use crate::dot::{backend, Backend};
+use crate::matmul::Matrix;
+use crate::quant::GgmlType;
+
+/// Rows per group.
+pub const GROUP: usize = 16;
+
+/// One cache line, the unit of the packed buffer (so every vector load is aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line([u8; 64]);
+
+/// A weight matrix in the x16 layout of the backend that packed it.
+pub struct PackedMatrix {
+    pub(crate) backend: &'static str,
+    pub(crate) ty: GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    data: Vec<Line>,
+}
+
+/// Where things are in a group of a packed type.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    /// Offset of the quants in a GGML block.
+    qoff: usize,
+    /// Quant bytes per block and row (16 for 4-bit, 32 for 8-bit).
+    qbytes: usize,
+    /// Whether blocks carry `m` (Q4_1).
+    mins: bool,
+    /// Bytes added to each stored quant byte (128 for Q8_0).
+    xor: u8,
+    /// Blocks per row.
+    pub nb: usize,
+}
+
+impl Geometry {
+    pub(crate) fn of(ty: GgmlType, cols: usize) -> Option<Self> {
+        let (qoff, qbytes, mins, xor) = match ty {
+            GgmlType::Q4_0 => (2, 16, false, 0),
+            GgmlType::Q4_1 => (4, 16, true, 0),
+            GgmlType::Q8_0 => (2, 32, false, 0x80),
+            _ => return None,
+        };
+        cols.is_multiple_of(32).then_some(Self {
+            qoff,
+            qbytes,
+            mins,
+            xor,
+            nb: cols / 32,
+        })
+    }
+    /// Quant bytes of one block of a group (`GROUP` rows).
+    pub(crate) fn qb(&self) -> usize {
+        self.qbytes * GROUP
+    }
+    pub(crate) fn d_at(&self) -> usize {
+        self.nb * self.qb()
+    }
+    pub(crate) fn m_at(&self) -> usize {
+        self.d_at() + self.nb * 32
+    }
+    /// Bytes of one group, whole cache lines.
+    pub(crate) fn group_bytes(&self) -> usize {
+        (self.m_at() + if self.mins { self.nb * 32 } else { 0 }).next_multiple_of(64)
+    }
+    /// Bytes of one GGML block.
+    fn block(&self) -> usize {
+        self.qoff + self.qbytes
+    }
+}
+
+impl PackedMatrix {
+    /// Repack `w` for this process's kernels; `None` where they have no x16 kernel for its type.
+    pub fn new(w: &Matrix<'_>) -> Option<Self> {
+        Self::new_with(backend(), w)
+    }
+
+    pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
+        (be.x16)(w.ty)?;
+        let g = Geometry::of(w.ty, w.cols)?;
+        let groups = w.rows.div_ceil(GROUP);
+        let lines = groups * g.group_bytes() / 64;
+        let mut data = vec![Line([0; 64]); lines];
+        let rb = w.row_bytes();
+        let buf = lines_bytes_mut(&mut data);
+        for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
+            for r in 0..GROUP.min(w.rows - gi * GROUP) {
+                let row = &w.data[(gi * GROUP + r) * rb..][..rb];
+                for (b, blk) in row.chunks_exact(g.block()).enumerate() {
+                    for (k, word) in blk[g.qoff..].chunks_exact(4).enumerate() {
+                        let at = b * g.qb() + k * 64 + r * 4;
+                        let v = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+                        let x = u32::from_ne_bytes([g.xor; 4]);
+                        dst[at..at + 4].copy_from_slice(&(v ^ x).to_le_bytes());
+                    }
+                    dst[g.d_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[..2]);
+                    if g.mins {
+                        dst[g.m_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[2..4]);
+                    }
+                }
+            }
+        }
+        Some(Self {
+            backend: be.name,
+            ty: w.ty,
+            rows: w.rows,
+            cols: w.cols,
+            data,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 64
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        Geometry::of(self.ty, self.cols).expect("checked when packed")
+    }
+
+    /// Whether `w` is the matrix this was packed from (type and shape).
+    pub(crate) fn fits(&self, w: &Matrix<'_>) -> bool {
+        (self.ty, self.rows, self.cols) == (w.ty, w.rows, w.cols)
+    }
+
+    /// The packed bytes of group `gi` (rows `16·gi..16·gi + 16`).
+    pub(crate) fn group(&self, gi: usize) -> &[u8] {
+        let gb = self.geometry().group_bytes();
+        &lines_bytes(&self.data)[gi * gb..(gi + 1) * gb]
+    }
+
+    /// Rows `r0..r0 + nr` in GGML's layout, into `dst` (`nr` rows of `ty.row_bytes(cols)`).
+    pub(crate) fn unpack_rows(&self, r0: usize, nr: usize, dst: &mut [u8]) {
+        let g = self.geometry();
+        let rb = g.nb * g.block();
+        assert!(r0 + nr <= self.rows && dst.len() >= nr * rb);
+        for (i, row) in dst.chunks_exact_mut(rb).take(nr).enumerate() {
+            let r = r0 + i;
+            let src = self.group(r / GROUP);
+            let r = r % GROUP;
+            for (b, blk) in row.chunks_exact_mut(g.block()).enumerate() {
+                blk[..2].copy_from_slice(&src[g.d_at() + b * 32 + r * 2..][..2]);
+                if g.mins {
+                    blk[2..4].copy_from_slice(&src[g.m_at() + b * 32 + r * 2..][..2]);
+                }
+                for (k, word) in blk[g.qoff..].chunks_exact_mut(4).enumerate() {
+                    let at = b * g.qb() + k * 64 + r * 4;
+                    for (o, &q) in word.iter_mut().zip(&src[at..at + 4]) {
+                        *o = q ^ g.xor;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("backend", &self.backend)
+            .field("ty", &self.ty)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+fn lines_bytes(l: &[Line]) -> &[u8] {
+    // SAFETY: `Line` is 64 plain bytes with no padding.
+    unsafe { std::slice::from_raw_parts(l.as_ptr() as *const u8, l.len() * 64) }
+}
+
+fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
+    // SAFETY: as in `lines_bytes`; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
+}
+
+/// Bytes per block of a prepared activation row for the x16 kernels: the 32 quants, GGML's
+/// per-lane offsets `-C·Σ₄ a` (i32 × 8; `C` = 8 for Q4_0, 128 for Q8_0, unused for Q4_1), `d`
+/// and Q8_1's `s` widened to f32.
+pub(crate) const ACT_BLK: usize = 80;
+
+/// Prepare one activation row (`ty.vec_dot_type()` bytes of `cols` elements) for weights of
+/// type `ty`, into `dst` (`cols / 32 · ACT_BLK` bytes).
+pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
+    let g = Geometry::of(ty, cols).expect("a packed type");
+    // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1, Q8_0 (d, 32 quants) otherwise.
+    let (aoff, c) = match ty {
+        GgmlType::Q4_1 => (4, 0i32),
+        GgmlType::Q4_0 => (2, 8),
+        _ => (2, 128),
+    };
+    let f16 = |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+    for (a, o) in src
+        .chunks_exact(aoff + 32)
+        .zip(dst.chunks_exact_mut(ACT_BLK))
+        .take(g.nb)
+    {
+        let q = &a[aoff..aoff + 32];
+        o[..32].copy_from_slice(q);
+        for k in 0..8 {
+            let s: i32 = q[4 * k..4 * k + 4].iter().map(|&v| v as i8 as i32).sum();
+            o[32 + 4 * k..36 + 4 * k].copy_from_slice(&(-c * s).to_le_bytes());
+        }
+        o[64..68].copy_from_slice(&f16(a).to_le_bytes());
+        let s = if g.mins { f16(&a[2..]) } else { 0.0 };
+        o[68..72].copy_from_slice(&s.to_le_bytes());
+    }
+}
+
+/// Runs 16 packed rows against `nt <= 4` prepared activation rows (`pab` bytes apart):
+/// `out[r * nt + t]` for `r < 16`.
+pub(crate) type X16Fn =
+    fn(nb: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]);
+
+/// Most tokens one `X16Fn` call takes.
+pub(crate) const X16_MAX_T: usize = 4;
+
+/// For backends without x16 kernels.
+pub(crate) fn no_x16(_: GgmlType) -> Option<X16Fn> {
+    None
+}
