@@ -275,14 +275,15 @@ fn matmul_quantized(
 ) {
     let ty = ws[0].ty;
     let k = (be.tile)(ty);
-    // Small batches over matrices that all have a packed copy run the x16 kernel; larger ones
-    // the prepared-operand kernel, if the backend has one.
-    let x16 = if n_tokens < PREP_MIN_TOKENS && ws.iter().all(|w| w.packed_for(be).is_some()) {
+    // Matrices that all have a packed copy run the x16 kernel (faster than the prepared tiles
+    // at every batch size: the packing is their preparation, done once); others, in batches,
+    // the prepared-operand kernel if the backend has one.
+    let x16 = if ws.iter().all(|w| w.packed_for(be).is_some()) {
         (be.x16)(ty)
     } else {
         None
     };
-    let pk = if n_tokens >= PREP_MIN_TOKENS {
+    let pk = if n_tokens >= PREP_MIN_TOKENS && x16.is_none() {
         (be.prepared)(ty)
     } else {
         None
@@ -363,18 +364,7 @@ fn matmul_quantized(
             return;
         }
         if let Some(pk) = pk {
-            let p = w.packed_for(be);
-            prepared_task(
-                &pk,
-                w,
-                p,
-                prep,
-                pab,
-                (r0, r1),
-                (t0, t1),
-                &mut tile,
-                &mut put,
-            );
+            prepared_task(&pk, w, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
             return;
         }
         let mut t = t0;
@@ -421,19 +411,12 @@ fn x16_task(
     }
 }
 
-thread_local! {
-    /// GGML rows unpacked from a packed matrix for the prepared kernel (one row group).
-    static UNPACKED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// One task of `matmul_quantized` with prepared operands: each group of `max_r` weight rows is
 /// prepared once (as one group, see `PreparedKernel`), then run against every token tile of
-/// the task. Rows come from the packed copy where there is one (so that the original bytes are
-/// never read once packed).
+/// the task.
 fn prepared_task(
     pk: &PreparedKernel,
     w: &Matrix<'_>,
-    packed: Option<&PackedMatrix>,
     prep: &[u8],
     pab: usize,
     (r0, r1): (usize, usize),
@@ -450,14 +433,8 @@ fn prepared_task(
         let mut r = r0;
         while r < r1 {
             let nr = pk.max_r.min(r1 - r);
-            match packed {
-                Some(p) => UNPACKED.with_borrow_mut(|u| {
-                    u.resize(nr * wrb, 0);
-                    p.unpack_rows(r, nr, u);
-                    (pk.prep_w)(w.cols, nr, u, wrb, pw, pwb);
-                }),
-                None => (pk.prep_w)(w.cols, nr, &w.data[r * wrb..(r + nr) * wrb], wrb, pw, pwb),
-            }
+            let src = &w.data[r * wrb..(r + nr) * wrb];
+            (pk.prep_w)(w.cols, nr, src, wrb, pw, pwb);
             let mut t = t0;
             while t < t1 {
                 let nt = pk.max_t.min(t1 - t);

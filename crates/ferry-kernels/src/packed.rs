@@ -20,8 +20,11 @@
 //! all blocks' quant vectors first (`QB` bytes per block, 64 per vector), then all blocks' `d`
 //! (32 bytes: 16 × f16), then, for Q4_1, all blocks' `m`. Q4_0/Q4_1 vectors hold GGML's packed
 //! bytes as they are (low nibbles are elements `4k..4k+3`, high nibbles `16+4k..`); Q8_0 bytes
-//! are stored plus 128 (as `u8`), the operand `vpdpbusd` wants. `unpack_rows` inverts the
-//! packing exactly, so one copy of the weights serves every batch size.
+//! are stored plus 128 (as `u8`), the operand `vpdpbusd` wants.
+//!
+//! The x16 kernels serve every batch size of a packed matrix (two tokens per pass over a block
+//! in registers; faster than the prepared row-pair tiles from 1 to 512 tokens), so a packed
+//! model reads only its packed copy and the file's pages can leave the resident set.
 
 use crate::dot::{backend, Backend};
 use crate::matmul::Matrix;
@@ -155,7 +158,9 @@ impl PackedMatrix {
         &lines_bytes(&self.data)[gi * gb..(gi + 1) * gb]
     }
 
-    /// Rows `r0..r0 + nr` in GGML's layout, into `dst` (`nr` rows of `ty.row_bytes(cols)`).
+    /// Rows `r0..r0 + nr` in GGML's layout, into `dst` (`nr` rows of `ty.row_bytes(cols)`): the
+    /// exact inverse of the packing (tested).
+    #[cfg(test)]
     pub(crate) fn unpack_rows(&self, r0: usize, nr: usize, dst: &mut [u8]) {
         let g = self.geometry();
         let rb = g.nb * g.block();

@@ -43,84 +43,100 @@ fn run<const V: usize, const MINS: bool>(
     assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= nb * ACT_BLK && a.len() >= (nt - 1) * pab + nb * ACT_BLK);
-    let mut res = [0f32; GROUP];
-    for t in 0..nt {
-        // SAFETY: the group and activation row hold the bytes `token` reads (checked above).
+    let mut res = [[0f32; GROUP]; 2];
+    let mut t = 0;
+    while t < nt {
+        let two = nt - t >= 2;
+        let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
+        // SAFETY: the group and the activation rows hold the bytes `tokens` reads (checked
+        // above; a second row only when `t + 1 < nt`).
         unsafe {
-            token::<V, MINS>(
-                nb,
-                group.as_ptr(),
-                g.d_at(),
-                g.m_at(),
-                a.as_ptr().add(t * pab),
-                &mut res,
-            )
-        };
-        for (r, &v) in res.iter().enumerate() {
-            out[r * nt + t] = v;
+            if two {
+                tokens::<V, MINS, 2>(nb, w, g.d_at(), g.m_at(), at, pab, &mut res);
+            } else {
+                tokens::<V, MINS, 1>(nb, w, g.d_at(), g.m_at(), at, pab, &mut res);
+            }
         }
+        for j in 0..if two { 2 } else { 1 } {
+            for (r, &v) in res[j].iter().enumerate() {
+                out[r * nt + t + j] = v;
+            }
+        }
+        t += if two { 2 } else { 1 };
     }
 }
 
-/// 16 rows × one token over `nb` blocks.
+/// 16 rows × `T` (1 or 2) tokens over `nb` blocks: each block's weight vectors are loaded
+/// (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn token<const V: usize, const MINS: bool>(
+unsafe fn tokens<const V: usize, const MINS: bool, const T: usize>(
     nb: usize,
     w: *const u8,
     d_at: usize,
     m_at: usize,
     a: *const u8,
-    out: &mut [f32; GROUP],
+    pab: usize,
+    out: &mut [[f32; GROUP]; 2],
 ) {
     let z = _mm512_setzero_ps();
-    let mut acc = [z; 8];
-    let mut summs = z;
+    let mut acc = [[z; 8]; T];
+    let mut summs = [z; T];
     let low = _mm512_set1_epi8(0x0F);
     // SAFETY: every pointer below stays inside the group (`nb` blocks of `V` vectors, then
-    // `d`, then `m`) and the activation row (`nb` blocks of `ACT_BLK`), as the caller checked.
+    // `d`, then `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab` apart),
+    // as the caller checked.
     unsafe {
         for b in 0..nb {
-            let ab = a.add(b * ACT_BLK);
-            let dw = _mm512_cvtph_ps(_mm256_load_si256(w.add(d_at + b * 32) as *const __m256i));
-            let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*(ab.add(64) as *const f32)));
             let q = w.add(b * V * 64);
-            // The activation's lane group `k` (4 bytes) and its offset, broadcast.
-            let aq = |k: usize| _mm512_set1_epi32((ab.add(4 * k) as *const i32).read_unaligned());
-            let init = |k: usize| {
-                if MINS {
-                    _mm512_setzero_si512()
-                } else {
-                    _mm512_set1_epi32(*(ab.add(32 + 4 * k) as *const i32))
-                }
-            };
+            // The block's 8 quant vectors, lane group `k` in vector `k`.
+            let mut wq = [_mm512_setzero_si512(); 8];
             if V == 4 {
                 for k in 0..4 {
                     let v = _mm512_load_si512(q.add(k * 64) as *const __m512i);
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    let il = _mm512_dpbusd_epi32(init(k), lo, aq(k));
-                    let ih = _mm512_dpbusd_epi32(init(k + 4), hi, aq(k + 4));
-                    acc[k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(il), acc[k]);
-                    acc[k + 4] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(ih), acc[k + 4]);
+                    wq[k] = _mm512_and_si512(v, low);
+                    wq[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
                 }
             } else {
                 for k in 0..8 {
-                    let v = _mm512_load_si512(q.add(k * 64) as *const __m512i);
-                    let i = _mm512_dpbusd_epi32(init(k), v, aq(k));
-                    acc[k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(i), acc[k]);
+                    wq[k] = _mm512_load_si512(q.add(k * 64) as *const __m512i);
                 }
             }
-            if MINS {
-                let m = _mm512_cvtph_ps(_mm256_load_si256(w.add(m_at + b * 32) as *const __m256i));
-                summs = _mm512_fmadd_ps(m, _mm512_set1_ps(*(ab.add(68) as *const f32)), summs);
+            let dw = _mm512_cvtph_ps(_mm256_load_si256(w.add(d_at + b * 32) as *const __m256i));
+            let m = if MINS {
+                _mm512_cvtph_ps(_mm256_load_si256(w.add(m_at + b * 32) as *const __m256i))
+            } else {
+                z
+            };
+            for t in 0..T {
+                let ab = a.add(t * pab + b * ACT_BLK);
+                let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*(ab.add(64) as *const f32)));
+                for k in 0..8 {
+                    // The activation's lane group `k` (4 bytes) and its offset, broadcast.
+                    let aq = _mm512_set1_epi32((ab.add(4 * k) as *const i32).read_unaligned());
+                    let init = if MINS {
+                        _mm512_setzero_si512()
+                    } else {
+                        _mm512_set1_epi32(*(ab.add(32 + 4 * k) as *const i32))
+                    };
+                    let i = _mm512_dpbusd_epi32(init, wq[k], aq);
+                    acc[t][k] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(i), acc[t][k]);
+                }
+                if MINS {
+                    let s = _mm512_set1_ps(*(ab.add(68) as *const f32));
+                    summs[t] = _mm512_fmadd_ps(m, s, summs[t]);
+                }
             }
         }
-        // `hsum_float_8` per row, lanes across vectors: ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)).
-        let s = _mm512_add_ps(
-            _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
-            _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
-        );
-        let s = if MINS { _mm512_add_ps(s, summs) } else { s };
-        _mm512_storeu_ps(out.as_mut_ptr(), s);
+        for t in 0..T {
+            let acc = &acc[t];
+            // `hsum_float_8` per row, lanes across vectors: ((x0+x4)+(x2+x6)) +
+            // ((x1+x5)+(x3+x7)).
+            let s = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[0], acc[4]), _mm512_add_ps(acc[2], acc[6])),
+                _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
+            );
+            let s = if MINS { _mm512_add_ps(s, summs[t]) } else { s };
+            _mm512_storeu_ps(out[t].as_mut_ptr(), s);
+        }
     }
 }
