@@ -14,13 +14,13 @@ pub struct BenchArgs {
     #[arg(default_value = crate::DEFAULT_MODEL)]
     model: String,
     /// Prompt length for the prefill measurement.
-    #[arg(long, default_value_t = 512)]
-    prompt_tokens: usize,
-    /// Tokens generated for the decode measurement.
-    #[arg(long, default_value_t = 128)]
-    decode_tokens: usize,
-    #[arg(long, default_value_t = 3)]
-    repeats: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    prompt_tokens: u32,
+    /// Tokens generated for the decode measurement (after the first).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    decode_tokens: u32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -65,24 +65,29 @@ fn timed(
 pub fn run(a: BenchArgs) -> Result<()> {
     let (_, path) = crate::store::resolve(&a.model)?;
     let mut cfg = a.engine.config();
-    cfg.max_batch_tokens = cfg.max_batch_tokens.max(a.prompt_tokens);
+    let (prompt_tokens, decode_tokens) = (a.prompt_tokens as usize, a.decode_tokens as usize);
+    cfg.max_batch_tokens = cfg.max_batch_tokens.max(prompt_tokens);
     let l = crate::load(&path, cfg)?;
     let e = &l.engine;
     let vocab = e.vocab_size() as u32;
-    // A deterministic prompt of ordinary tokens (avoid the special ids at the start).
-    let prompt: Vec<u32> = (0..a.prompt_tokens as u32)
-        .map(|i| 1000 + (i * 7919) % (vocab - 2000))
-        .collect();
+    // Deterministic prompts of ordinary tokens (avoid the special ids at either end).
+    let spread = vocab.saturating_sub(2000).max(1);
+    let tokens = |n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (1000 + (i * 7919) % spread).min(vocab - 1))
+            .collect()
+    };
+    let prompt = tokens(prompt_tokens);
     // Warm up.
-    timed(e, prompt[..16].to_vec(), 4)?;
+    timed(e, tokens(16), 4)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..a.repeats {
         // Prefill: time to the first token of a prompt_tokens prompt (one sampled token).
         let (ttft, _, _) = timed(e, prompt.clone(), 1)?;
-        pp.push(a.prompt_tokens as f64 / ttft);
+        pp.push(prompt_tokens as f64 / ttft);
         // Decode: tokens after the first over the time after the first, from a short prompt.
-        let (first, total, n) = timed(e, prompt[..8].to_vec(), a.decode_tokens + 1)?;
+        let (first, total, n) = timed(e, tokens(8), decode_tokens + 1)?;
         tg.push((n.saturating_sub(1)) as f64 / (total - first));
     }
     let med = |v: &mut Vec<f64>| {
