@@ -106,6 +106,15 @@ impl PackedMatrix {
 
     pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
         (be.x16)(w.ty)?;
+        if w.ty == GgmlType::Q4K {
+            return Some(Self {
+                backend: be.name,
+                ty: w.ty,
+                rows: w.rows,
+                cols: w.cols,
+                data: pack_q4k(w)?,
+            });
+        }
         let g = Geometry::of(w.ty, w.cols)?;
         let groups = w.rows.div_ceil(GROUP);
         let lines = groups * g.group_bytes() / 64;
@@ -147,6 +156,14 @@ impl PackedMatrix {
         Geometry::of(self.ty, self.cols).expect("checked when packed")
     }
 
+    /// Bytes of one group.
+    fn group_bytes(&self) -> usize {
+        match self.ty {
+            GgmlType::Q4K => KGeometry::of(self.cols).group_bytes(),
+            _ => self.geometry().group_bytes(),
+        }
+    }
+
     /// Whether `w` is the matrix this was packed from (type and shape).
     pub(crate) fn fits(&self, w: &Matrix<'_>) -> bool {
         (self.ty, self.rows, self.cols) == (w.ty, w.rows, w.cols)
@@ -154,7 +171,7 @@ impl PackedMatrix {
 
     /// The packed bytes of group `gi` (rows `16·gi..16·gi + 16`).
     pub(crate) fn group(&self, gi: usize) -> &[u8] {
-        let gb = self.geometry().group_bytes();
+        let gb = self.group_bytes();
         &lines_bytes(&self.data)[gi * gb..(gi + 1) * gb]
     }
 
@@ -207,6 +224,81 @@ fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
 }
 
+/// The x16 layout of Q4_K (256-element super-blocks of 8 sub-blocks of 32, 6-bit scales and
+/// mins, `d` and `dmin`), for llama.cpp's tiled K-quant order (`quant_k`): per super-block, 32
+/// vectors of quants (vector `8j + k`: bytes `32j + 4k..+4` of each row's `qs`, whose low
+/// nibbles are sub-block `2j` elements `4k..4k+3` and high nibbles sub-block `2j + 1`), then,
+/// after all super-blocks, the scales (`u8`, 16 rows per sub-block), the mins, `d` and `dmin`
+/// (16 × f16 per super-block each).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KGeometry {
+    /// Super-blocks per row.
+    pub nsb: usize,
+}
+
+impl KGeometry {
+    pub(crate) const QB: usize = 32 * 64;
+    pub(crate) fn of(cols: usize) -> Self {
+        Self { nsb: cols / 256 }
+    }
+    pub(crate) fn sc_at(&self) -> usize {
+        self.nsb * Self::QB
+    }
+    pub(crate) fn mn_at(&self) -> usize {
+        self.sc_at() + self.nsb * 128
+    }
+    pub(crate) fn d_at(&self) -> usize {
+        self.mn_at() + self.nsb * 128
+    }
+    pub(crate) fn dmin_at(&self) -> usize {
+        self.d_at() + self.nsb * 32
+    }
+    pub(crate) fn group_bytes(&self) -> usize {
+        (self.dmin_at() + self.nsb * 32).next_multiple_of(64)
+    }
+}
+
+fn pack_q4k(w: &Matrix<'_>) -> Option<Vec<Line>> {
+    if !w.cols.is_multiple_of(256) {
+        return None;
+    }
+    let g = KGeometry::of(w.cols);
+    let groups = w.rows.div_ceil(GROUP);
+    let mut data = vec![Line([0; 64]); groups * g.group_bytes() / 64];
+    let rb = w.row_bytes();
+    let buf = lines_bytes_mut(&mut data);
+    for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
+        for r in 0..GROUP.min(w.rows - gi * GROUP) {
+            let row = &w.data[(gi * GROUP + r) * rb..][..rb];
+            for (i, x) in row.chunks_exact(144).enumerate() {
+                for (v, word) in x[16..144].chunks_exact(4).enumerate() {
+                    dst[i * KGeometry::QB + v * 64 + r * 4..][..4].copy_from_slice(word);
+                }
+                let (sc, mn) = crate::quant_k::unpack_scales_mins(&x[4..16]);
+                for s in 0..8 {
+                    dst[g.sc_at() + i * 128 + s * 16 + r] = sc[s];
+                    dst[g.mn_at() + i * 128 + s * 16 + r] = mn[s];
+                }
+                dst[g.d_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[..2]);
+                dst[g.dmin_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[2..4]);
+            }
+        }
+    }
+    Some(data)
+}
+
+/// Bytes of one prepared activation row of `cols` elements for packed weights of type `ty`.
+pub(crate) fn act_bytes(ty: GgmlType, cols: usize) -> usize {
+    match ty {
+        GgmlType::Q4K => cols / 256 * ACT_SB,
+        _ => cols / 32 * ACT_BLK,
+    }
+}
+
+/// Bytes per super-block of a prepared Q8_K activation row: the 256 quants, the 8 sums of 32
+/// quants (i32; Q8_K's 16 `bsums` added in pairs) and `d`.
+pub(crate) const ACT_SB: usize = 320;
+
 /// Bytes per block of a prepared activation row for the x16 kernels: the 32 quants, GGML's
 /// per-lane offsets `-C·Σ₄ a` (i32 × 8; `C` = 8 for Q4_0, 128 for Q8_0, unused for Q4_1), `d`
 /// and Q8_1's `s` widened to f32.
@@ -215,6 +307,23 @@ pub(crate) const ACT_BLK: usize = 80;
 /// Prepare one activation row (`ty.vec_dot_type()` bytes of `cols` elements) for weights of
 /// type `ty`, into `dst` (`cols / 32 · ACT_BLK` bytes).
 pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
+    if ty == GgmlType::Q4K {
+        let q8k = GgmlType::Q8K.type_size();
+        for (a, o) in src
+            .chunks_exact(q8k)
+            .zip(dst.chunks_exact_mut(ACT_SB))
+            .take(cols / 256)
+        {
+            o[..256].copy_from_slice(&a[4..260]);
+            let bsum = |i: usize| i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32;
+            for s in 0..8 {
+                let v = bsum(2 * s) + bsum(2 * s + 1);
+                o[256 + 4 * s..260 + 4 * s].copy_from_slice(&v.to_le_bytes());
+            }
+            o[288..292].copy_from_slice(&a[..4]);
+        }
+        return;
+    }
     let g = Geometry::of(ty, cols).expect("a packed type");
     // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1, Q8_0 (d, 32 quants) otherwise.
     let (aoff, c) = match ty {
@@ -240,10 +349,11 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Runs 16 packed rows against `nt <= 4` prepared activation rows (`pab` bytes apart):
+/// Runs 16 packed rows of `cols` elements against `nt <= 4` prepared activation rows (`pab`
+/// bytes apart):
 /// `out[r * nt + t]` for `r < 16`.
 pub(crate) type X16Fn =
-    fn(nb: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]);
+    fn(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]);
 
 /// Most tokens one `X16Fn` call takes.
 pub(crate) const X16_MAX_T: usize = 4;

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed::{Geometry, X16Fn, ACT_BLK, GROUP, X16_MAX_T};
+use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP, X16_MAX_T};
 use crate::quant::GgmlType;
 
 /// The x16 kernel for `ty`, if there is one.
@@ -20,6 +20,7 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
         GgmlType::Q4_0 => Some(run::<4, false>),
         GgmlType::Q4_1 => Some(run::<4, true>),
         GgmlType::Q8_0 => Some(run::<8, false>),
+        GgmlType::Q4K => Some(run_q4k),
         _ => None,
     }
 }
@@ -27,7 +28,7 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
 /// Checks the operands, then runs each token. `V` quant vectors per block (4: nibbles, 8:
 /// bytes), `MINS` for Q4_1.
 fn run<const V: usize, const MINS: bool>(
-    nb: usize,
+    cols: usize,
     nt: usize,
     group: &[u8],
     a: &[u8],
@@ -39,7 +40,8 @@ fn run<const V: usize, const MINS: bool>(
         (4, false) => GgmlType::Q4_0,
         _ => GgmlType::Q8_0,
     };
-    let g = Geometry::of(ty, nb * 32).expect("packed type");
+    let g = Geometry::of(ty, cols).expect("packed type");
+    let nb = g.nb;
     assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= nb * ACT_BLK && a.len() >= (nt - 1) * pab + nb * ACT_BLK);
@@ -137,6 +139,106 @@ unsafe fn tokens<const V: usize, const MINS: bool, const T: usize>(
             );
             let s = if MINS { _mm512_add_ps(s, summs[t]) } else { s };
             _mm512_storeu_ps(out[t].as_mut_ptr(), s);
+        }
+    }
+}
+
+/// Q4_K: checks the operands, then runs the tokens in pairs.
+fn run_q4k(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]) {
+    let g = KGeometry::of(cols);
+    assert!(cols.is_multiple_of(256));
+    assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
+    assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
+    assert!(pab >= g.nsb * ACT_SB && a.len() >= (nt - 1) * pab + g.nsb * ACT_SB);
+    let mut res = [[0f32; GROUP]; 2];
+    let mut t = 0;
+    while t < nt {
+        let two = nt - t >= 2;
+        let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
+        // SAFETY: as in `run`.
+        unsafe {
+            if two {
+                tokens_q4k::<2>(g, w, at, pab, &mut res);
+            } else {
+                tokens_q4k::<1>(g, w, at, pab, &mut res);
+            }
+        }
+        for j in 0..if two { 2 } else { 1 } {
+            for (r, &v) in res[j].iter().enumerate() {
+                out[r * nt + t + j] = v;
+            }
+        }
+        t += if two { 2 } else { 1 };
+    }
+}
+
+/// 16 Q4_K rows × `T` tokens, llama.cpp's tiled order (`quant_k::vec_dot_k_ref`): per
+/// super-block exact i32 sums `s1 = Σ_s scale_s · raw_s` and `s2 = Σ_s min_s · bsum_s` (row `r`
+/// in lane `r`), then `r = f32(s1)·d`, `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tokens_q4k<const T: usize>(
+    g: KGeometry,
+    w: *const u8,
+    a: *const u8,
+    pab: usize,
+    out: &mut [[f32; GROUP]; 2],
+) {
+    let z = _mm512_setzero_ps();
+    let zi = _mm512_setzero_si512();
+    let mut acc = [z; T];
+    let low = _mm512_set1_epi8(0x0F);
+    // SAFETY: every pointer stays inside the group (`nsb` super-blocks of `KGeometry::QB`
+    // bytes, then scales, mins, `d`, `dmin`) and the `T` activation rows (`nsb` super-blocks
+    // of `ACT_SB` bytes, `pab` apart), as `run_q4k` checked.
+    unsafe {
+        for i in 0..g.nsb {
+            let q = w.add(i * KGeometry::QB);
+            let mut s1 = [zi; T];
+            let mut s2 = [zi; T];
+            for j in 0..4 {
+                // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
+                let mut raw = [[zi; 2]; T];
+                for k in 0..8 {
+                    let v = _mm512_load_si512(q.add((8 * j + k) * 64) as *const __m512i);
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    for t in 0..T {
+                        let aq = a.add(t * pab + i * ACT_SB + 64 * j + 4 * k);
+                        let al = _mm512_set1_epi32((aq as *const i32).read_unaligned());
+                        let ah = _mm512_set1_epi32((aq.add(32) as *const i32).read_unaligned());
+                        raw[t][0] = _mm512_dpbusd_epi32(raw[t][0], lo, al);
+                        raw[t][1] = _mm512_dpbusd_epi32(raw[t][1], hi, ah);
+                    }
+                }
+                for h in 0..2 {
+                    let sb = 2 * j + h;
+                    let sc = _mm512_cvtepu8_epi32(_mm_load_si128(
+                        w.add(g.sc_at() + i * 128 + sb * 16) as *const __m128i,
+                    ));
+                    let mn = _mm512_cvtepu8_epi32(_mm_load_si128(
+                        w.add(g.mn_at() + i * 128 + sb * 16) as *const __m128i,
+                    ));
+                    for t in 0..T {
+                        let bs = a.add(t * pab + i * ACT_SB + 256 + 4 * sb) as *const i32;
+                        s1[t] = _mm512_add_epi32(s1[t], _mm512_mullo_epi32(sc, raw[t][h]));
+                        let m = _mm512_mullo_epi32(mn, _mm512_set1_epi32(*bs));
+                        s2[t] = _mm512_add_epi32(s2[t], m);
+                    }
+                }
+            }
+            let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(g.d_at() + i * 32) as *const __m256i));
+            let dmin = _mm512_cvtph_ps(_mm256_load_si256(
+                w.add(g.dmin_at() + i * 32) as *const __m256i
+            ));
+            for t in 0..T {
+                let da = _mm512_set1_ps(*(a.add(t * pab + i * ACT_SB + 288) as *const f32));
+                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), d);
+                let r = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(s2[t]), r);
+                acc[t] = _mm512_fmadd_ps(r, da, acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
     }
 }
