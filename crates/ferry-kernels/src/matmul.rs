@@ -602,6 +602,8 @@ mod tests {
             for ty in [
                 GgmlType::Q4_0,
                 GgmlType::Q4_1,
+                GgmlType::Q5_0,
+                GgmlType::Q5_1,
                 GgmlType::Q8_0,
                 GgmlType::Q4K,
             ] {
@@ -616,7 +618,7 @@ mod tests {
                             (0, 0.001 + lcg(&mut seed).abs() * 0.02),
                             (2, lcg(&mut seed) * 0.1),
                         ] {
-                            if at == 0 || ty == GgmlType::Q4_1 || k {
+                            if at == 0 || matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) || k {
                                 let h = half::f16::from_f32(v).to_bits().to_le_bytes();
                                 blk[at..at + 2].copy_from_slice(&h);
                             }

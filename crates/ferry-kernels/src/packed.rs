@@ -58,16 +58,20 @@ pub(crate) struct Geometry {
     mins: bool,
     /// Bytes added to each stored quant byte (128 for Q8_0).
     xor: u8,
+    /// Offset of the 32 high bits (`qh`) in a Q5_0/Q5_1 block.
+    qh: Option<usize>,
     /// Blocks per row.
     pub nb: usize,
 }
 
 impl Geometry {
     pub(crate) fn of(ty: GgmlType, cols: usize) -> Option<Self> {
-        let (qoff, qbytes, mins, xor) = match ty {
-            GgmlType::Q4_0 => (2, 16, false, 0),
-            GgmlType::Q4_1 => (4, 16, true, 0),
-            GgmlType::Q8_0 => (2, 32, false, 0x80),
+        let (qoff, qbytes, mins, xor, qh) = match ty {
+            GgmlType::Q4_0 => (2, 16, false, 0, None),
+            GgmlType::Q4_1 => (4, 16, true, 0, None),
+            GgmlType::Q5_0 => (6, 16, false, 0, Some(2)),
+            GgmlType::Q5_1 => (8, 16, true, 0, Some(4)),
+            GgmlType::Q8_0 => (2, 32, false, 0x80, None),
             _ => return None,
         };
         cols.is_multiple_of(32).then_some(Self {
@@ -75,6 +79,7 @@ impl Geometry {
             qbytes,
             mins,
             xor,
+            qh,
             nb: cols / 32,
         })
     }
@@ -82,8 +87,12 @@ impl Geometry {
     pub(crate) fn qb(&self) -> usize {
         self.qbytes * GROUP
     }
-    pub(crate) fn d_at(&self) -> usize {
+    /// Where the high-bit vectors start (one per block: row `r`'s `qh` in lane `r`).
+    pub(crate) fn qh_at(&self) -> usize {
         self.nb * self.qb()
+    }
+    pub(crate) fn d_at(&self) -> usize {
+        self.qh_at() + if self.qh.is_some() { self.nb * 64 } else { 0 }
     }
     pub(crate) fn m_at(&self) -> usize {
         self.d_at() + self.nb * 32
@@ -132,6 +141,9 @@ impl PackedMatrix {
                         dst[at..at + 4].copy_from_slice(&(v ^ x).to_le_bytes());
                     }
                     dst[g.d_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[..2]);
+                    if let Some(h) = g.qh {
+                        dst[g.qh_at() + b * 64 + r * 4..][..4].copy_from_slice(&blk[h..h + 4]);
+                    }
                     if g.mins {
                         dst[g.m_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[2..4]);
                     }
@@ -188,6 +200,9 @@ impl PackedMatrix {
             let r = r % GROUP;
             for (b, blk) in row.chunks_exact_mut(g.block()).enumerate() {
                 blk[..2].copy_from_slice(&src[g.d_at() + b * 32 + r * 2..][..2]);
+                if let Some(h) = g.qh {
+                    blk[h..h + 4].copy_from_slice(&src[g.qh_at() + b * 64 + r * 4..][..4]);
+                }
                 if g.mins {
                     blk[2..4].copy_from_slice(&src[g.m_at() + b * 32 + r * 2..][..2]);
                 }
@@ -325,10 +340,12 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
         return;
     }
     let g = Geometry::of(ty, cols).expect("a packed type");
-    // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1, Q8_0 (d, 32 quants) otherwise.
+    // Activation blocks: Q8_1 (d, s, 32 quants) for Q4_1/Q5_1, Q8_0 (d, 32 quants) otherwise;
+    // `c` is the offset of the weight codes (`Σ (q − c)·a = Σ q·a − c·Σ a`).
     let (aoff, c) = match ty {
-        GgmlType::Q4_1 => (4, 0i32),
+        GgmlType::Q4_1 | GgmlType::Q5_1 => (4, 0i32),
         GgmlType::Q4_0 => (2, 8),
+        GgmlType::Q5_0 => (2, 16),
         _ => (2, 128),
     };
     let f16 = |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();

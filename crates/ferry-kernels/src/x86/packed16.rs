@@ -17,17 +17,19 @@ use crate::quant::GgmlType;
 /// The x16 kernel for `ty`, if there is one.
 pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
     match ty {
-        GgmlType::Q4_0 => Some(run::<4, false>),
-        GgmlType::Q4_1 => Some(run::<4, true>),
-        GgmlType::Q8_0 => Some(run::<8, false>),
+        GgmlType::Q4_0 => Some(run::<4, false, false>),
+        GgmlType::Q4_1 => Some(run::<4, true, false>),
+        GgmlType::Q5_0 => Some(run::<4, false, true>),
+        GgmlType::Q5_1 => Some(run::<4, true, true>),
+        GgmlType::Q8_0 => Some(run::<8, false, false>),
         GgmlType::Q4K => Some(run_q4k),
         _ => None,
     }
 }
 
-/// Checks the operands, then runs each token. `V` quant vectors per block (4: nibbles, 8:
-/// bytes), `MINS` for Q4_1.
-fn run<const V: usize, const MINS: bool>(
+/// Checks the operands, then runs the tokens in pairs. `V` quant vectors per block (4:
+/// nibbles, 8: bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1.
+fn run<const V: usize, const MINS: bool, const HB: bool>(
     cols: usize,
     nt: usize,
     group: &[u8],
@@ -35,9 +37,11 @@ fn run<const V: usize, const MINS: bool>(
     pab: usize,
     out: &mut [f32],
 ) {
-    let ty = match (V, MINS) {
-        (4, true) => GgmlType::Q4_1,
-        (4, false) => GgmlType::Q4_0,
+    let ty = match (V, MINS, HB) {
+        (4, true, false) => GgmlType::Q4_1,
+        (4, false, false) => GgmlType::Q4_0,
+        (4, true, true) => GgmlType::Q5_1,
+        (4, false, true) => GgmlType::Q5_0,
         _ => GgmlType::Q8_0,
     };
     let g = Geometry::of(ty, cols).expect("packed type");
@@ -54,9 +58,9 @@ fn run<const V: usize, const MINS: bool>(
         // above; a second row only when `t + 1 < nt`).
         unsafe {
             if two {
-                tokens::<V, MINS, 2>(nb, w, g.d_at(), g.m_at(), at, pab, &mut res);
+                tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, &mut res);
             } else {
-                tokens::<V, MINS, 1>(nb, w, g.d_at(), g.m_at(), at, pab, &mut res);
+                tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, &mut res);
             }
         }
         for j in 0..if two { 2 } else { 1 } {
@@ -70,12 +74,11 @@ fn run<const V: usize, const MINS: bool>(
 
 /// 16 rows × `T` (1 or 2) tokens over `nb` blocks: each block's weight vectors are loaded
 /// (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tokens<const V: usize, const MINS: bool, const T: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usize>(
     nb: usize,
     w: *const u8,
-    d_at: usize,
-    m_at: usize,
+    g: Geometry,
     a: *const u8,
     pab: usize,
     out: &mut [[f32; GROUP]; 2],
@@ -84,8 +87,21 @@ unsafe fn tokens<const V: usize, const MINS: bool, const T: usize>(
     let mut acc = [[z; 8]; T];
     let mut summs = [z; T];
     let low = _mm512_set1_epi8(0x0F);
+    let (d_at, m_at) = (g.d_at(), g.m_at());
+    // High bits: byte `i` of row `r`'s lane in vector `k` takes bit `4k + i` of the row's `qh`
+    // (element `4k + i`), at bit 4: `vpmultishiftqb` picks 8 bits from (row's bit offset in its
+    // qword) + 4k + i − 4, modulo 64.
+    let hb_ctrl = |k: usize| {
+        let mut c = [0u8; 64];
+        for (p, v) in c.iter_mut().enumerate() {
+            *v = ((32 * ((p % 8) / 4) + (p % 4) + 4 * k + 60) % 64) as u8;
+        }
+        // SAFETY: a 64-byte array.
+        unsafe { _mm512_loadu_si512(c.as_ptr() as *const __m512i) }
+    };
+    let ctrl: [__m512i; 8] = std::array::from_fn(hb_ctrl);
     // SAFETY: every pointer below stays inside the group (`nb` blocks of `V` vectors, then
-    // `d`, then `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab` apart),
+    // high bits, `d` and `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab` apart),
     // as the caller checked.
     unsafe {
         for b in 0..nb {
@@ -101,6 +117,15 @@ unsafe fn tokens<const V: usize, const MINS: bool, const T: usize>(
             } else {
                 for k in 0..8 {
                     wq[k] = _mm512_load_si512(q.add(k * 64) as *const __m512i);
+                }
+            }
+            if HB {
+                let hv = _mm512_load_si512(w.add(g.qh_at() + b * 64) as *const __m512i);
+                let bit4 = _mm512_set1_epi8(0x10);
+                for k in 0..8 {
+                    // wq | (multishift & 0x10).
+                    let h = _mm512_multishift_epi64_epi8(ctrl[k], hv);
+                    wq[k] = _mm512_ternarylogic_epi32::<0xF8>(wq[k], h, bit4);
                 }
             }
             let dw = _mm512_cvtph_ps(_mm256_load_si256(w.add(d_at + b * 32) as *const __m256i));
