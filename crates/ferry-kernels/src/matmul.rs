@@ -606,22 +606,28 @@ mod tests {
                 GgmlType::Q5_1,
                 GgmlType::Q8_0,
                 GgmlType::Q4K,
+                GgmlType::Q6K,
             ] {
-                let k = ty == GgmlType::Q4K;
+                let k = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
                 for (rows, cols) in [(1, 32), (15, 64), (16, 96), (17, 32), (37, 160), (130, 64)] {
                     // K-quants: super-blocks of 256.
                     let cols = if k { cols * 8 } else { cols };
                     let mut data = weights(ty, rows, cols, &mut seed);
                     // A scale (and min) of its own per block, so that a misplaced one shows.
+                    let offs: &[usize] = match ty {
+                        GgmlType::Q6K => &[208],
+                        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K => &[0, 2],
+                        _ => &[0],
+                    };
                     for blk in data.chunks_exact_mut(ty.type_size()) {
-                        for (at, v) in [
-                            (0, 0.001 + lcg(&mut seed).abs() * 0.02),
-                            (2, lcg(&mut seed) * 0.1),
-                        ] {
-                            if at == 0 || matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) || k {
-                                let h = half::f16::from_f32(v).to_bits().to_le_bytes();
-                                blk[at..at + 2].copy_from_slice(&h);
-                            }
+                        for (n, &at) in offs.iter().enumerate() {
+                            let v = if n == 0 {
+                                0.001 + lcg(&mut seed).abs() * 0.02
+                            } else {
+                                lcg(&mut seed) * 0.1
+                            };
+                            let h = half::f16::from_f32(v).to_bits().to_le_bytes();
+                            blk[at..at + 2].copy_from_slice(&h);
                         }
                     }
                     let w = Matrix::new(ty, rows, cols, &data).unwrap();

@@ -115,13 +115,13 @@ impl PackedMatrix {
 
     pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
         (be.x16)(w.ty)?;
-        if w.ty == GgmlType::Q4K {
+        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
             return Some(Self {
                 backend: be.name,
                 ty: w.ty,
                 rows: w.rows,
                 cols: w.cols,
-                data: pack_q4k(w)?,
+                data: pack_k(w)?,
             });
         }
         let g = Geometry::of(w.ty, w.cols)?;
@@ -171,7 +171,9 @@ impl PackedMatrix {
     /// Bytes of one group.
     fn group_bytes(&self) -> usize {
         match self.ty {
-            GgmlType::Q4K => KGeometry::of(self.cols).group_bytes(),
+            GgmlType::Q4K | GgmlType::Q6K => KGeometry::of(self.ty, self.cols)
+                .expect("checked when packed")
+                .group_bytes(),
             _ => self.geometry().group_bytes(),
         }
     }
@@ -239,63 +241,104 @@ fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
 }
 
-/// The x16 layout of Q4_K (256-element super-blocks of 8 sub-blocks of 32, 6-bit scales and
-/// mins, `d` and `dmin`), for llama.cpp's tiled K-quant order (`quant_k`): per super-block, 32
-/// vectors of quants (vector `8j + k`: bytes `32j + 4k..+4` of each row's `qs`, whose low
-/// nibbles are sub-block `2j` elements `4k..4k+3` and high nibbles sub-block `2j + 1`), then,
-/// after all super-blocks, the scales (`u8`, 16 rows per sub-block), the mins, `d` and `dmin`
-/// (16 × f16 per super-block each).
+/// The x16 layout of the K-quants, for llama.cpp's tiled K-quant order (`quant_k`). Per
+/// super-block of 256 elements, the quant vectors, each holding 4 bytes of each of the 16 rows
+/// at the same offset of GGML's block:
+/// - Q4_K: 32 vectors, vector `8j + k` = bytes `32j + 4k..+4` of `qs`: low nibbles are
+///   sub-block `2j` elements `4k..4k+3`, high nibbles sub-block `2j + 1`;
+/// - Q6_K: 32 vectors of `ql` (vector `16n + j` = bytes `64n + 4j..+4`), then 16 of `qh`
+///   (vector `8n + k` = bytes `32n + 4k..+4`), combined into 6-bit codes as GGML's dequantizer
+///   does.
+///
+/// Then, after all super-blocks: the sub-block scales (16 rows per sub-block: Q4_K's 6-bit
+/// scales unpacked to `u8`, Q6_K's `i8` as they are), Q4_K's mins (`u8`), `d` (16 × f16 per
+/// super-block) and Q4_K's `dmin`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KGeometry {
     /// Super-blocks per row.
     pub nsb: usize,
+    /// Q6_K (else Q4_K).
+    pub q6: bool,
 }
 
 impl KGeometry {
-    pub(crate) const QB: usize = 32 * 64;
-    pub(crate) fn of(cols: usize) -> Self {
-        Self { nsb: cols / 256 }
+    pub(crate) fn of(ty: GgmlType, cols: usize) -> Option<Self> {
+        let q6 = match ty {
+            GgmlType::Q4K => false,
+            GgmlType::Q6K => true,
+            _ => return None,
+        };
+        cols.is_multiple_of(256).then_some(Self {
+            nsb: cols / 256,
+            q6,
+        })
+    }
+    /// Quant bytes of one super-block of a group.
+    pub(crate) fn qb(&self) -> usize {
+        if self.q6 {
+            48 * 64
+        } else {
+            32 * 64
+        }
+    }
+    /// Sub-blocks per super-block.
+    pub(crate) fn subs(&self) -> usize {
+        if self.q6 {
+            16
+        } else {
+            8
+        }
     }
     pub(crate) fn sc_at(&self) -> usize {
-        self.nsb * Self::QB
+        self.nsb * self.qb()
     }
     pub(crate) fn mn_at(&self) -> usize {
-        self.sc_at() + self.nsb * 128
+        self.sc_at() + self.nsb * self.subs() * 16
     }
     pub(crate) fn d_at(&self) -> usize {
-        self.mn_at() + self.nsb * 128
+        self.mn_at() + if self.q6 { 0 } else { self.nsb * 128 }
     }
     pub(crate) fn dmin_at(&self) -> usize {
         self.d_at() + self.nsb * 32
     }
     pub(crate) fn group_bytes(&self) -> usize {
-        (self.dmin_at() + self.nsb * 32).next_multiple_of(64)
+        (self.dmin_at() + if self.q6 { 0 } else { self.nsb * 32 }).next_multiple_of(64)
     }
 }
 
-fn pack_q4k(w: &Matrix<'_>) -> Option<Vec<Line>> {
-    if !w.cols.is_multiple_of(256) {
-        return None;
-    }
-    let g = KGeometry::of(w.cols);
+fn pack_k(w: &Matrix<'_>) -> Option<Vec<Line>> {
+    let g = KGeometry::of(w.ty, w.cols)?;
     let groups = w.rows.div_ceil(GROUP);
     let mut data = vec![Line([0; 64]); groups * g.group_bytes() / 64];
-    let rb = w.row_bytes();
+    let (rb, ts) = (w.row_bytes(), w.ty.type_size());
+    // Where the quant bytes, the scales and `d` are in a GGML block.
+    let (qs, sc, d) = if g.q6 {
+        (0..192, 192, 208)
+    } else {
+        (16..144, 4, 0)
+    };
     let buf = lines_bytes_mut(&mut data);
     for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
         for r in 0..GROUP.min(w.rows - gi * GROUP) {
             let row = &w.data[(gi * GROUP + r) * rb..][..rb];
-            for (i, x) in row.chunks_exact(144).enumerate() {
-                for (v, word) in x[16..144].chunks_exact(4).enumerate() {
-                    dst[i * KGeometry::QB + v * 64 + r * 4..][..4].copy_from_slice(word);
+            for (i, x) in row.chunks_exact(ts).enumerate() {
+                for (v, word) in x[qs.clone()].chunks_exact(4).enumerate() {
+                    dst[i * g.qb() + v * 64 + r * 4..][..4].copy_from_slice(word);
                 }
-                let (sc, mn) = crate::quant_k::unpack_scales_mins(&x[4..16]);
-                for s in 0..8 {
-                    dst[g.sc_at() + i * 128 + s * 16 + r] = sc[s];
-                    dst[g.mn_at() + i * 128 + s * 16 + r] = mn[s];
+                let at = |s: usize| g.sc_at() + i * g.subs() * 16 + s * 16 + r;
+                if g.q6 {
+                    for s in 0..16 {
+                        dst[at(s)] = x[sc + s];
+                    }
+                } else {
+                    let (scales, mins) = crate::quant_k::unpack_scales_mins(&x[sc..sc + 12]);
+                    for s in 0..8 {
+                        dst[at(s)] = scales[s];
+                        dst[g.mn_at() + i * 128 + s * 16 + r] = mins[s];
+                    }
+                    dst[g.dmin_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[2..4]);
                 }
-                dst[g.d_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[..2]);
-                dst[g.dmin_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[2..4]);
+                dst[g.d_at() + i * 32 + r * 2..][..2].copy_from_slice(&x[d..d + 2]);
             }
         }
     }
@@ -305,14 +348,15 @@ fn pack_q4k(w: &Matrix<'_>) -> Option<Vec<Line>> {
 /// Bytes of one prepared activation row of `cols` elements for packed weights of type `ty`.
 pub(crate) fn act_bytes(ty: GgmlType, cols: usize) -> usize {
     match ty {
-        GgmlType::Q4K => cols / 256 * ACT_SB,
+        GgmlType::Q4K | GgmlType::Q6K => cols / 256 * ACT_SB,
         _ => cols / 32 * ACT_BLK,
     }
 }
 
-/// Bytes per super-block of a prepared Q8_K activation row: the 256 quants, the 8 sums of 32
-/// quants (i32; Q8_K's 16 `bsums` added in pairs) and `d`.
-pub(crate) const ACT_SB: usize = 320;
+/// Bytes per super-block of a prepared Q8_K activation row: the 256 quants; at 256 the sums
+/// the kernel needs as i32 (Q4_K: the 8 sums of 32 quants, Q8_K's 16 `bsums` added in pairs;
+/// Q6_K: `−32·bsum` of each of the 16 sums of 16, its codes' offset); at 320 `d`.
+pub(crate) const ACT_SB: usize = 384;
 
 /// Bytes per block of a prepared activation row for the x16 kernels: the 32 quants, GGML's
 /// per-lane offsets `-C·Σ₄ a` (i32 × 8; `C` = 8 for Q4_0, 128 for Q8_0, unused for Q4_1), `d`
@@ -322,7 +366,7 @@ pub(crate) const ACT_BLK: usize = 80;
 /// Prepare one activation row (`ty.vec_dot_type()` bytes of `cols` elements) for weights of
 /// type `ty`, into `dst` (`cols / 32 · ACT_BLK` bytes).
 pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
-    if ty == GgmlType::Q4K {
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
         let q8k = GgmlType::Q8K.type_size();
         for (a, o) in src
             .chunks_exact(q8k)
@@ -331,11 +375,16 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
         {
             o[..256].copy_from_slice(&a[4..260]);
             let bsum = |i: usize| i16::from_le_bytes([a[260 + 2 * i], a[261 + 2 * i]]) as i32;
-            for s in 0..8 {
-                let v = bsum(2 * s) + bsum(2 * s + 1);
+            let q6 = ty == GgmlType::Q6K;
+            for s in 0..if q6 { 16 } else { 8 } {
+                let v = if q6 {
+                    -32 * bsum(s)
+                } else {
+                    bsum(2 * s) + bsum(2 * s + 1)
+                };
                 o[256 + 4 * s..260 + 4 * s].copy_from_slice(&v.to_le_bytes());
             }
-            o[288..292].copy_from_slice(&a[..4]);
+            o[320..324].copy_from_slice(&a[..4]);
         }
         return;
     }

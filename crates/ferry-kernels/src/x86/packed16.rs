@@ -6,8 +6,9 @@
 //! Every `unsafe` is a call of a `#[target_feature]` function (reachable only through
 //! `avx512::BACKEND`, handed out after `detected()`) or a load inside the ranges `x16` checked.
 
-// Lane-group loops index the accumulators and the vectors of a block together.
-#![allow(clippy::needless_range_loop)]
+// Lane-group loops index the accumulators and the vectors of a block together; kernels take
+// the group, the activation rows and their stride separately.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;
 
@@ -22,7 +23,8 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
         GgmlType::Q5_0 => Some(run::<4, false, true>),
         GgmlType::Q5_1 => Some(run::<4, true, true>),
         GgmlType::Q8_0 => Some(run::<8, false, false>),
-        GgmlType::Q4K => Some(run_q4k),
+        GgmlType::Q4K => Some(run_k::<false>),
+        GgmlType::Q6K => Some(run_k::<true>),
         _ => None,
     }
 }
@@ -168,10 +170,17 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     }
 }
 
-/// Q4_K: checks the operands, then runs the tokens in pairs.
-fn run_q4k(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]) {
-    let g = KGeometry::of(cols);
-    assert!(cols.is_multiple_of(256));
+/// Q4_K and Q6_K: checks the operands, then runs the tokens in pairs.
+fn run_k<const Q6: bool>(
+    cols: usize,
+    nt: usize,
+    group: &[u8],
+    a: &[u8],
+    pab: usize,
+    out: &mut [f32],
+) {
+    let ty = if Q6 { GgmlType::Q6K } else { GgmlType::Q4K };
+    let g = KGeometry::of(ty, cols).expect("whole super-blocks");
     assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= g.nsb * ACT_SB && a.len() >= (nt - 1) * pab + g.nsb * ACT_SB);
@@ -182,10 +191,11 @@ fn run_q4k(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut
         let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
         // SAFETY: as in `run`.
         unsafe {
-            if two {
-                tokens_q4k::<2>(g, w, at, pab, &mut res);
-            } else {
-                tokens_q4k::<1>(g, w, at, pab, &mut res);
+            match (Q6, two) {
+                (false, true) => tokens_q4k::<2>(g, w, at, pab, &mut res),
+                (false, false) => tokens_q4k::<1>(g, w, at, pab, &mut res),
+                (true, true) => tokens_q6k::<2>(g, w, at, pab, &mut res),
+                (true, false) => tokens_q6k::<1>(g, w, at, pab, &mut res),
             }
         }
         for j in 0..if two { 2 } else { 1 } {
@@ -194,6 +204,110 @@ fn run_q4k(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut
             }
         }
         t += if two { 2 } else { 1 };
+    }
+}
+
+/// The float steps of a K-quant super-block for `T` tokens (`quant_k::k_block_step`):
+/// `r = f32(s1)·d`, (Q4_K) `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn k_step<const T: usize>(
+    g: KGeometry,
+    w: *const u8,
+    i: usize,
+    a: *const u8,
+    pab: usize,
+    s1: &[__m512i; T],
+    s2: Option<&[__m512i; T]>,
+    acc: &mut [__m512; T],
+) {
+    // SAFETY: inside the group and the activation rows (the caller's ranges).
+    unsafe {
+        let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(g.d_at() + i * 32) as *const __m256i));
+        for t in 0..T {
+            let da = _mm512_set1_ps(*(a.add(t * pab + i * ACT_SB + 320) as *const f32));
+            let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), d);
+            if let Some(s2) = s2 {
+                let dmin = _mm512_cvtph_ps(_mm256_load_si256(
+                    w.add(g.dmin_at() + i * 32) as *const __m256i
+                ));
+                r = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(s2[t]), r);
+            }
+            acc[t] = _mm512_fmadd_ps(r, da, acc[t]);
+        }
+    }
+}
+
+/// 16 Q6_K rows × `T` tokens, llama.cpp's tiled order: per super-block `s1 = Σ_s scale_s ·
+/// (raw_s − 32·bsum_s)` over the 16 sub-blocks of 16 (the `−32·bsum` starts each `vpdpbusd`
+/// chain), then `k_step`. Codes as GGML's dequantizer builds them: element `128n + 32c + l`
+/// is nibble `c / 2` of `ql[64n + 32(c % 2) + l]` with bits `2c..2c+2` of `qh[32n + l]` above.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tokens_q6k<const T: usize>(
+    g: KGeometry,
+    w: *const u8,
+    a: *const u8,
+    pab: usize,
+    out: &mut [[f32; GROUP]; 2],
+) {
+    let z = _mm512_setzero_ps();
+    let mut acc = [z; T];
+    let (low, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    // SAFETY: every pointer stays inside the group (`nsb` super-blocks of `qb()` bytes, then
+    // scales and `d`) and the `T` activation rows (`nsb` super-blocks of `ACT_SB` bytes, `pab`
+    // apart), as `run_k` checked.
+    unsafe {
+        for i in 0..g.nsb {
+            let q = w.add(i * g.qb());
+            let mut s1 = [_mm512_setzero_si512(); T];
+            for n in 0..2 {
+                for kk in 0..2 {
+                    // Sub-blocks 8n + 2c + kk for c in 0..4: raw sums from −32·bsum.
+                    let mut raw = [[_mm512_setzero_si512(); 4]; T];
+                    for t in 0..T {
+                        let ab = a.add(t * pab + i * ACT_SB + 256) as *const i32;
+                        for c in 0..4 {
+                            raw[t][c] = _mm512_set1_epi32(*ab.add(8 * n + 2 * c + kk));
+                        }
+                    }
+                    for m in 0..4 {
+                        let k = 4 * kk + m;
+                        let ld = |v: usize| _mm512_load_si512(q.add(v * 64) as *const __m512i);
+                        let (v1, v2, h) = (ld(16 * n + k), ld(16 * n + 8 + k), ld(32 + 8 * n + k));
+                        let code = |nib: __m512i, hb: __m512i| {
+                            _mm512_ternarylogic_epi32::<0xF8>(_mm512_and_si512(nib, low), hb, two)
+                        };
+                        let cs = [
+                            code(v1, _mm512_slli_epi16::<4>(h)),
+                            code(v2, _mm512_slli_epi16::<2>(h)),
+                            code(_mm512_srli_epi16::<4>(v1), h),
+                            code(_mm512_srli_epi16::<4>(v2), _mm512_srli_epi16::<2>(h)),
+                        ];
+                        for t in 0..T {
+                            let ab = a.add(t * pab + i * ACT_SB + 128 * n + 4 * k);
+                            for c in 0..4 {
+                                let aq = (ab.add(32 * c) as *const i32).read_unaligned();
+                                raw[t][c] =
+                                    _mm512_dpbusd_epi32(raw[t][c], cs[c], _mm512_set1_epi32(aq));
+                            }
+                        }
+                    }
+                    for c in 0..4 {
+                        let sb = 8 * n + 2 * c + kk;
+                        let sc = _mm512_cvtepi8_epi32(_mm_load_si128(
+                            w.add(g.sc_at() + i * 256 + sb * 16) as *const __m128i,
+                        ));
+                        for t in 0..T {
+                            s1[t] = _mm512_add_epi32(s1[t], _mm512_mullo_epi32(sc, raw[t][c]));
+                        }
+                    }
+                }
+            }
+            k_step::<T>(g, w, i, a, pab, &s1, None, &mut acc);
+        }
+        for t in 0..T {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
     }
 }
 
@@ -217,7 +331,7 @@ unsafe fn tokens_q4k<const T: usize>(
     // of `ACT_SB` bytes, `pab` apart), as `run_q4k` checked.
     unsafe {
         for i in 0..g.nsb {
-            let q = w.add(i * KGeometry::QB);
+            let q = w.add(i * g.qb());
             let mut s1 = [zi; T];
             let mut s2 = [zi; T];
             for j in 0..4 {
@@ -251,16 +365,7 @@ unsafe fn tokens_q4k<const T: usize>(
                     }
                 }
             }
-            let d = _mm512_cvtph_ps(_mm256_load_si256(w.add(g.d_at() + i * 32) as *const __m256i));
-            let dmin = _mm512_cvtph_ps(_mm256_load_si256(
-                w.add(g.dmin_at() + i * 32) as *const __m256i
-            ));
-            for t in 0..T {
-                let da = _mm512_set1_ps(*(a.add(t * pab + i * ACT_SB + 288) as *const f32));
-                let r = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[t]), d);
-                let r = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(s2[t]), r);
-                acc[t] = _mm512_fmadd_ps(r, da, acc[t]);
-            }
+            k_step::<T>(g, w, i, a, pab, &s1, Some(&s2), &mut acc);
         }
         for t in 0..T {
             _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
