@@ -606,9 +606,10 @@ mod tests {
                 GgmlType::Q5_1,
                 GgmlType::Q8_0,
                 GgmlType::Q4K,
+                GgmlType::Q5K,
                 GgmlType::Q6K,
             ] {
-                let k = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
+                let k = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
                 for (rows, cols) in [(1, 32), (15, 64), (16, 96), (17, 32), (37, 160), (130, 64)] {
                     // K-quants: super-blocks of 256.
                     let cols = if k { cols * 8 } else { cols };
@@ -616,7 +617,7 @@ mod tests {
                     // A scale (and min) of its own per block, so that a misplaced one shows.
                     let offs: &[usize] = match ty {
                         GgmlType::Q6K => &[208],
-                        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K => &[0, 2],
+                        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
                         _ => &[0],
                     };
                     for blk in data.chunks_exact_mut(ty.type_size()) {

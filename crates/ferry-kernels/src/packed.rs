@@ -115,7 +115,7 @@ impl PackedMatrix {
 
     pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
         (be.x16)(w.ty)?;
-        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
             return Some(Self {
                 backend: be.name,
                 ty: w.ty,
@@ -171,7 +171,7 @@ impl PackedMatrix {
     /// Bytes of one group.
     fn group_bytes(&self) -> usize {
         match self.ty {
-            GgmlType::Q4K | GgmlType::Q6K => KGeometry::of(self.ty, self.cols)
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => KGeometry::of(self.ty, self.cols)
                 .expect("checked when packed")
                 .group_bytes(),
             _ => self.geometry().group_bytes(),
@@ -246,6 +246,7 @@ fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
 /// at the same offset of GGML's block:
 /// - Q4_K: 32 vectors, vector `8j + k` = bytes `32j + 4k..+4` of `qs`: low nibbles are
 ///   sub-block `2j` elements `4k..4k+3`, high nibbles sub-block `2j + 1`;
+/// - Q5_K: 8 vectors of `qh` (vector `k` = bytes `4k..+4`), then `qs` as Q4_K's;
 /// - Q6_K: 32 vectors of `ql` (vector `16n + j` = bytes `64n + 4j..+4`), then 16 of `qh`
 ///   (vector `8n + k` = bytes `32n + 4k..+4`), combined into 6-bit codes as GGML's dequantizer
 ///   does.
@@ -257,19 +258,23 @@ fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
 pub(crate) struct KGeometry {
     /// Super-blocks per row.
     pub nsb: usize,
-    /// Q6_K (else Q4_K).
+    /// Q6_K (else Q4_K or Q5_K).
     pub q6: bool,
+    /// Q5_K.
+    pub q5: bool,
 }
 
 impl KGeometry {
     pub(crate) fn of(ty: GgmlType, cols: usize) -> Option<Self> {
-        let q6 = match ty {
-            GgmlType::Q4K => false,
-            GgmlType::Q6K => true,
+        let (q5, q6) = match ty {
+            GgmlType::Q4K => (false, false),
+            GgmlType::Q5K => (true, false),
+            GgmlType::Q6K => (false, true),
             _ => return None,
         };
         cols.is_multiple_of(256).then_some(Self {
             nsb: cols / 256,
+            q5,
             q6,
         })
     }
@@ -277,6 +282,8 @@ impl KGeometry {
     pub(crate) fn qb(&self) -> usize {
         if self.q6 {
             48 * 64
+        } else if self.q5 {
+            40 * 64
         } else {
             32 * 64
         }
@@ -314,6 +321,8 @@ fn pack_k(w: &Matrix<'_>) -> Option<Vec<Line>> {
     // Where the quant bytes, the scales and `d` are in a GGML block.
     let (qs, sc, d) = if g.q6 {
         (0..192, 192, 208)
+    } else if g.q5 {
+        (16..176, 4, 0)
     } else {
         (16..144, 4, 0)
     };
@@ -348,7 +357,7 @@ fn pack_k(w: &Matrix<'_>) -> Option<Vec<Line>> {
 /// Bytes of one prepared activation row of `cols` elements for packed weights of type `ty`.
 pub(crate) fn act_bytes(ty: GgmlType, cols: usize) -> usize {
     match ty {
-        GgmlType::Q4K | GgmlType::Q6K => cols / 256 * ACT_SB,
+        GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => cols / 256 * ACT_SB,
         _ => cols / 32 * ACT_BLK,
     }
 }
@@ -366,7 +375,7 @@ pub(crate) const ACT_BLK: usize = 80;
 /// Prepare one activation row (`ty.vec_dot_type()` bytes of `cols` elements) for weights of
 /// type `ty`, into `dst` (`cols / 32 · ACT_BLK` bytes).
 pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
-    if matches!(ty, GgmlType::Q4K | GgmlType::Q6K) {
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
         let q8k = GgmlType::Q8K.type_size();
         for (a, o) in src
             .chunks_exact(q8k)

@@ -23,8 +23,9 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
         GgmlType::Q5_0 => Some(run::<4, false, true>),
         GgmlType::Q5_1 => Some(run::<4, true, true>),
         GgmlType::Q8_0 => Some(run::<8, false, false>),
-        GgmlType::Q4K => Some(run_k::<false>),
-        GgmlType::Q6K => Some(run_k::<true>),
+        GgmlType::Q4K => Some(run_k::<0>),
+        GgmlType::Q5K => Some(run_k::<1>),
+        GgmlType::Q6K => Some(run_k::<2>),
         _ => None,
     }
 }
@@ -170,16 +171,9 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     }
 }
 
-/// Q4_K and Q6_K: checks the operands, then runs the tokens in pairs.
-fn run_k<const Q6: bool>(
-    cols: usize,
-    nt: usize,
-    group: &[u8],
-    a: &[u8],
-    pab: usize,
-    out: &mut [f32],
-) {
-    let ty = if Q6 { GgmlType::Q6K } else { GgmlType::Q4K };
+/// Q4_K (`K` 0), Q5_K (1) and Q6_K (2): checks the operands, then runs the tokens in pairs.
+fn run_k<const K: u8>(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]) {
+    let ty = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K][K as usize];
     let g = KGeometry::of(ty, cols).expect("whole super-blocks");
     assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
@@ -191,11 +185,13 @@ fn run_k<const Q6: bool>(
         let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
         // SAFETY: as in `run`.
         unsafe {
-            match (Q6, two) {
-                (false, true) => tokens_q4k::<2>(g, w, at, pab, &mut res),
-                (false, false) => tokens_q4k::<1>(g, w, at, pab, &mut res),
-                (true, true) => tokens_q6k::<2>(g, w, at, pab, &mut res),
-                (true, false) => tokens_q6k::<1>(g, w, at, pab, &mut res),
+            match (K, two) {
+                (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, &mut res),
+                (0, false) => tokens_q45k::<false, 1>(g, w, at, pab, &mut res),
+                (1, true) => tokens_q45k::<true, 2>(g, w, at, pab, &mut res),
+                (1, false) => tokens_q45k::<true, 1>(g, w, at, pab, &mut res),
+                (_, true) => tokens_q6k::<2>(g, w, at, pab, &mut res),
+                (_, false) => tokens_q6k::<1>(g, w, at, pab, &mut res),
             }
         }
         for j in 0..if two { 2 } else { 1 } {
@@ -311,11 +307,12 @@ unsafe fn tokens_q6k<const T: usize>(
     }
 }
 
-/// 16 Q4_K rows × `T` tokens, llama.cpp's tiled order (`quant_k::vec_dot_k_ref`): per
-/// super-block exact i32 sums `s1 = Σ_s scale_s · raw_s` and `s2 = Σ_s min_s · bsum_s` (row `r`
-/// in lane `r`), then `r = f32(s1)·d`, `r = fnmadd(dmin, f32(s2), r)`, `acc = fma(r, d_a, acc)`.
+/// 16 Q4_K (or, `Q5`, Q5_K) rows × `T` tokens, llama.cpp's tiled order
+/// (`quant_k::vec_dot_k_ref`): per super-block exact i32 sums `s1 = Σ_s scale_s · raw_s` and
+/// `s2 = Σ_s min_s · bsum_s` (row `r` in lane `r`), then `k_step`. Q5_K's fifth bit of element
+/// `64j + 32h + l` is bit `2j + h` of `qh[l]`, moved to bit 4 of the code byte.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tokens_q4k<const T: usize>(
+unsafe fn tokens_q45k<const Q5: bool, const T: usize>(
     g: KGeometry,
     w: *const u8,
     a: *const u8,
@@ -326,9 +323,10 @@ unsafe fn tokens_q4k<const T: usize>(
     let zi = _mm512_setzero_si512();
     let mut acc = [z; T];
     let low = _mm512_set1_epi8(0x0F);
-    // SAFETY: every pointer stays inside the group (`nsb` super-blocks of `KGeometry::QB`
-    // bytes, then scales, mins, `d`, `dmin`) and the `T` activation rows (`nsb` super-blocks
-    // of `ACT_SB` bytes, `pab` apart), as `run_q4k` checked.
+    let bit4 = _mm512_set1_epi8(0x10);
+    // SAFETY: every pointer stays inside the group (`nsb` super-blocks of `qb()` bytes, then
+    // scales, mins, `d`, `dmin`) and the `T` activation rows (`nsb` super-blocks of `ACT_SB`
+    // bytes, `pab` apart), as `run_k` checked.
     unsafe {
         for i in 0..g.nsb {
             let q = w.add(i * g.qb());
@@ -338,9 +336,23 @@ unsafe fn tokens_q4k<const T: usize>(
                 // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
                 let mut raw = [[zi; 2]; T];
                 for k in 0..8 {
-                    let v = _mm512_load_si512(q.add((8 * j + k) * 64) as *const __m512i);
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    let qs = if Q5 { q.add(8 * 64) } else { q };
+                    let v = _mm512_load_si512(qs.add((8 * j + k) * 64) as *const __m512i);
+                    let mut lo = _mm512_and_si512(v, low);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    if Q5 {
+                        let h = _mm512_load_si512(q.add(k * 64) as *const __m512i);
+                        // Bits 2j and 2j + 1 of each byte to bit 4 (shifts within 16-bit
+                        // lanes: the bits that cross a byte are masked off).
+                        let (hl, hh) = match j {
+                            0 => (_mm512_slli_epi16::<4>(h), _mm512_slli_epi16::<3>(h)),
+                            1 => (_mm512_slli_epi16::<2>(h), _mm512_slli_epi16::<1>(h)),
+                            2 => (h, _mm512_srli_epi16::<1>(h)),
+                            _ => (_mm512_srli_epi16::<2>(h), _mm512_srli_epi16::<3>(h)),
+                        };
+                        lo = _mm512_ternarylogic_epi32::<0xF8>(lo, hl, bit4);
+                        hi = _mm512_ternarylogic_epi32::<0xF8>(hi, hh, bit4);
+                    }
                     for t in 0..T {
                         let aq = a.add(t * pab + i * ACT_SB + 64 * j + 4 * k);
                         let al = _mm512_set1_epi32((aq as *const i32).read_unaligned());
