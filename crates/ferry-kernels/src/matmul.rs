@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use crate::dot::{backend, Backend, PreparedKernel};
-use crate::packed::{PackedMatrix, X16Fn, GROUP, X16_MAX_T};
+use crate::packed::{PackedMatrix, X16Fn, GROUP};
 use crate::pool::ThreadPool;
 use crate::quant::GgmlType;
 use crate::KernelError;
@@ -360,7 +360,7 @@ fn matmul_quantized(
         };
         if let Some(f) = x16 {
             let p = w.packed_for(be).expect("checked above");
-            x16_task(f, p, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
+            x16_task(f, p, prep, pab, (r0, r1), (t0, t1), out);
             return;
         }
         if let Some(pk) = pk {
@@ -393,27 +393,26 @@ fn x16_task(
     pab: usize,
     (r0, r1): (usize, usize),
     (t0, t1): (usize, usize),
-    tile: &mut [f32; 64],
-    put: &mut impl FnMut(usize, usize, usize, usize, &[f32]),
+    out: *mut f32,
 ) {
     debug_assert_eq!(r0 % GROUP, 0);
+    let a = &prep[t0 * pab..t1 * pab];
     for r in (r0..r1).step_by(GROUP) {
         let nr = GROUP.min(r1 - r);
-        let mut t = t0;
-        while t < t1 {
-            let nt = X16_MAX_T.min(t1 - t);
-            let a = &prep[t * pab..(t + nt) * pab];
+        // SAFETY: rows `r..r + nr` of tokens `t0..t1` of this output (`p.rows` floats per
+        // token) are in bounds and written by this task only.
+        unsafe {
             f(
                 p.cols,
-                nt,
+                t1 - t0,
                 p.group(r / GROUP),
                 a,
                 pab,
-                &mut tile[..GROUP * nt],
-            );
-            put(r, nr, t, nt, &tile[..nr * nt]);
-            t += nt;
-        }
+                out.add(t0 * p.rows + r),
+                p.rows,
+                nr,
+            )
+        };
     }
 }
 

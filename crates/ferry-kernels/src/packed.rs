@@ -424,14 +424,21 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Runs 16 packed rows of `cols` elements against `nt <= 4` prepared activation rows (`pab`
-/// bytes apart):
-/// `out[r * nt + t]` for `r < 16`.
-pub(crate) type X16Fn =
-    fn(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]);
-
-/// Most tokens one `X16Fn` call takes.
-pub(crate) const X16_MAX_T: usize = 4;
+/// Runs 16 packed rows of `cols` elements against `nt` prepared activation rows (`pab`
+/// bytes apart), writing row `r < nr` of token `t` at `out + t · ostride + r`.
+///
+/// # Safety
+/// Those `nt × nr` elements must be valid for writes and written by no one else meanwhile.
+pub(crate) type X16Fn = unsafe fn(
+    cols: usize,
+    nt: usize,
+    group: &[u8],
+    a: &[u8],
+    pab: usize,
+    out: *mut f32,
+    ostride: usize,
+    nr: usize,
+);
 
 /// For backends without x16 kernels.
 pub(crate) fn no_x16(_: GgmlType) -> Option<X16Fn> {

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP, X16_MAX_T};
+use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP};
 use crate::quant::GgmlType;
 
 /// The x16 kernel for `ty`, if there is one.
@@ -32,13 +32,15 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
 
 /// Checks the operands, then runs the tokens in pairs. `V` quant vectors per block (4:
 /// nibbles, 8: bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1.
-fn run<const V: usize, const MINS: bool, const HB: bool>(
+unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
     cols: usize,
     nt: usize,
     group: &[u8],
     a: &[u8],
     pab: usize,
-    out: &mut [f32],
+    out: *mut f32,
+    ostride: usize,
+    nr: usize,
 ) {
     let ty = match (V, MINS, HB) {
         (4, true, false) => GgmlType::Q4_1,
@@ -49,29 +51,56 @@ fn run<const V: usize, const MINS: bool, const HB: bool>(
     };
     let g = Geometry::of(ty, cols).expect("packed type");
     let nb = g.nb;
-    assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
+    assert!(nt >= 1 && (1..=GROUP).contains(&nr));
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= nb * ACT_BLK && a.len() >= (nt - 1) * pab + nb * ACT_BLK);
-    let mut res = [[0f32; GROUP]; 2];
+    let w = group.as_ptr();
+    each_pair(nt, |t, two| {
+        let (at, o) = (a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr));
+        // SAFETY: the group and the activation rows hold the bytes `tokens` reads (checked
+        // above; a second row only when `t + 1 < nt`); the outputs are the caller's.
+        unsafe {
+            if two {
+                tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o);
+            } else {
+                tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o);
+            }
+        }
+    });
+}
+
+/// Runs `f(t, two)` over the tokens `0..nt` in pairs (`two`), the last one alone if odd.
+fn each_pair(nt: usize, mut f: impl FnMut(usize, bool)) {
     let mut t = 0;
     while t < nt {
         let two = nt - t >= 2;
-        let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
-        // SAFETY: the group and the activation rows hold the bytes `tokens` reads (checked
-        // above; a second row only when `t + 1 < nt`).
-        unsafe {
-            if two {
-                tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, &mut res);
-            } else {
-                tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, &mut res);
-            }
-        }
-        for j in 0..if two { 2 } else { 1 } {
-            for (r, &v) in res[j].iter().enumerate() {
-                out[r * nt + t + j] = v;
-            }
-        }
+        f(t, two);
         t += if two { 2 } else { 1 };
+    }
+}
+
+/// Where a kernel writes: 16 rows (the first `mask` bits) of token `t` at `ptr + t · stride`.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    stride: usize,
+    mask: __mmask16,
+}
+
+impl Out {
+    fn new(out: *mut f32, t: usize, stride: usize, nr: usize) -> Self {
+        Self {
+            ptr: out.wrapping_add(t * stride),
+            stride,
+            mask: (((1u32 << nr) - 1) & 0xFFFF) as __mmask16,
+        }
+    }
+    /// Store token `t`'s 16 (masked) rows.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn put(&self, t: usize, v: __m512) {
+        // SAFETY: the caller of the `X16Fn` guarantees these elements are writable.
+        unsafe { _mm512_mask_storeu_ps(self.ptr.add(t * self.stride), self.mask, v) }
     }
 }
 
@@ -84,7 +113,7 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     g: Geometry,
     a: *const u8,
     pab: usize,
-    out: &mut [[f32; GROUP]; 2],
+    out: Out,
 ) {
     let z = _mm512_setzero_ps();
     let mut acc = [[z; 8]; T];
@@ -166,41 +195,42 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
                 _mm512_add_ps(_mm512_add_ps(acc[1], acc[5]), _mm512_add_ps(acc[3], acc[7])),
             );
             let s = if MINS { _mm512_add_ps(s, summs[t]) } else { s };
-            _mm512_storeu_ps(out[t].as_mut_ptr(), s);
+            out.put(t, s);
         }
     }
 }
 
 /// Q4_K (`K` 0), Q5_K (1) and Q6_K (2): checks the operands, then runs the tokens in pairs.
-fn run_k<const K: u8>(cols: usize, nt: usize, group: &[u8], a: &[u8], pab: usize, out: &mut [f32]) {
+unsafe fn run_k<const K: u8>(
+    cols: usize,
+    nt: usize,
+    group: &[u8],
+    a: &[u8],
+    pab: usize,
+    out: *mut f32,
+    ostride: usize,
+    nr: usize,
+) {
     let ty = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K][K as usize];
     let g = KGeometry::of(ty, cols).expect("whole super-blocks");
-    assert!((1..=X16_MAX_T).contains(&nt) && out.len() >= GROUP * nt);
+    assert!(nt >= 1 && (1..=GROUP).contains(&nr));
     assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= g.nsb * ACT_SB && a.len() >= (nt - 1) * pab + g.nsb * ACT_SB);
-    let mut res = [[0f32; GROUP]; 2];
-    let mut t = 0;
-    while t < nt {
-        let two = nt - t >= 2;
-        let (w, at) = (group.as_ptr(), a[t * pab..].as_ptr());
+    let w = group.as_ptr();
+    each_pair(nt, |t, two| {
+        let (at, o) = (a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr));
         // SAFETY: as in `run`.
         unsafe {
             match (K, two) {
-                (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, &mut res),
-                (0, false) => tokens_q45k::<false, 1>(g, w, at, pab, &mut res),
-                (1, true) => tokens_q45k::<true, 2>(g, w, at, pab, &mut res),
-                (1, false) => tokens_q45k::<true, 1>(g, w, at, pab, &mut res),
-                (_, true) => tokens_q6k::<2>(g, w, at, pab, &mut res),
-                (_, false) => tokens_q6k::<1>(g, w, at, pab, &mut res),
+                (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, o),
+                (0, false) => tokens_q45k::<false, 1>(g, w, at, pab, o),
+                (1, true) => tokens_q45k::<true, 2>(g, w, at, pab, o),
+                (1, false) => tokens_q45k::<true, 1>(g, w, at, pab, o),
+                (_, true) => tokens_q6k::<2>(g, w, at, pab, o),
+                (_, false) => tokens_q6k::<1>(g, w, at, pab, o),
             }
         }
-        for j in 0..if two { 2 } else { 1 } {
-            for (r, &v) in res[j].iter().enumerate() {
-                out[r * nt + t + j] = v;
-            }
-        }
-        t += if two { 2 } else { 1 };
-    }
+    });
 }
 
 /// The float steps of a K-quant super-block for `T` tokens (`quant_k::k_block_step`):
@@ -244,7 +274,7 @@ unsafe fn tokens_q6k<const T: usize>(
     w: *const u8,
     a: *const u8,
     pab: usize,
-    out: &mut [[f32; GROUP]; 2],
+    out: Out,
 ) {
     let z = _mm512_setzero_ps();
     let mut acc = [z; T];
@@ -302,7 +332,7 @@ unsafe fn tokens_q6k<const T: usize>(
             k_step::<T>(g, w, i, a, pab, &s1, None, &mut acc);
         }
         for t in 0..T {
-            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            out.put(t, acc[t]);
         }
     }
 }
@@ -317,7 +347,7 @@ unsafe fn tokens_q45k<const Q5: bool, const T: usize>(
     w: *const u8,
     a: *const u8,
     pab: usize,
-    out: &mut [[f32; GROUP]; 2],
+    out: Out,
 ) {
     let z = _mm512_setzero_ps();
     let zi = _mm512_setzero_si512();
@@ -380,7 +410,7 @@ unsafe fn tokens_q45k<const Q5: bool, const T: usize>(
             k_step::<T>(g, w, i, a, pab, &s1, Some(&s2), &mut acc);
         }
         for t in 0..T {
-            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            out.put(t, acc[t]);
         }
     }
 }
