@@ -30,8 +30,8 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
     }
 }
 
-/// Checks the operands, then runs the tokens in pairs. `V` quant vectors per block (4:
-/// nibbles, 8: bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (an `X16Fn`): `V` quant vectors per block (4: nibbles, 8:
+/// bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1.
 unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
     cols: usize,
     nt: usize,
@@ -51,14 +51,9 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
     };
     let g = Geometry::of(ty, cols).expect("packed type");
     let nb = g.nb;
-    assert!(nt >= 1 && (1..=GROUP).contains(&nr));
-    assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
-    assert!(pab >= nb * ACT_BLK && a.len() >= (nt - 1) * pab + nb * ACT_BLK);
-    let w = group.as_ptr();
-    each_pair(nt, |t, two| {
-        let (at, o) = (a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr));
-        // SAFETY: the group and the activation rows hold the bytes `tokens` reads (checked
-        // above; a second row only when `t + 1 < nt`); the outputs are the caller's.
+    let (w, arow) = (group.as_ptr(), nb * ACT_BLK);
+    let run = |at: *const u8, o: Out, two: bool| {
+        // SAFETY: `drive` checked the group and the activation rows `tokens` reads.
         unsafe {
             if two {
                 tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o);
@@ -66,15 +61,37 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
                 tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o);
             }
         }
-    });
+    };
+    let gb = g.group_bytes();
+    // SAFETY: forwarded from the caller.
+    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, run) }
 }
 
-/// Runs `f(t, two)` over the tokens `0..nt` in pairs (`two`), the last one alone if odd.
-fn each_pair(nt: usize, mut f: impl FnMut(usize, bool)) {
+/// Checks a kernel's operands (the group is `gbytes` long and cache-line aligned, each of the
+/// `nt` activation rows `arow` bytes, `pab` apart), then runs `f(row, out, two)` over the tokens
+/// in pairs (`two`), the last one alone if `nt` is odd.
+///
+/// # Safety
+/// As `X16Fn`: row `r < nr` of token `t` at `out + t · ostride + r` is writable by the caller.
+unsafe fn drive(
+    nt: usize,
+    nr: usize,
+    group: &[u8],
+    gbytes: usize,
+    a: &[u8],
+    pab: usize,
+    arow: usize,
+    out: *mut f32,
+    ostride: usize,
+    f: impl Fn(*const u8, Out, bool),
+) {
+    assert!(nt >= 1 && (1..=GROUP).contains(&nr));
+    assert!(group.len() >= gbytes && group.as_ptr().align_offset(64) == 0);
+    assert!(pab >= arow && a.len() >= (nt - 1) * pab + arow);
     let mut t = 0;
     while t < nt {
         let two = nt - t >= 2;
-        f(t, two);
+        f(a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr), two);
         t += if two { 2 } else { 1 };
     }
 }
@@ -200,7 +217,7 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     }
 }
 
-/// Q4_K (`K` 0), Q5_K (1) and Q6_K (2): checks the operands, then runs the tokens in pairs.
+/// Q4_K (`K` 0), Q5_K (1) and Q6_K (2) (an `X16Fn`).
 unsafe fn run_k<const K: u8>(
     cols: usize,
     nt: usize,
@@ -213,13 +230,9 @@ unsafe fn run_k<const K: u8>(
 ) {
     let ty = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K][K as usize];
     let g = KGeometry::of(ty, cols).expect("whole super-blocks");
-    assert!(nt >= 1 && (1..=GROUP).contains(&nr));
-    assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
-    assert!(pab >= g.nsb * ACT_SB && a.len() >= (nt - 1) * pab + g.nsb * ACT_SB);
-    let w = group.as_ptr();
-    each_pair(nt, |t, two| {
-        let (at, o) = (a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr));
-        // SAFETY: as in `run`.
+    let (w, arow) = (group.as_ptr(), g.nsb * ACT_SB);
+    let run = |at: *const u8, o: Out, two: bool| {
+        // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
             match (K, two) {
                 (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, o),
@@ -230,7 +243,10 @@ unsafe fn run_k<const K: u8>(
                 (_, false) => tokens_q6k::<1>(g, w, at, pab, o),
             }
         }
-    });
+    };
+    let gb = g.group_bytes();
+    // SAFETY: forwarded from the caller.
+    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, run) }
 }
 
 /// The float steps of a K-quant super-block for `T` tokens (`quant_k::k_block_step`):
