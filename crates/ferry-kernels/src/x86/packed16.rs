@@ -121,6 +121,34 @@ impl Out {
     }
 }
 
+/// Q5_0/Q5_1 high bits: byte `i` of row `r`'s lane in vector `k` takes bit `4k + i` of the row's
+/// `qh` (element `4k + i`) at bit 4: `vpmultishiftqb` picks 8 bits from (the row's bit offset in
+/// its qword) + 4k + i − 4, modulo 64. One 64-byte control per `k`, built at compile time.
+static HB_CTRL: [Ctrl; 8] = {
+    let mut t = [Ctrl([0; 64]); 8];
+    let mut k = 0;
+    while k < 8 {
+        let mut p = 0;
+        while p < 64 {
+            t[k].0[p] = ((32 * ((p % 8) / 4) + (p % 4) + 4 * k + 60) % 64) as u8;
+            p += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// 64 bytes, aligned for a vector load.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Ctrl([u8; 64]);
+
+impl Ctrl {
+    fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+}
+
 /// 16 rows × `T` (1 or 2) tokens over `nb` blocks: each block's weight vectors are loaded
 /// (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -137,18 +165,6 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     let mut summs = [z; T];
     let low = _mm512_set1_epi8(0x0F);
     let (d_at, m_at) = (g.d_at(), g.m_at());
-    // High bits: byte `i` of row `r`'s lane in vector `k` takes bit `4k + i` of the row's `qh`
-    // (element `4k + i`), at bit 4: `vpmultishiftqb` picks 8 bits from (row's bit offset in its
-    // qword) + 4k + i − 4, modulo 64.
-    let hb_ctrl = |k: usize| {
-        let mut c = [0u8; 64];
-        for (p, v) in c.iter_mut().enumerate() {
-            *v = ((32 * ((p % 8) / 4) + (p % 4) + 4 * k + 60) % 64) as u8;
-        }
-        // SAFETY: a 64-byte array.
-        unsafe { _mm512_loadu_si512(c.as_ptr() as *const __m512i) }
-    };
-    let ctrl: [__m512i; 8] = std::array::from_fn(hb_ctrl);
     // SAFETY: every pointer below stays inside the group (`nb` blocks of `V` vectors, then
     // high bits, `d` and `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab` apart),
     // as the caller checked.
@@ -173,7 +189,8 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
                 let bit4 = _mm512_set1_epi8(0x10);
                 for k in 0..8 {
                     // wq | (multishift & 0x10).
-                    let h = _mm512_multishift_epi64_epi8(ctrl[k], hv);
+                    let c = _mm512_load_si512(HB_CTRL[k].as_ptr() as *const __m512i);
+                    let h = _mm512_multishift_epi64_epi8(c, hv);
                     wq[k] = _mm512_ternarylogic_epi32::<0xF8>(wq[k], h, bit4);
                 }
             }
