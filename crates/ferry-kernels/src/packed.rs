@@ -115,41 +115,10 @@ impl PackedMatrix {
 
     pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
         (be.x16)(w.ty)?;
-        if matches!(w.ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
-            return Some(Self {
-                backend: be.name,
-                ty: w.ty,
-                rows: w.rows,
-                cols: w.cols,
-                data: pack_k(w)?,
-            });
-        }
-        let g = Geometry::of(w.ty, w.cols)?;
-        let groups = w.rows.div_ceil(GROUP);
-        let lines = groups * g.group_bytes() / 64;
-        let mut data = vec![Line([0; 64]); lines];
-        let rb = w.row_bytes();
-        let buf = lines_bytes_mut(&mut data);
-        for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
-            for r in 0..GROUP.min(w.rows - gi * GROUP) {
-                let row = &w.data[(gi * GROUP + r) * rb..][..rb];
-                for (b, blk) in row.chunks_exact(g.block()).enumerate() {
-                    for (k, word) in blk[g.qoff..].chunks_exact(4).enumerate() {
-                        let at = b * g.qb() + k * 64 + r * 4;
-                        let v = u32::from_le_bytes(word.try_into().expect("4 bytes"));
-                        let x = u32::from_ne_bytes([g.xor; 4]);
-                        dst[at..at + 4].copy_from_slice(&(v ^ x).to_le_bytes());
-                    }
-                    dst[g.d_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[..2]);
-                    if let Some(h) = g.qh {
-                        dst[g.qh_at() + b * 64 + r * 4..][..4].copy_from_slice(&blk[h..h + 4]);
-                    }
-                    if g.mins {
-                        dst[g.m_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[2..4]);
-                    }
-                }
-            }
-        }
+        let data = match w.ty {
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => pack_k(w)?,
+            _ => pack_blocks(w)?,
+        };
         Some(Self {
             backend: be.name,
             ty: w.ty,
@@ -239,6 +208,37 @@ fn lines_bytes(l: &[Line]) -> &[u8] {
 fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
     // SAFETY: as in `lines_bytes`; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
+}
+
+/// The x16 layout of the 32-element block types (see the module's documentation).
+fn pack_blocks(w: &Matrix<'_>) -> Option<Vec<Line>> {
+    let g = Geometry::of(w.ty, w.cols)?;
+    let groups = w.rows.div_ceil(GROUP);
+    let lines = groups * g.group_bytes() / 64;
+    let mut data = vec![Line([0; 64]); lines];
+    let rb = w.row_bytes();
+    let buf = lines_bytes_mut(&mut data);
+    for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
+        for r in 0..GROUP.min(w.rows - gi * GROUP) {
+            let row = &w.data[(gi * GROUP + r) * rb..][..rb];
+            for (b, blk) in row.chunks_exact(g.block()).enumerate() {
+                for (k, word) in blk[g.qoff..].chunks_exact(4).enumerate() {
+                    let at = b * g.qb() + k * 64 + r * 4;
+                    let v = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+                    let x = u32::from_ne_bytes([g.xor; 4]);
+                    dst[at..at + 4].copy_from_slice(&(v ^ x).to_le_bytes());
+                }
+                dst[g.d_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[..2]);
+                if let Some(h) = g.qh {
+                    dst[g.qh_at() + b * 64 + r * 4..][..4].copy_from_slice(&blk[h..h + 4]);
+                }
+                if g.mins {
+                    dst[g.m_at() + b * 32 + r * 2..][..2].copy_from_slice(&blk[2..4]);
+                }
+            }
+        }
+    }
+    Some(data)
 }
 
 /// The x16 layout of the K-quants, for llama.cpp's tiled K-quant order (`quant_k`). Per
