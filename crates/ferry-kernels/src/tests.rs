@@ -531,6 +531,41 @@ fn tile_bits(
     got
 }
 
+/// A golden file of `tests/data`, read front to back: a 4-byte magic, then little-endian
+/// `u32` fields and byte runs.
+struct Golden {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl Golden {
+    fn open(name: &str, magic: &[u8; 4]) -> Self {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(&data[..4], magic, "{path}");
+        Self { data, pos: 4 }
+    }
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let v = self.data[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        v
+    }
+    /// `n` little-endian 32-bit words.
+    fn words(&mut self, n: usize) -> Vec<u32> {
+        self.take(4 * n)
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+    fn u32(&mut self) -> usize {
+        self.words(1)[0] as usize
+    }
+    /// Every byte was read.
+    fn finish(&self) {
+        assert_eq!(self.pos, self.data.len());
+    }
+}
+
 /// llama.cpp's own results (`tests/data/ggml_dots.bin`, made by `scripts/goldens/ggml_dots.c`
 /// from the libggml-cpu.so the fidelity goldens came from): random rows of every block weight
 /// type, activations quantized by ggml-cpu's x86 `quantize_row_q8_*`, and for every (row,
@@ -545,51 +580,21 @@ fn tile_bits(
 /// reference must give those bits, for every token count.
 #[test]
 fn kernels_give_llama_cpp_bits() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_dots.bin");
-    let data = std::fs::read(path).unwrap();
-    assert_eq!(&data[..4], b"FGD1");
-    let mut pos = 4;
-    let u32_at = |pos: &mut usize| {
-        let v = u32::from_le_bytes(data[*pos..*pos + 4].try_into().unwrap());
-        *pos += 4;
-        v as usize
-    };
-    let count = u32_at(&mut pos);
+    let mut g = Golden::open("ggml_dots.bin", b"FGD1");
+    let count = g.u32();
     let mut seen = Vec::new();
     for _ in 0..count {
-        let id = u32_at(&mut pos);
-        let (rows, nt, cols, has_gemm) = (
-            u32_at(&mut pos),
-            u32_at(&mut pos),
-            u32_at(&mut pos),
-            u32_at(&mut pos) == 1,
-        );
+        let id = g.u32();
+        let (rows, nt, cols, has_gemm) = (g.u32(), g.u32(), g.u32(), g.u32() == 1);
         let ty = GgmlType::from_id(id as u32).unwrap();
         let at = ty.vec_dot_type();
         let (wrb, arb) = (ty.row_bytes(cols).unwrap(), at.row_bytes(cols).unwrap());
-        let mut take = |n: usize| {
-            let s = &data[pos..pos + n];
-            pos += n;
-            s
-        };
-        let w = take(wrb * rows);
-        let x: Vec<f32> = take(4 * cols * nt)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        let qa = take(arb * nt);
-        let bits = |b: &[u8]| -> Vec<u32> {
-            b.chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                .collect()
-        };
-        let want = bits(take(4 * rows * nt));
+        let w = g.take(wrb * rows);
+        let x: Vec<f32> = g.words(cols * nt).into_iter().map(f32::from_bits).collect();
+        let qa = g.take(arb * nt);
+        let want = g.words(rows * nt);
         if has_gemm {
-            assert_eq!(
-                bits(take(4 * rows * nt)),
-                want,
-                "{ty:?}: ggml's sgemm vs vec_dot"
-            );
+            assert_eq!(g.words(rows * nt), want, "{ty:?}: ggml's sgemm vs vec_dot");
         }
         let mut a = vec![0u8; arb * nt];
         for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(arb)) {
@@ -600,7 +605,7 @@ fn kernels_give_llama_cpp_bits() {
             continue; // K-quants: the tiled goldens below
         }
         for be in available_backends() {
-            let got = tile_bits(be, ty, cols, rows, nt, w, &a);
+            let got = tile_bits(be, ty, cols, rows, nt, &w, &a);
             assert_eq!(got, want, "{} {ty:?}: tiles vs llama.cpp", be.name);
             if be.name == "scalar" {
                 let r: Vec<u32> = (0..rows * nt)
@@ -615,40 +620,24 @@ fn kernels_give_llama_cpp_bits() {
         }
         seen.push(ty);
     }
-    assert_eq!(pos, data.len());
+    g.finish();
     eprintln!("llama.cpp bits reproduced for {seen:?}");
 
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ggml_tiled.bin");
-    let data = std::fs::read(path).unwrap();
-    assert_eq!(&data[..4], b"FGT1");
-    let mut pos = 4;
-    let u32_at = |pos: &mut usize| {
-        let v = u32::from_le_bytes(data[*pos..*pos + 4].try_into().unwrap());
-        *pos += 4;
-        v as usize
-    };
-    let count = u32_at(&mut pos);
+    let mut g = Golden::open("ggml_tiled.bin", b"FGT1");
+    let count = g.u32();
     let mut seen = Vec::new();
     for _ in 0..count {
-        let id = u32_at(&mut pos);
-        let (rows, nt, cols) = (u32_at(&mut pos), u32_at(&mut pos), u32_at(&mut pos));
+        let id = g.u32();
+        let (rows, nt, cols) = (g.u32(), g.u32(), g.u32());
         let ty = GgmlType::from_id(id as u32).unwrap();
         let (wrb, arb) = (
             ty.row_bytes(cols).unwrap(),
             GgmlType::Q8K.row_bytes(cols).unwrap(),
         );
-        let mut take = |n: usize| {
-            let s = &data[pos..pos + n];
-            pos += n;
-            s
-        };
-        let (w, a) = (take(wrb * rows), take(arb * nt));
-        let want: Vec<u32> = take(4 * rows * nt)
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let (w, a) = (g.take(wrb * rows), g.take(arb * nt));
+        let want = g.words(rows * nt);
         for be in available_backends() {
-            let got = tile_bits(be, ty, cols, rows, nt, w, a);
+            let got = tile_bits(be, ty, cols, rows, nt, &w, &a);
             let same = got.iter().zip(&want).filter(|(g, w)| g == w).count();
             assert!(
                 got == want,
@@ -666,6 +655,6 @@ fn kernels_give_llama_cpp_bits() {
         assert_eq!(r, want, "{ty:?}: vec_dot_ref vs llama.cpp's tiled matmul");
         seen.push((ty, rows, nt, cols));
     }
-    assert_eq!(pos, data.len());
+    g.finish();
     eprintln!("llama.cpp's tiled bits reproduced for {seen:?}");
 }
