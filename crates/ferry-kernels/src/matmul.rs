@@ -277,44 +277,33 @@ fn matmul_quantized(
     let k = (be.tile)(ty);
     // Matrices that all have a packed copy run the x16 kernel (faster than the prepared tiles
     // at every batch size: the packing is their preparation, done once); others, in batches,
-    // the prepared-operand kernel if the backend has one.
-    let x16 = if ws.iter().all(|w| w.packed_for(be).is_some()) {
-        (be.x16)(ty)
-    } else {
-        None
-    };
-    let pk = if n_tokens >= PREP_MIN_TOKENS && x16.is_none() {
-        (be.prepared)(ty)
-    } else {
-        None
+    // the prepared-operand kernel if the backend has one; else the plain tiles.
+    let path = match ((be.x16)(ty), (be.prepared)(ty)) {
+        (Some(f), _) if ws.iter().all(|w| w.packed_for(be).is_some()) => Path::X16(f),
+        (_, Some(pk)) if n_tokens >= PREP_MIN_TOKENS => Path::Prepared(pk),
+        _ => Path::Tiles,
     };
     let arb = act.len() / n_tokens;
     let cols = ws[0].cols;
-    // Prepared activations, once for the whole batch; rows 64-byte aligned (see `aligned`).
-    let pab = if x16.is_some() {
-        crate::packed::act_bytes(ty, cols).next_multiple_of(PREP_ALIGN)
-    } else {
-        pk.map_or(0, |pk| (pk.a_bytes)(cols).next_multiple_of(PREP_ALIGN))
+    // Bytes of a prepared activation row (64-byte aligned, see `aligned`) and rows per tile.
+    let (pab, max_r) = match path {
+        Path::X16(_) => (crate::packed::act_bytes(ty, cols), GROUP),
+        Path::Prepared(pk) => ((pk.a_bytes)(cols), pk.max_r),
+        Path::Tiles => (0, k.max_r),
     };
-    let prep = if x16.is_some() || pk.is_some() {
-        let prep = aligned(prep, pab * n_tokens);
-        for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab)) {
-            match pk {
-                Some(pk) => (pk.prep_a)(cols, src, dst),
-                None => crate::packed::prep_act(ty, cols, src, dst),
-            }
+    let pab = pab.next_multiple_of(PREP_ALIGN);
+    // Prepared activations, once for the whole batch.
+    let prep = aligned(prep, pab * n_tokens);
+    for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab.max(1))) {
+        match path {
+            Path::X16(_) => crate::packed::prep_act(ty, cols, src, dst),
+            Path::Prepared(pk) => (pk.prep_a)(cols, src, dst),
+            Path::Tiles => break,
         }
-        &*prep
-    } else {
-        &[]
-    };
-    let max_r = if x16.is_some() {
-        GROUP
-    } else {
-        pk.map_or(k.max_r, |pk| pk.max_r)
-    };
-    let tok_chunk = match ws[0].ty {
-        GgmlType::F16 | GgmlType::BF16 if pk.is_some() => TOK_CHUNK_H16,
+    }
+    let prep = &*prep;
+    let tok_chunk = match (path, ty) {
+        (Path::Prepared(_), GgmlType::F16 | GgmlType::BF16) => TOK_CHUNK_H16,
         _ => TOK_CHUNK,
     };
     let tc = n_tokens.min(tok_chunk);
@@ -358,14 +347,15 @@ fn matmul_quantized(
                 }
             }
         };
-        if let Some(f) = x16 {
-            let p = w.packed_for(be).expect("checked above");
-            x16_task(f, p, prep, pab, (r0, r1), (t0, t1), out);
-            return;
-        }
-        if let Some(pk) = pk {
-            prepared_task(&pk, w, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
-            return;
+        match path {
+            Path::X16(f) => {
+                let p = w.packed_for(be).expect("checked above");
+                return x16_task(f, p, prep, pab, (r0, r1), (t0, t1), out);
+            }
+            Path::Prepared(pk) => {
+                return prepared_task(&pk, w, prep, pab, (r0, r1), (t0, t1), &mut tile, &mut put);
+            }
+            Path::Tiles => {}
         }
         let mut t = t0;
         while t < t1 {
@@ -382,6 +372,17 @@ fn matmul_quantized(
             t += nt;
         }
     });
+}
+
+/// Which kernels one `matmul_quantized` call runs.
+#[derive(Clone, Copy)]
+enum Path {
+    /// Over the matrices' packed copies.
+    X16(X16Fn),
+    /// Over operands prepared for the batch (weights per row group in each task).
+    Prepared(PreparedKernel),
+    /// The backend's plain tiles.
+    Tiles,
 }
 
 /// One task of `matmul_quantized` over x16-packed weights: rows `r0..r1` (whole groups from
