@@ -6,7 +6,8 @@
 //! 576→49152 output layer is always Q8_0. `FERRY_KERNELS=scalar` forces the scalar kernels,
 //! `FERRY_KERNELS=avx2` the AVX2 ones. A third argument keeps one token count, a fourth `lin`
 //! skips the output layer: `kbench 1 F16 512 lin`. Matrices are packed (`PackedMatrix`) where
-//! the backend has x16 kernels, as the model loader does; `FERRY_NO_PACK=1` leaves them as read.
+//! the backend has x16 kernels, as the model loader does, summed in the order
+//! `FERRY_MATMUL_ORDER` names; `FERRY_NO_PACK=1` leaves them as read.
 
 use std::time::Instant;
 
@@ -55,7 +56,12 @@ fn main() {
         _ => GgmlType::Q4_1,
     };
     let pool = ThreadPool::new(threads);
-    println!("backend {}, {} threads", backend_name(), threads);
+    let order = ferry_kernels::Order::from_env().expect("FERRY_MATMUL_ORDER");
+    println!(
+        "backend {}, {} threads, order {order:?}",
+        backend_name(),
+        threads
+    );
     let shapes: [(usize, usize, GgmlType); 5] = [
         (576, 576, lin),
         (576, 192, lin),
@@ -108,7 +114,7 @@ fn main() {
         // Packed for the small-batch kernels as a model loader does (`FERRY_NO_PACK=1`: not).
         let packed = std::env::var_os("FERRY_NO_PACK")
             .is_none()
-            .then(|| PackedMatrix::new(&w))
+            .then(|| PackedMatrix::new(&w, order))
             .flatten();
         let w = w.with_packed(packed.as_ref());
         for n in [1usize, 4, 16, 64, 512] {

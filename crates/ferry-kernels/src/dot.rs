@@ -72,8 +72,9 @@ pub(crate) struct Backend {
     pub quant: QuantFn,
     /// The prepared-operand kernel for a weight type, where the backend has one.
     pub prepared: fn(GgmlType) -> Option<PreparedKernel>,
-    /// The kernel over x16-packed weights (`crate::packed`) for a weight type, if any.
-    pub x16: fn(GgmlType) -> Option<crate::packed::X16Fn>,
+    /// The kernel over x16-packed weights (`crate::packed`) for a weight type summed in an
+    /// order, if any.
+    pub x16: fn(GgmlType, crate::quant::Order) -> Option<crate::packed::X16Fn>,
 }
 
 /// For backends without prepared-operand kernels.

@@ -27,7 +27,7 @@ pub use dot::{backend_name, quantize_row_act_fast, vec_dot};
 pub use matmul::{matmul, matmul_multi, MatmulScratch, Matrix};
 pub use packed::PackedMatrix;
 pub use pool::ThreadPool;
-pub use quant::GgmlType;
+pub use quant::{GgmlType, Order};
 
 /// Errors a caller can cause by handing the kernels inconsistent shapes or types.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

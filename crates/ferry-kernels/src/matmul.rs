@@ -278,8 +278,17 @@ fn matmul_quantized(
     // Matrices that all have a packed copy run the x16 kernel (faster than the prepared tiles
     // at every batch size: the packing is their preparation, done once); others, in batches,
     // the prepared-operand kernel if the backend has one; else the plain tiles.
-    let path = match ((be.x16)(ty), (be.prepared)(ty)) {
-        (Some(f), _) if ws.iter().all(|w| w.packed_for(be).is_some()) => Path::X16(f),
+    // (A packed copy fixes the order in which its outputs are summed: all must agree.)
+    let order = ws[0].packed_for(be).map(|p| p.order);
+    let x16 = order.and_then(|o| (be.x16)(ty, o));
+    let path = match (x16, (be.prepared)(ty)) {
+        (Some(f), _)
+            if ws
+                .iter()
+                .all(|w| w.packed_for(be).map(|p| p.order) == order) =>
+        {
+            Path::X16(f)
+        }
         (_, Some(pk)) if n_tokens >= PREP_MIN_TOKENS => Path::Prepared(pk),
         _ => Path::Tiles,
     };
@@ -466,7 +475,7 @@ fn prepared_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{dequantize_row, quantize_row_act};
+    use crate::quant::{dequantize_row, quantize_row_act, Order};
     use crate::testutil::lcg;
 
     fn weights(ty: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
@@ -593,6 +602,26 @@ mod tests {
         }
     }
 
+    /// `quant::vec_dot_ref_in(order, ..)` of every (token, row) of `w` and `x` (`n` rows of
+    /// `w.cols`), the activations converted by the scalar quantizer; token-major like `matmul`.
+    fn reference(order: Order, w: &Matrix<'_>, x: &[f32], n: usize) -> Vec<f32> {
+        let at = w.ty.vec_dot_type();
+        let arb = at.row_bytes(w.cols).unwrap();
+        let mut a = vec![0u8; n * arb];
+        for (src, dst) in x.chunks_exact(w.cols).zip(a.chunks_exact_mut(arb)) {
+            quantize_row_act(at, src, dst);
+        }
+        let wrb = w.row_bytes();
+        let mut out = Vec::with_capacity(n * w.rows);
+        for t in 0..n {
+            for r in 0..w.rows {
+                let (wr, ar) = (&w.data[r * wrb..][..wrb], &a[t * arb..][..arb]);
+                out.push(crate::quant::vec_dot_ref_in(order, w.ty, w.cols, wr, ar));
+            }
+        }
+        out
+    }
+
     #[test]
     fn packed_matrices_give_the_same_bits_and_unpack_exactly() {
         let pool = ThreadPool::new(2);
@@ -632,26 +661,43 @@ mod tests {
                         }
                     }
                     let w = Matrix::new(ty, rows, cols, &data).unwrap();
-                    let Some(p) = PackedMatrix::new_with(be, &w) else {
-                        assert!((be.x16)(ty).is_none(), "{} packs {ty:?}", be.name);
-                        continue;
-                    };
-                    packed_any = true;
-                    if !k {
-                        let mut back = vec![0u8; data.len()];
-                        p.unpack_rows(0, rows, &mut back);
-                        assert!(back == data, "{} {ty:?} {rows}x{cols}: unpack", be.name);
-                    }
-                    let wp = w.with_packed(Some(&p));
-                    let mut s = MatmulScratch::default();
-                    for n in [1, 2, 3, 4, 5, 7, 8, 9, 70] {
-                        let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 4.0).collect();
-                        let (mut a, mut b) = (vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]);
-                        matmul_with(be, &pool, &w, &x, n, &mut a, &mut s);
-                        matmul_with(be, &pool, &wp, &x, n, &mut b, &mut s);
-                        assert!(a.iter().all(|v| v.is_finite()), "{ty:?}: finite outputs");
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&a), bits(&b), "{} {ty:?} {rows}x{cols} n {n}", be.name);
+                    for order in [Order::LlamaCpp, Order::Block] {
+                        let Some(p) = PackedMatrix::new_with(be, &w, order) else {
+                            assert!((be.x16)(ty, order).is_none(), "{} packs {ty:?}", be.name);
+                            continue;
+                        };
+                        packed_any = true;
+                        if !k {
+                            let mut back = vec![0u8; data.len()];
+                            p.unpack_rows(0, rows, &mut back);
+                            assert!(back == data, "{} {ty:?} {rows}x{cols}: unpack", be.name);
+                        }
+                        let wp = w.with_packed(Some(&p));
+                        let mut s = MatmulScratch::default();
+                        for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 70] {
+                            let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 4.0).collect();
+                            let mut b = vec![f32::NAN; n * rows];
+                            matmul_with(be, &pool, &wp, &x, n, &mut b, &mut s);
+                            // The tiles sum in llama.cpp's order; the other order has only
+                            // the scalar reference.
+                            let a = match order {
+                                Order::LlamaCpp => {
+                                    let mut a = vec![f32::NAN; n * rows];
+                                    matmul_with(be, &pool, &w, &x, n, &mut a, &mut s);
+                                    a
+                                }
+                                Order::Block => reference(order, &w, &x, n),
+                            };
+                            assert!(a.iter().all(|v| v.is_finite()), "{ty:?}: finite outputs");
+                            let bits =
+                                |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(
+                                bits(&a),
+                                bits(&b),
+                                "{} {ty:?} {order:?} {rows}x{cols} n {n}",
+                                be.name
+                            );
+                        }
                     }
                 }
             }

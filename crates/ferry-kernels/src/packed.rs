@@ -11,10 +11,13 @@
 //! `k`-th 4 bytes broadcast gives lane `k` of GGML's 8-lane sum for all 16 rows at once, and
 //! the 16 rows' scales are one 32-byte vector of f16.
 //!
-//! The kernels perform, for every (row, token), exactly the float operations of the row-pair
-//! tiles (GGML's x86 `vec_dot` order: per block `acc[k] = fma(d_w·d_a, f32(Σ₄), acc[k])`, then
+//! The kernels sum each output in the `Order` the matrix was packed for. `Order::LlamaCpp`
+//! performs, for every (row, token), exactly the float operations of the row-pair tiles
+//! (GGML's x86 `vec_dot` order: per block `acc[k] = fma(d_w·d_a, f32(Σ₄), acc[k])`, then
 //! `hsum_float_8`), so results are bit-identical to them and to llama.cpp (tested in
-//! `tests.rs`).
+//! `tests.rs`). `Order::Block` (opt-in) adds a block's eight `vpdpbusd` lane groups as
+//! integers and takes one float step per block, as `quant::vec_dot_ref_in` does; the
+//! K-quants have one order (llama.cpp's tiled one) in both.
 //!
 //! Layout of one group (16 rows; rows past the matrix are zero, with zero scales), `nb` blocks:
 //! all blocks' quant vectors first (`QB` bytes per block, 64 per vector), then all blocks' `d`
@@ -28,7 +31,7 @@
 
 use crate::dot::{backend, Backend};
 use crate::matmul::Matrix;
-use crate::quant::GgmlType;
+use crate::quant::{GgmlType, Order};
 
 /// Rows per group.
 pub const GROUP: usize = 16;
@@ -44,6 +47,8 @@ pub struct PackedMatrix {
     pub(crate) ty: GgmlType,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
+    /// How the kernels sum each output.
+    pub(crate) order: Order,
     data: Vec<Line>,
 }
 
@@ -108,13 +113,14 @@ impl Geometry {
 }
 
 impl PackedMatrix {
-    /// Repack `w` for this process's kernels; `None` where they have no x16 kernel for its type.
-    pub fn new(w: &Matrix<'_>) -> Option<Self> {
-        Self::new_with(backend(), w)
+    /// Repack `w` for this process's kernels, to be summed in `order`; `None` where they have
+    /// no x16 kernel for its type.
+    pub fn new(w: &Matrix<'_>, order: Order) -> Option<Self> {
+        Self::new_with(backend(), w, order)
     }
 
-    pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>) -> Option<Self> {
-        (be.x16)(w.ty)?;
+    pub(crate) fn new_with(be: &Backend, w: &Matrix<'_>, order: Order) -> Option<Self> {
+        (be.x16)(w.ty, order)?;
         let data = match w.ty {
             GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => pack_k(w)?,
             _ => pack_blocks(w)?,
@@ -124,6 +130,7 @@ impl PackedMatrix {
             ty: w.ty,
             rows: w.rows,
             cols: w.cols,
+            order,
             data,
         })
     }
@@ -195,6 +202,7 @@ impl std::fmt::Debug for PackedMatrix {
             .field("ty", &self.ty)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
+            .field("order", &self.order)
             .field("bytes", &self.bytes())
             .finish()
     }
@@ -368,8 +376,9 @@ pub(crate) fn act_bytes(ty: GgmlType, cols: usize) -> usize {
 pub(crate) const ACT_SB: usize = 384;
 
 /// Bytes per block of a prepared activation row for the x16 kernels: the 32 quants, GGML's
-/// per-lane offsets `-C·Σ₄ a` (i32 × 8; `C` = 8 for Q4_0, 128 for Q8_0, unused for Q4_1), `d`
-/// and Q8_1's `s` widened to f32.
+/// per-lane offsets `-C·Σ₄ a` (i32 × 8; `C` = 8 for Q4_0, 16 for Q5_0, 128 for Q8_0, unused
+/// for Q4_1/Q5_1), `d` and Q8_1's `s` widened to f32, then the block's offset `-C·Σ a` (i32,
+/// for `Order::Block`).
 pub(crate) const ACT_BLK: usize = 80;
 
 /// Prepare one activation row (`ty.vec_dot_type()` bytes of `cols` elements) for weights of
@@ -414,10 +423,13 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
     {
         let q = &a[aoff..aoff + 32];
         o[..32].copy_from_slice(q);
+        let mut block = 0;
         for k in 0..8 {
             let s: i32 = q[4 * k..4 * k + 4].iter().map(|&v| v as i8 as i32).sum();
             o[32 + 4 * k..36 + 4 * k].copy_from_slice(&(-c * s).to_le_bytes());
+            block += -c * s;
         }
+        o[72..76].copy_from_slice(&block.to_le_bytes());
         o[64..68].copy_from_slice(&f16(a).to_le_bytes());
         let s = if g.mins { f16(&a[2..]) } else { 0.0 };
         o[68..72].copy_from_slice(&s.to_le_bytes());
@@ -441,6 +453,6 @@ pub(crate) type X16Fn = unsafe fn(
 );
 
 /// For backends without x16 kernels.
-pub(crate) fn no_x16(_: GgmlType) -> Option<X16Fn> {
+pub(crate) fn no_x16(_: GgmlType, _: Order) -> Option<X16Fn> {
     None
 }

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use ferry_kernels::ggml_attn;
 use ferry_kernels::ops::{rms_norm, rope_cache, rope_inplace, rope_theta_scale, swiglu_inplace};
 use ferry_kernels::{
-    matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, PackedMatrix, ThreadPool,
+    matmul, matmul_multi, GgmlType, MatmulScratch, Matrix, Order, PackedMatrix, ThreadPool,
 };
 
 use crate::gguf::{GgufFile, TensorInfo};
@@ -269,8 +269,20 @@ struct SyncPtr(*mut f32);
 unsafe impl Sync for SyncPtr {}
 
 impl Llama {
-    /// Resolve and check every tensor the architecture needs.
+    /// Resolve and check every tensor the architecture needs; quantized products summed in
+    /// the order `FERRY_MATMUL_ORDER` names (llama.cpp's, `Order::LlamaCpp`, unless it says
+    /// `block`).
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let order = Order::from_env().map_err(|why| ModelError::BadValue {
+            key: "FERRY_MATMUL_ORDER".into(),
+            why,
+        })?;
+        Self::load_with(file, order)
+    }
+
+    /// `load`, with the order in which the packed 32-element block types sum their products
+    /// (`Order::LlamaCpp` gives llama.cpp's logits bit for bit; the fidelity tests check both).
+    pub fn load_with(file: Arc<GgufFile>, order: Order) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_gguf(&file)?;
         let get = |name: &str| {
             file.tensor(name)
@@ -285,7 +297,7 @@ impl Llama {
                     why: e.to_string(),
                 }
             })?;
-            let packed = PackedMatrix::new(&m).map(Arc::new);
+            let packed = PackedMatrix::new(&m, order).map(Arc::new);
             if packed.is_some() {
                 // Products read only the packed copy from now on (the token embedding's rows
                 // looked up per token aside): the file's pages leave the resident set as each

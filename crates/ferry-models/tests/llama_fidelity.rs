@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use ferry_kernels::ThreadPool;
+use ferry_kernels::{Order, ThreadPool};
 use ferry_models::gguf::GgufFile;
 use ferry_models::kv::{BlockAllocator, KvCache};
 use ferry_models::llama::{BatchToken, Llama, Workspace};
@@ -35,26 +35,39 @@ const MIN_AGREEMENT: f64 = 0.98;
 /// largest gap llama.cpp's own two paths flip on the same model, see `llama_self_margin`).
 const MAX_MARGIN: f32 = 0.25;
 /// Files whose every tensor type Ferry computes in llama.cpp's own arithmetic (matmuls and the
-/// other ops, see docs/PERFORMANCE.md "fidelity"): their logits must equal llama.cpp's up to
-/// the goldens' 4-decimal rounding, not just agree on the top-1. Every file is: the K-quant
-/// mixes' Q4_K/Q5_K/Q6_K tensors follow llama.cpp's tiled K-quant matmul (its batched path).
+/// other ops, see docs/PERFORMANCE.md "fidelity"): in the default `Order::LlamaCpp` their
+/// logits must equal llama.cpp's up to the goldens' 4-decimal rounding, not just agree on the
+/// top-1. Every file is: the K-quant mixes' Q4_K/Q5_K/Q6_K tensors follow llama.cpp's tiled
+/// K-quant matmul (its batched path).
 const EXACT_TYPES: [&str; 7] = ["Q4_1", "Q4_0", "Q8_0", "F16", "Q6_K", "Q4_K_M", "Q5_K_M"];
 /// Largest |ferry - llama.cpp| allowed on an `EXACT_TYPES` file (the goldens are rounded to
 /// 4 decimals; exact logits measure at most 0.0001).
 const EXACT_MAX_DIFF: f32 = 0.001;
+/// The opt-in `Order::Block` rounds the 32-element block types' sums elsewhere, so activations
+/// re-quantize differently from layer to layer and its logits differ from llama.cpp's
+/// unrepacked ones by quantization noise (measured: top-1 agreement 96.2-98.3%, largest
+/// margin 0.48): it is held to these looser bounds against llama.cpp, and to being as close to
+/// the F16 model as llama.cpp's order (`BLOCK_F16_SLACK`).
+const BLOCK_MIN_AGREEMENT: f64 = 0.95;
+const BLOCK_MAX_MARGIN: f32 = 0.75;
+/// `Order::Block`'s mean |logit - F16 model's| may exceed `Order::LlamaCpp`'s by this factor.
+const BLOCK_F16_SLACK: f64 = 1.03;
 
 struct Env {
     model: Llama,
     pool: ThreadPool,
+    order: Order,
 }
 
-fn load(path: &std::path::Path) -> Env {
+fn load(path: &std::path::Path, order: Order) -> Env {
     let g =
         Arc::new(GgufFile::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display())));
-    let model = Llama::load(g).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+    let model =
+        Llama::load_with(g, order).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     Env {
         model,
         pool: ThreadPool::new(2),
+        order,
     }
 }
 
@@ -64,11 +77,24 @@ fn cpu() -> std::sync::MutexGuard<'static, ()> {
     CPU.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The model and a 2-thread pool, loaded once; `None` when skipping is allowed and no model is
-/// there.
+/// The model as served by default (`Order::LlamaCpp`) and a 2-thread pool, loaded once;
+/// `None` when skipping is allowed and no model is there.
 fn env() -> Option<std::sync::MutexGuard<'static, Env>> {
     static ENV: OnceLock<Option<Mutex<Env>>> = OnceLock::new();
-    let e = ENV.get_or_init(|| {
+    env_in(&ENV, Order::LlamaCpp)
+}
+
+/// The model loaded with the opt-in `Order::Block`.
+fn env_block() -> Option<std::sync::MutexGuard<'static, Env>> {
+    static ENV: OnceLock<Option<Mutex<Env>>> = OnceLock::new();
+    env_in(&ENV, Order::Block)
+}
+
+fn env_in(
+    cell: &'static OnceLock<Option<Mutex<Env>>>,
+    order: Order,
+) -> Option<std::sync::MutexGuard<'static, Env>> {
+    let e = cell.get_or_init(|| {
         let path = std::env::var_os("FERRY_TEST_GGUF")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_GGUF));
@@ -86,7 +112,7 @@ fn env() -> Option<std::sync::MutexGuard<'static, Env>> {
                 path.display()
             );
         }
-        Some(Mutex::new(load(&path)))
+        Some(Mutex::new(load(&path, order)))
     });
     e.as_ref()
         .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
@@ -208,6 +234,13 @@ fn teacher_forced_top1_matches_llama_cpp() {
     check_agreement(&e, &goldens(), "Q4_1");
 }
 
+#[test]
+fn block_order_agrees_with_llama_cpp_within_quantization_noise() {
+    let Some(e) = env_block() else { return };
+    let _cpu = cpu();
+    check_agreement(&e, &goldens(), "Q4_1");
+}
+
 /// The largest logit gap, in llama.cpp's teacher-forced logits, between its own teacher-forced
 /// top-1 and its greedy token, over the positions where llama.cpp's two paths (one batch vs
 /// one token at a time) disagree: the size of a near-tie that llama.cpp itself flips.
@@ -228,14 +261,19 @@ fn llama_self_margin(cases: &[Case]) -> f32 {
 /// Teacher-forced top-1 agreement of `e`'s model with llama.cpp's teacher-forced pass in
 /// `cases`, like for like: at least `MIN_AGREEMENT`, and every disagreement a near-tie in
 /// llama.cpp's own logits: a gap under `MAX_MARGIN`, or under the largest gap that llama.cpp's
-/// own batched and one-token-at-a-time paths flip on the same file, if that is larger.
+/// own batched and one-token-at-a-time paths flip on the same file, if that is larger
+/// (`Order::Block`: `BLOCK_MIN_AGREEMENT`, `BLOCK_MAX_MARGIN`).
 /// Agreement with llama.cpp's greedy tokens is printed for context: llama.cpp's two paths do
 /// not agree with each other everywhere either (759/768 for Q4_1, 751/768 for Q6_K).
 fn check_agreement(e: &Env, cases: &[Case], label: &str) {
     let t0 = Instant::now();
     let vocab = e.model.cfg.vocab_size;
     let self_margin = llama_self_margin(cases);
-    let bound = MAX_MARGIN.max(self_margin);
+    let (min_agreement, max_margin) = match e.order {
+        Order::LlamaCpp => (MIN_AGREEMENT, MAX_MARGIN),
+        Order::Block => (BLOCK_MIN_AGREEMENT, BLOCK_MAX_MARGIN),
+    };
+    let bound = max_margin.max(self_margin);
     let (mut total, mut agree, mut agree_greedy, mut llama_self) = (0usize, 0, 0, 0);
     let mut failures = Vec::new();
     // Logit differences against llama.cpp over its top-10 entries.
@@ -306,10 +344,11 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
     }
     let rate = agree as f64 / total as f64;
     println!(
-        "{label}: kernels {}; for context: ferry vs llama.cpp's greedy tokens {agree_greedy}/{total}; \
+        "{label}: kernels {} ({:?} order); for context: ferry vs llama.cpp's greedy tokens {agree_greedy}/{total}; \
          llama.cpp's teacher-forced top-1 vs its own greedy tokens {llama_self}/{total} \
          (largest gap it flips {self_margin:.4}; near-tie bound {bound:.4})",
-        ferry_kernels::backend_name()
+        ferry_kernels::backend_name(),
+        e.order
     );
     println!(
         "{label}: teacher-forced top-1 agreement {agree}/{total} = {:.2}%; |ferry - llama.cpp| over llama.cpp's top-10 logits: mean {:.4}, max {:.4}; \
@@ -325,18 +364,50 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
         failures.join("\n")
     );
     assert!(
-        rate >= MIN_AGREEMENT,
+        rate >= min_agreement,
         "{label}: top-1 agreement {:.2}% < {:.0}%",
         100.0 * rate,
-        100.0 * MIN_AGREEMENT
+        100.0 * min_agreement
     );
-    if EXACT_TYPES.contains(&label) {
+    if e.order == Order::LlamaCpp && EXACT_TYPES.contains(&label) {
         assert!(
             max_abs <= EXACT_MAX_DIFF,
             "{label}: logits differ from llama.cpp's by up to {max_abs:.4} (> {EXACT_MAX_DIFF}): \
              the arithmetic no longer follows llama.cpp's"
         );
     }
+}
+
+/// Mean |logit − llama.cpp's| over llama.cpp's top-10 entries of every teacher-forced
+/// position of `cases`.
+fn top10_mean_abs(e: &Env, cases: &[Case]) -> f64 {
+    let vocab = e.model.cfg.vocab_size;
+    let (mut sum, mut n) = (0f64, 0usize);
+    for c in cases {
+        let mut tokens = c.prompt.clone();
+        tokens.extend_from_slice(&c.cont[..c.cont.len() - 1]);
+        let logits = teacher_forced(e, &tokens, c.prompt.len() - 1);
+        for (k, top) in c.top.iter().enumerate() {
+            for &(id, l) in top {
+                sum += (logits[k * vocab + id as usize] - l).abs() as f64;
+                n += 1;
+            }
+        }
+    }
+    sum / n as f64
+}
+
+/// `Order::Block` loses nothing against llama.cpp's order: on the F16 file's goldens (the
+/// same prompts through the unquantized model), its logits are as close as `llama`'s.
+fn check_block_as_close_to_f16(llama: &Env, block: &Env, f16: &[Case], label: &str) {
+    let (a, b) = (top10_mean_abs(llama, f16), top10_mean_abs(block, f16));
+    println!(
+        "{label}: mean |logit - F16 model's| over its top-10: llama.cpp's order {a:.4}, block order {b:.4}"
+    );
+    assert!(
+        b <= a * BLOCK_F16_SLACK,
+        "{label}: block order {b:.4} further from the F16 model than llama.cpp's order {a:.4}"
+    );
 }
 
 /// Greedy decode `steps` tokens for each prompt, all sequences in one flattened batch per step
@@ -396,6 +467,13 @@ fn greedy_decoding_is_batch_invariant() {
     let Some(e) = env() else { return };
     let _cpu = cpu();
     check_batch_invariance(&e, &goldens(), "Q4_1");
+}
+
+#[test]
+fn greedy_decoding_is_batch_invariant_in_block_order() {
+    let Some(e) = env_block() else { return };
+    let _cpu = cpu();
+    check_batch_invariance(&e, &goldens(), "Q4_1 (block order)");
 }
 
 /// Greedy decoding gives the same tokens and bit-identical logits alone and in a batch, and
@@ -546,20 +624,32 @@ fn per_type_teacher_forced_top1_and_batch_invariance() {
     let _cpu = cpu();
     // Every type is checked and reported even when an earlier one fails.
     let mut failed = Vec::new();
+    let f16 = types.iter().find(|t| t.0 == "F16").map(|t| &t.2);
     for (name, path, cases) in &types {
-        let e = load(path);
+        let e = load(path, Order::LlamaCpp);
+        let b = load(path, Order::Block);
+        let run = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         for (what, r) in [
-            (
-                "agreement",
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    check_agreement(&e, cases, name)
-                })),
-            ),
+            ("agreement", run(&|| check_agreement(&e, cases, name))),
             (
                 "batch invariance",
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    check_batch_invariance(&e, cases, name)
-                })),
+                run(&|| check_batch_invariance(&e, cases, name)),
+            ),
+            (
+                "block order agreement",
+                run(&|| check_agreement(&b, cases, name)),
+            ),
+            (
+                "block order batch invariance",
+                run(&|| check_batch_invariance(&b, cases, name)),
+            ),
+            (
+                "block order as close to F16",
+                run(&|| {
+                    if let Some(f16) = f16.filter(|_| name != "F16") {
+                        check_block_as_close_to_f16(&e, &b, f16, name)
+                    }
+                }),
             ),
         ] {
             if r.is_err() {

@@ -1,7 +1,9 @@
 //! AVX-512 VNNI kernels over x16-packed weights (`crate::packed`): 16 rows per 512-bit vector,
 //! one `vpdpbusd` per 4-element lane group for all 16 rows, the activation's 4 bytes broadcast
-//! from memory. Per (row, token) the float operations are those of `avx512::tile_pair` (GGML's
-//! x86 `vec_dot` order), so the results are the same bits.
+//! from memory. Per (row, token) the float operations are those of `quant::vec_dot_ref_in` in
+//! the matrix's `Order`: for `Order::LlamaCpp` those of `avx512::tile_pair` (GGML's x86
+//! `vec_dot` order), so the results are the same bits; for `Order::Block` one float step per
+//! block, four tokens per pass.
 //!
 //! Every `unsafe` is a call of a `#[target_feature]` function (reachable only through
 //! `avx512::BACKEND`, handed out after `detected()`) or a load inside the ranges `x16` checked.
@@ -13,16 +15,17 @@
 use std::arch::x86_64::*;
 
 use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP};
-use crate::quant::GgmlType;
+use crate::quant::{GgmlType, Order};
 
-/// The x16 kernel for `ty`, if there is one.
-pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
+/// The x16 kernel for `ty` summed in `order`, if there is one.
+pub(crate) fn x16(ty: GgmlType, order: Order) -> Option<X16Fn> {
+    let o = order;
     match ty {
-        GgmlType::Q4_0 => Some(run::<4, false, false>),
-        GgmlType::Q4_1 => Some(run::<4, true, false>),
-        GgmlType::Q5_0 => Some(run::<4, false, true>),
-        GgmlType::Q5_1 => Some(run::<4, true, true>),
-        GgmlType::Q8_0 => Some(run::<8, false, false>),
+        GgmlType::Q4_0 => Some(blocks::<4, false, false>(o)),
+        GgmlType::Q4_1 => Some(blocks::<4, true, false>(o)),
+        GgmlType::Q5_0 => Some(blocks::<4, false, true>(o)),
+        GgmlType::Q5_1 => Some(blocks::<4, true, true>(o)),
+        GgmlType::Q8_0 => Some(blocks::<8, false, false>(o)),
         GgmlType::Q4K => Some(run_k::<0>),
         GgmlType::Q5K => Some(run_k::<1>),
         GgmlType::Q6K => Some(run_k::<2>),
@@ -30,9 +33,17 @@ pub(crate) fn x16(ty: GgmlType) -> Option<X16Fn> {
     }
 }
 
+/// `run` for one 32-element block type in `order`.
+fn blocks<const V: usize, const MINS: bool, const HB: bool>(order: Order) -> X16Fn {
+    match order {
+        Order::Block => run::<V, MINS, HB, true>,
+        Order::LlamaCpp => run::<V, MINS, HB, false>,
+    }
+}
+
 /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (an `X16Fn`): `V` quant vectors per block (4: nibbles, 8:
-/// bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1.
-unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
+/// bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1, `BLOCK` for `Order::Block`.
+unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: bool>(
     cols: usize,
     nt: usize,
     group: &[u8],
@@ -52,24 +63,29 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool>(
     let g = Geometry::of(ty, cols).expect("packed type");
     let nb = g.nb;
     let (w, arow) = (group.as_ptr(), nb * ACT_BLK);
-    let run = |at: *const u8, o: Out, two: bool| {
-        // SAFETY: `drive` checked the group and the activation rows `tokens` reads.
+    let run = |at: *const u8, o: Out, n: usize| {
+        // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            if two {
-                tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o);
-            } else {
-                tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o);
+            match (BLOCK, n) {
+                (false, 2) => tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o),
+                (false, _) => tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o),
+                (true, 4) => tokens_block::<V, MINS, HB, 4>(nb, w, g, at, pab, o),
+                (true, 2) => tokens_block::<V, MINS, HB, 2>(nb, w, g, at, pab, o),
+                (true, _) => tokens_block::<V, MINS, HB, 1>(nb, w, g, at, pab, o),
             }
         }
     };
     let gb = g.group_bytes();
+    // One float step per block leaves registers for four tokens per pass; GGML's eight lane
+    // accumulators per token, for two.
+    let most = if BLOCK { 4 } else { 2 };
     // SAFETY: forwarded from the caller.
-    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, run) }
+    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, most, run) }
 }
 
 /// Checks a kernel's operands (the group is `gbytes` long and cache-line aligned, each of the
-/// `nt` activation rows `arow` bytes, `pab` apart), then runs `f(row, out, two)` over the tokens
-/// in pairs (`two`), the last one alone if `nt` is odd.
+/// `nt` activation rows `arow` bytes, `pab` apart), then runs `f(row, out, n)` over the tokens,
+/// `n` at a time: `most` (2 or 4) while that many are left, then 2, then 1.
 ///
 /// # Safety
 /// As `X16Fn`: row `r < nr` of token `t` at `out + t · ostride + r` is writable by the caller.
@@ -83,16 +99,17 @@ unsafe fn drive(
     arow: usize,
     out: *mut f32,
     ostride: usize,
-    f: impl Fn(*const u8, Out, bool),
+    most: usize,
+    f: impl Fn(*const u8, Out, usize),
 ) {
     assert!(nt >= 1 && (1..=GROUP).contains(&nr));
     assert!(group.len() >= gbytes && group.as_ptr().align_offset(64) == 0);
     assert!(pab >= arow && a.len() >= (nt - 1) * pab + arow);
     let mut t = 0;
     while t < nt {
-        let two = nt - t >= 2;
-        f(a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr), two);
-        t += if two { 2 } else { 1 };
+        let n = [most, 2, 1].into_iter().find(|&n| n <= nt - t).unwrap_or(1);
+        f(a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr), n);
+        t += n;
     }
 }
 
@@ -149,8 +166,70 @@ impl Ctrl {
     }
 }
 
-/// 16 rows × `T` (1 or 2) tokens over `nb` blocks: each block's weight vectors are loaded
-/// (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
+/// Block `b`'s 8 quant vectors of a group (lane group `k` in vector `k`), as `vpdpbusd`'s
+/// unsigned operand: nibbles split (`V` 4) or bytes as stored (`V` 8), Q5 high bits placed.
+///
+/// # Safety
+/// The block's vectors (and, `HB`, its high-bit vector) lie inside the group at `w`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn block_vectors<const V: usize, const HB: bool>(
+    w: *const u8,
+    g: Geometry,
+    b: usize,
+) -> [__m512i; 8] {
+    let low = _mm512_set1_epi8(0x0F);
+    let q = w.wrapping_add(b * V * 64);
+    let mut wq = [_mm512_setzero_si512(); 8];
+    // SAFETY: inside the group, as the caller guarantees.
+    unsafe {
+        if V == 4 {
+            for k in 0..4 {
+                let v = _mm512_load_si512(q.add(k * 64) as *const __m512i);
+                wq[k] = _mm512_and_si512(v, low);
+                wq[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+            }
+        } else {
+            for k in 0..8 {
+                wq[k] = _mm512_load_si512(q.add(k * 64) as *const __m512i);
+            }
+        }
+        if HB {
+            let hv = _mm512_load_si512(w.add(g.qh_at() + b * 64) as *const __m512i);
+            let bit4 = _mm512_set1_epi8(0x10);
+            for k in 0..8 {
+                // wq | (multishift & 0x10).
+                let c = _mm512_load_si512(HB_CTRL[k].as_ptr() as *const __m512i);
+                let h = _mm512_multishift_epi64_epi8(c, hv);
+                wq[k] = _mm512_ternarylogic_epi32::<0xF8>(wq[k], h, bit4);
+            }
+        }
+    }
+    wq
+}
+
+/// Block `b`'s 16 row scales `d` and (`MINS`) mins `m` of a group, as f32.
+///
+/// # Safety
+/// As `block_vectors`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn block_scales<const MINS: bool>(w: *const u8, g: Geometry, b: usize) -> (__m512, __m512) {
+    // SAFETY: inside the group, as the caller guarantees.
+    unsafe {
+        let ld =
+            |at: usize| _mm512_cvtph_ps(_mm256_load_si256(w.add(at + b * 32) as *const __m256i));
+        let m = if MINS {
+            ld(g.m_at())
+        } else {
+            _mm512_setzero_ps()
+        };
+        (ld(g.d_at()), m)
+    }
+}
+
+/// 16 rows × `T` (1 or 2) tokens over `nb` blocks in `Order::LlamaCpp`: each block's weight
+/// vectors are loaded (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usize>(
     nb: usize,
@@ -163,43 +242,13 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     let z = _mm512_setzero_ps();
     let mut acc = [[z; 8]; T];
     let mut summs = [z; T];
-    let low = _mm512_set1_epi8(0x0F);
-    let (d_at, m_at) = (g.d_at(), g.m_at());
     // SAFETY: every pointer below stays inside the group (`nb` blocks of `V` vectors, then
-    // high bits, `d` and `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab` apart),
-    // as the caller checked.
+    // high bits, `d` and `m`) and the `T` activation rows (`nb` blocks of `ACT_BLK` each, `pab`
+    // apart), as the caller checked.
     unsafe {
         for b in 0..nb {
-            let q = w.add(b * V * 64);
-            // The block's 8 quant vectors, lane group `k` in vector `k`.
-            let mut wq = [_mm512_setzero_si512(); 8];
-            if V == 4 {
-                for k in 0..4 {
-                    let v = _mm512_load_si512(q.add(k * 64) as *const __m512i);
-                    wq[k] = _mm512_and_si512(v, low);
-                    wq[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                }
-            } else {
-                for k in 0..8 {
-                    wq[k] = _mm512_load_si512(q.add(k * 64) as *const __m512i);
-                }
-            }
-            if HB {
-                let hv = _mm512_load_si512(w.add(g.qh_at() + b * 64) as *const __m512i);
-                let bit4 = _mm512_set1_epi8(0x10);
-                for k in 0..8 {
-                    // wq | (multishift & 0x10).
-                    let c = _mm512_load_si512(HB_CTRL[k].as_ptr() as *const __m512i);
-                    let h = _mm512_multishift_epi64_epi8(c, hv);
-                    wq[k] = _mm512_ternarylogic_epi32::<0xF8>(wq[k], h, bit4);
-                }
-            }
-            let dw = _mm512_cvtph_ps(_mm256_load_si256(w.add(d_at + b * 32) as *const __m256i));
-            let m = if MINS {
-                _mm512_cvtph_ps(_mm256_load_si256(w.add(m_at + b * 32) as *const __m256i))
-            } else {
-                z
-            };
+            let wq = block_vectors::<V, HB>(w, g, b);
+            let (dw, m) = block_scales::<MINS>(w, g, b);
             for t in 0..T {
                 let ab = a.add(t * pab + b * ACT_BLK);
                 let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*(ab.add(64) as *const f32)));
@@ -234,6 +283,67 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     }
 }
 
+/// 16 rows × `T` (1, 2 or 4) tokens over `nb` blocks in `Order::Block`: a block's eight lane
+/// groups go into two `vpdpbusd` chains per token (even and odd `k`, the first started from the
+/// block's offset `-C·Σ a`), whose exact sum takes one `cvt` and one `fma`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tokens_block<const V: usize, const MINS: bool, const HB: bool, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    g: Geometry,
+    a: *const u8,
+    pab: usize,
+    out: Out,
+) {
+    let z = _mm512_setzero_ps();
+    let zi = _mm512_setzero_si512();
+    let mut acc = [z; T];
+    let mut summs = [z; T];
+    // SAFETY: as in `tokens`.
+    unsafe {
+        for b in 0..nb {
+            let wq = block_vectors::<V, HB>(w, g, b);
+            let (dw, m) = block_scales::<MINS>(w, g, b);
+            let ab = |t: usize| a.add(t * pab + b * ACT_BLK);
+            let mut even = [zi; T];
+            let mut odd = [zi; T];
+            if !MINS {
+                for t in 0..T {
+                    even[t] = _mm512_set1_epi32(*(ab(t).add(72) as *const i32));
+                }
+            }
+            for k in (0..8).step_by(2) {
+                for t in 0..T {
+                    let lane = |k: usize| {
+                        _mm512_set1_epi32((ab(t).add(4 * k) as *const i32).read_unaligned())
+                    };
+                    even[t] = _mm512_dpbusd_epi32(even[t], wq[k], lane(k));
+                    odd[t] = _mm512_dpbusd_epi32(odd[t], wq[k + 1], lane(k + 1));
+                }
+            }
+            for t in 0..T {
+                let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*(ab(t).add(64) as *const f32)));
+                let i = _mm512_add_epi32(even[t], odd[t]);
+                acc[t] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(i), acc[t]);
+                if MINS {
+                    let s = _mm512_set1_ps(*(ab(t).add(68) as *const f32));
+                    summs[t] = _mm512_fmadd_ps(m, s, summs[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            out.put(
+                t,
+                if MINS {
+                    _mm512_add_ps(acc[t], summs[t])
+                } else {
+                    acc[t]
+                },
+            );
+        }
+    }
+}
+
 /// Q4_K (`K` 0), Q5_K (1) and Q6_K (2) (an `X16Fn`).
 unsafe fn run_k<const K: u8>(
     cols: usize,
@@ -248,10 +358,10 @@ unsafe fn run_k<const K: u8>(
     let ty = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K][K as usize];
     let g = KGeometry::of(ty, cols).expect("whole super-blocks");
     let (w, arow) = (group.as_ptr(), g.nsb * ACT_SB);
-    let run = |at: *const u8, o: Out, two: bool| {
+    let run = |at: *const u8, o: Out, n: usize| {
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (K, two) {
+            match (K, n == 2) {
                 (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, o),
                 (0, false) => tokens_q45k::<false, 1>(g, w, at, pab, o),
                 (1, true) => tokens_q45k::<true, 2>(g, w, at, pab, o),
@@ -263,7 +373,7 @@ unsafe fn run_k<const K: u8>(
     };
     let gb = g.group_bytes();
     // SAFETY: forwarded from the caller.
-    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, run) }
+    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, 2, run) }
 }
 
 /// The float steps of a K-quant super-block for `T` tokens (`quant_k::k_block_step`):
