@@ -82,13 +82,18 @@ def rss_kb(pid, key="VmRSS"):
     return 0
 
 
-def ferry_bench(a, model=None):
+def ferry_bench(a, model=None, order=None):
     env = dict(os.environ)
+    if order:
+        env["FERRY_MATMUL_ORDER"] = order
     out = subprocess.run(
         [a.ferry_bin, "bench", model or a.ferry_model, "--threads", str(a.threads), "--json",
          "--repeats", "1", "--prompt-tokens", "512", "--decode-tokens", "128"],
         capture_output=True, text=True, env=env, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    d = json.loads(out.strip().splitlines()[-1])
+    if order and d.get("matmul_order") != order:
+        sys.exit(f"ferry bench ran in matmul order {d.get('matmul_order')}, not {order}")
+    return d
 
 
 def llama_bench(a, gguf=None):
@@ -247,20 +252,31 @@ def per_type(a, bw):
         for t, f in files.items():
             d = ferry_bench(a, f)
             l = llama_bench(a, f) or {"prefill_tps": float("nan"), "decode_tps": float("nan")}
-            x = res.setdefault(t, {"f": [], "l": [], "bytes": d["weight_bytes"]})
+            # The opt-in block order (FERRY_MATMUL_ORDER=block) in the same alternation.
+            b = ferry_bench(a, f, "block") if a.block_order else None
+            x = res.setdefault(t, {"f": [], "l": [], "b": [], "bytes": d["weight_bytes"]})
             x["f"].append(d)
             x["l"].append(l)
-            print(f"repeat {r + 1} {t}: ferry {d['prefill_tps']:.1f}/{d['decode_tps']:.1f}  "
-                  f"llama.cpp {l['prefill_tps']:.1f}/{l['decode_tps']:.1f}  (pp512/tg128 tok/s)",
-                  file=sys.stderr)
+            if b:
+                x["b"].append(b)
+            extra = f"  ferry block order {b['prefill_tps']:.1f}/{b['decode_tps']:.1f}" if b else ""
+            print(f"repeat {r + 1} {t}: ferry ({d.get('matmul_order')} order) "
+                  f"{d['prefill_tps']:.1f}/{d['decode_tps']:.1f}  "
+                  f"llama.cpp {l['prefill_tps']:.1f}/{l['decode_tps']:.1f}{extra}  "
+                  f"(pp512/tg128 tok/s)", file=sys.stderr)
+    bo = " pp512 ferry, block order | ratio | tg128 ferry, block order | ratio |"
     print(f"\n| type | MB read/token | pp512 ferry | pp512 llama.cpp | ratio | tg128 ferry | "
-          f"tg128 llama.cpp | ratio | ferry decode, % of bw bound |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"tg128 llama.cpp | ratio | ferry decode, % of bw bound |{bo if a.block_order else ''}")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.block_order else ""))
     for t, x in res.items():
         fp, lp = med([d["prefill_tps"] for d in x["f"]]), med([d["prefill_tps"] for d in x["l"]])
         fd, ld = med([d["decode_tps"] for d in x["f"]]), med([d["decode_tps"] for d in x["l"]])
-        print(f"| {t} | {x['bytes'] / 1e6:.1f} | {fp:.1f} | {lp:.1f} | {fp / lp:.2f}x | "
-              f"{fd:.1f} | {ld:.1f} | {fd / ld:.2f}x | {100 * fd * x['bytes'] / bw:.0f}% |")
+        row = (f"| {t} | {x['bytes'] / 1e6:.1f} | {fp:.1f} | {lp:.1f} | {fp / lp:.2f}x | "
+               f"{fd:.1f} | {ld:.1f} | {fd / ld:.2f}x | {100 * fd * x['bytes'] / bw:.0f}% |")
+        if x["b"]:
+            bp, bd = med([d["prefill_tps"] for d in x["b"]]), med([d["decode_tps"] for d in x["b"]])
+            row += f" {bp:.1f} | {bp / lp:.2f}x | {bd:.1f} | {bd / ld:.2f}x |"
+        print(row)
     print(f"\nread bandwidth ({a.threads} threads, numpy): {bw / 1e9:.1f} GB/s")
 
 
@@ -288,6 +304,8 @@ def main():
     ap.add_argument("--types", help="per-type pp512/tg128 table over these quantizations "
                     f"(comma-separated, or 'all' = {','.join(QUANT_TYPES)}) instead of the "
                     "single-model run")
+    ap.add_argument("--block-order", action="store_true",
+                    help="per-type table: also run Ferry with FERRY_MATMUL_ORDER=block")
     ap.add_argument("--quants-dir", help="where scripts/make-quants.py wrote the GGUFs "
                     "(default $FERRY_QUANTS_DIR)")
     a = ap.parse_args()

@@ -96,17 +96,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (pp, tg) = (med(&mut pp), med(&mut tg));
     let wbytes = e.model().weight_bytes();
+    let order = match e.model().matmul_order() {
+        ferry_kernels::Order::LlamaCpp => "llama.cpp",
+        ferry_kernels::Order::Block => "block",
+    };
     if a.json {
         println!(
             "{}",
             serde_json::json!({"model": a.model, "threads": e.config().threads, "prompt_tokens": a.prompt_tokens,
-                "decode_tokens": a.decode_tokens, "prefill_tps": pp, "decode_tps": tg, "weight_bytes": wbytes})
+                "decode_tokens": a.decode_tokens, "prefill_tps": pp, "decode_tps": tg, "weight_bytes": wbytes,
+                "kernels": ferry_kernels::backend_name(), "matmul_order": order})
         );
     } else {
         println!(
-            "model {} ({:.1} MB of weights read per token)",
+            "model {} ({:.1} MB of weights read per token; {} kernels, matmul order {order})",
             a.model,
-            wbytes as f64 / 1e6
+            wbytes as f64 / 1e6,
+            ferry_kernels::backend_name()
         );
         println!("prefill  pp{:<5} {:>8.1} tokens/s", a.prompt_tokens, pp);
         println!(

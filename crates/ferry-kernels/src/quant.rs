@@ -321,7 +321,12 @@ impl Order {
     /// The order named by `FERRY_MATMUL_ORDER` (`llama.cpp`, the default, or `block`); an
     /// unknown value is an error naming the accepted ones.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("FERRY_MATMUL_ORDER").ok().as_deref() {
+        Self::parse(std::env::var("FERRY_MATMUL_ORDER").ok().as_deref())
+    }
+
+    /// `from_env` of the variable's value (`None`: unset).
+    fn parse(v: Option<&str>) -> Result<Self, String> {
+        match v {
             None | Some("") | Some("llama.cpp") | Some("llamacpp") => Ok(Self::LlamaCpp),
             Some("block") => Ok(Self::Block),
             Some(other) => Err(format!(
@@ -465,6 +470,20 @@ fn dot_blocks_exact<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_names() {
+        for (v, want) in [
+            (None, Ok(Order::LlamaCpp)),
+            (Some(""), Ok(Order::LlamaCpp)),
+            (Some("llama.cpp"), Ok(Order::LlamaCpp)),
+            (Some("block"), Ok(Order::Block)),
+        ] {
+            assert_eq!(Order::parse(v), want, "{v:?}");
+        }
+        let e = Order::parse(Some("Block ")).unwrap_err();
+        assert!(e.contains("\"Block \"") && e.contains("llama.cpp"), "{e}");
+    }
 
     #[test]
     fn q8_roundtrip_is_close() {

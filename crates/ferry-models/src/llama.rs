@@ -38,6 +38,9 @@ pub enum ModelError {
     BadTensor { name: String, why: String },
     #[error("unsupported architecture {0:?}")]
     Architecture(String),
+    /// A setting of the process (an environment variable) that cannot be honoured.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// Hyper-parameters read from GGUF metadata.
@@ -203,6 +206,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     /// `rope_theta_scale` of the head size and frequency base.
     theta_scale: f32,
+    /// The order the packed matrices sum in.
+    order: Order,
 }
 
 /// One token of a flattened batch.
@@ -273,10 +278,7 @@ impl Llama {
     /// the order `FERRY_MATMUL_ORDER` names (llama.cpp's, `Order::LlamaCpp`, unless it says
     /// `block`).
     pub fn load(file: Arc<GgufFile>) -> Result<Self, ModelError> {
-        let order = Order::from_env().map_err(|why| ModelError::BadValue {
-            key: "FERRY_MATMUL_ORDER".into(),
-            why,
-        })?;
+        let order = Order::from_env().map_err(ModelError::Setting)?;
         Self::load_with(file, order)
     }
 
@@ -358,7 +360,13 @@ impl Llama {
             output_norm,
             layers,
             theta_scale,
+            order,
         })
+    }
+
+    /// The order in which this model's packed 32-element block matrices sum their products.
+    pub fn matmul_order(&self) -> Order {
+        self.order
     }
 
     fn m<'a>(&'a self, w: &'a W) -> Matrix<'a> {
