@@ -290,6 +290,8 @@ impl Llama {
             file.tensor(name)
                 .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
         };
+        // Unpacked matrices (no x16 kernels on this CPU) always sum in llama.cpp's order.
+        let any_packed = std::cell::Cell::new(false);
         let mat = |name: &str, rows: usize, cols: usize| -> Result<W, ModelError> {
             let t = get(name)?;
             check_shape(t, &[cols as u64, rows as u64])?;
@@ -301,6 +303,7 @@ impl Llama {
             })?;
             let packed = PackedMatrix::new(&m, order).map(Arc::new);
             if packed.is_some() {
+                any_packed.set(true);
                 // Products read only the packed copy from now on (the token embedding's rows
                 // looked up per token aside): the file's pages leave the resident set as each
                 // matrix is packed, so that the weights are resident once, also while loading.
@@ -360,11 +363,16 @@ impl Llama {
             output_norm,
             layers,
             theta_scale,
-            order,
+            order: if any_packed.get() {
+                order
+            } else {
+                Order::LlamaCpp
+            },
         })
     }
 
-    /// The order in which this model's packed 32-element block matrices sum their products.
+    /// The order in which this model's 32-element block matrices sum their products (llama.cpp's
+    /// where the CPU has no x16 kernels to pack them for, whatever was asked).
     pub fn matmul_order(&self) -> Order {
         self.order
     }

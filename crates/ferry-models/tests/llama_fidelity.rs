@@ -65,9 +65,10 @@ fn load(path: &std::path::Path, order: Order) -> Env {
     let model =
         Llama::load_with(g, order).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     Env {
+        // The order the model got (llama.cpp's where this CPU packs nothing).
+        order: model.matmul_order(),
         model,
         pool: ThreadPool::new(2),
-        order,
     }
 }
 
