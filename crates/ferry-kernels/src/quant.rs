@@ -311,7 +311,7 @@ pub enum Order {
     /// end): the order of llama.cpp's repacked x86 Q4_0 kernels (`repack.cpp`,
     /// `gemm_q4_b32_8x8_q8_0_lut_avx`, which llama.cpp uses by default on AVX2 machines).
     /// Fewer roundings and a third of `LlamaCpp`'s float work per block, so batched products
-    /// (prefill) run 1.4-1.8x faster; as close to the F16 model as `LlamaCpp`, but its
+    /// (prefill) run 1.5-2x faster; as close to the F16 model as `LlamaCpp`, but its
     /// roundings re-quantize activations differently, so its logits differ from llama.cpp's
     /// unrepacked ones by quantization noise (96-98% teacher-forced top-1 agreement). Opt-in.
     Block,
