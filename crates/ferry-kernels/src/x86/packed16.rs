@@ -361,19 +361,24 @@ unsafe fn run_k<const K: u8>(
     let run = |at: *const u8, o: Out, n: usize| {
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (K, n == 2) {
-                (0, true) => tokens_q45k::<false, 2>(g, w, at, pab, o),
-                (0, false) => tokens_q45k::<false, 1>(g, w, at, pab, o),
-                (1, true) => tokens_q45k::<true, 2>(g, w, at, pab, o),
-                (1, false) => tokens_q45k::<true, 1>(g, w, at, pab, o),
-                (_, true) => tokens_q6k::<2>(g, w, at, pab, o),
-                (_, false) => tokens_q6k::<1>(g, w, at, pab, o),
+            match (K, n) {
+                (0, 4) => tokens_q45k::<false, 4>(g, w, at, pab, o),
+                (0, 2) => tokens_q45k::<false, 2>(g, w, at, pab, o),
+                (0, _) => tokens_q45k::<false, 1>(g, w, at, pab, o),
+                (1, 4) => tokens_q45k::<true, 4>(g, w, at, pab, o),
+                (1, 2) => tokens_q45k::<true, 2>(g, w, at, pab, o),
+                (1, _) => tokens_q45k::<true, 1>(g, w, at, pab, o),
+                (_, 4) => tokens_q6k::<4>(g, w, at, pab, o),
+                (_, 2) => tokens_q6k::<2>(g, w, at, pab, o),
+                (_, _) => tokens_q6k::<1>(g, w, at, pab, o),
             }
         }
     };
     let gb = g.group_bytes();
+    // Four tokens per pass share each super-block's code vectors (the K-quant kernels keep
+    // one float accumulator per token, so the registers hold four).
     // SAFETY: forwarded from the caller.
-    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, 2, run) }
+    unsafe { drive(nt, nr, group, gb, a, pab, arow, out, ostride, 4, run) }
 }
 
 /// The float steps of a K-quant super-block for `T` tokens (`quant_k::k_block_step`):
@@ -407,7 +412,7 @@ unsafe fn k_step<const T: usize>(
     }
 }
 
-/// 16 Q6_K rows × `T` tokens, llama.cpp's tiled order: per super-block `s1 = Σ_s scale_s ·
+/// 16 Q6_K rows × `T` (1, 2 or 4) tokens, llama.cpp's tiled order: per super-block `s1 = Σ_s scale_s ·
 /// (raw_s − 32·bsum_s)` over the 16 sub-blocks of 16 (the `−32·bsum` starts each `vpdpbusd`
 /// chain), then `k_step`. Codes as GGML's dequantizer builds them: element `128n + 32c + l`
 /// is nibble `c / 2` of `ql[64n + 32(c % 2) + l]` with bits `2c..2c+2` of `qh[32n + l]` above.
@@ -480,7 +485,7 @@ unsafe fn tokens_q6k<const T: usize>(
     }
 }
 
-/// 16 Q4_K (or, `Q5`, Q5_K) rows × `T` tokens, llama.cpp's tiled order
+/// 16 Q4_K (or, `Q5`, Q5_K) rows × `T` (1, 2 or 4) tokens, llama.cpp's tiled order
 /// (`quant_k::vec_dot_k_ref`): per super-block exact i32 sums `s1 = Σ_s scale_s · raw_s` and
 /// `s2 = Σ_s min_s · bsum_s` (row `r` in lane `r`), then `k_step`. Q5_K's fifth bit of element
 /// `64j + 32h + l` is bit `2j + h` of `qh[l]`, moved to bit 4 of the code byte.
