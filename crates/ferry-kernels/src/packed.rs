@@ -25,8 +25,10 @@
 //! bytes as they are (low nibbles are elements `4k..4k+3`, high nibbles `16+4k..`); Q8_0 bytes
 //! are stored plus 128 (as `u8`), the operand `vpdpbusd` wants.
 //!
-//! The x16 kernels serve every batch size of a packed matrix (two tokens per pass over a block
-//! in registers; faster than the prepared row-pair tiles from 1 to 512 tokens), so a packed
+//! The x16 kernels serve every batch size of a packed matrix (up to four tokens per pass over
+//! a block in registers: two for the block types in llama.cpp's order, whose eight lane
+//! accumulators per token fill the registers; faster than the prepared row-pair tiles from 1 to
+//! 512 tokens), so a packed
 //! model reads only its packed copy and the file's pages can leave the resident set.
 
 use crate::dot::{backend, Backend};
