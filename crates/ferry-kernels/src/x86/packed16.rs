@@ -17,9 +17,8 @@ use std::arch::x86_64::*;
 use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP};
 use crate::quant::{GgmlType, Order};
 
-/// The x16 kernel for `ty` summed in `order`, if there is one.
-pub(crate) fn x16(ty: GgmlType, order: Order) -> Option<X16Fn> {
-    let o = order;
+/// The x16 kernel for `ty` summed in order `o`, if there is one.
+pub(crate) fn x16(ty: GgmlType, o: Order) -> Option<X16Fn> {
     match ty {
         GgmlType::Q4_0 => Some(blocks::<4, false, false>(o)),
         GgmlType::Q4_1 => Some(blocks::<4, true, false>(o)),
