@@ -96,10 +96,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let (pp, tg) = (med(&mut pp), med(&mut tg));
     let wbytes = e.model().weight_bytes();
-    let order = match e.model().matmul_order() {
-        ferry_kernels::Order::LlamaCpp => "llama.cpp",
-        ferry_kernels::Order::Block => "block",
-    };
+    let order = e.model().matmul_order().name();
     if a.json {
         println!(
             "{}",

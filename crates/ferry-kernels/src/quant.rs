@@ -327,11 +327,22 @@ impl Order {
     /// `from_env` of the variable's value (`None`: unset).
     fn parse(v: Option<&str>) -> Result<Self, String> {
         match v {
-            None | Some("") | Some("llama.cpp") | Some("llamacpp") => Ok(Self::LlamaCpp),
-            Some("block") => Ok(Self::Block),
+            None | Some("") | Some("llamacpp") => Ok(Self::LlamaCpp),
+            Some(v) if v == Self::LlamaCpp.name() => Ok(Self::LlamaCpp),
+            Some(v) if v == Self::Block.name() => Ok(Self::Block),
             Some(other) => Err(format!(
-                "FERRY_MATMUL_ORDER={other:?}: expected \"llama.cpp\" or \"block\""
+                "FERRY_MATMUL_ORDER={other:?}: expected {:?} or {:?}",
+                Self::LlamaCpp.name(),
+                Self::Block.name()
             )),
+        }
+    }
+
+    /// The order's name, as `FERRY_MATMUL_ORDER` takes it and `ferry bench` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LlamaCpp => "llama.cpp",
+            Self::Block => "block",
         }
     }
 }
@@ -347,14 +358,6 @@ pub fn vec_dot_ref(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// `vec_dot_ref` with the 32-element block types summed in `order` (the K-quants and float
 /// types have one order).
 pub fn vec_dot_ref_in(order: Order, ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let blocks = |wb: usize, ab: usize| {
-        let (w, a) = (w.chunks_exact(wb), a.chunks_exact(ab));
-        let f = |bw: &[u8], ba: &[u8]| block_operands(ty, bw, ba);
-        match order {
-            Order::LlamaCpp => dot_blocks_x86(w, a, f),
-            Order::Block => dot_blocks_exact(w, a, f),
-        }
-    };
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
             let mut x = vec![0f32; n];
@@ -368,7 +371,11 @@ pub fn vec_dot_ref_in(order: Order, ty: GgmlType, n: usize, w: &[u8], a: &[u8]) 
         // `tinyBLAS_Q0_AVX` for Q4_0/Q5_0/Q8_0 batches, which performs the same float ops per
         // output): see `dot_blocks_x86`; or `dot_blocks_exact`.
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
-            blocks(ty.type_size(), ty.vec_dot_type().type_size())
+            let blocks = block_operands(ty, w, a);
+            match order {
+                Order::LlamaCpp => dot_blocks_x86(blocks),
+                Order::Block => dot_blocks_exact(blocks),
+            }
         }
         GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => crate::quant_k::vec_dot_k_ref(ty, n, w, a),
         GgmlType::Q8_1 | GgmlType::Q8K => panic!("{} is not a weight type", ty.name()),
@@ -379,24 +386,34 @@ pub fn vec_dot_ref_in(order: Order, ty: GgmlType, n: usize, w: &[u8], a: &[u8]) 
 /// scale product `d_w · d_a` (one f32 multiply) and, for Q4_1/Q5_1, the pair `(m, s)`.
 type BlockOperands = ([i32; 32], [i32; 32], f32, Option<(f32, f32)>);
 
-/// The `BlockOperands` of one block of a 32-element block type and its activation block.
-fn block_operands(ty: GgmlType, bw: &[u8], ba: &[u8]) -> BlockOperands {
-    let nib = |off: usize, bias: i32| -> [i32; 32] {
-        std::array::from_fn(|j| {
-            let b = bw[off + j % 16];
-            (if j < 16 { b & 0x0f } else { b >> 4 }) as i32 - bias
+/// The `BlockOperands` of each block of weight row `w` (a 32-element block type `ty`) and
+/// activation row `a` (its `vec_dot_type`), in order.
+fn block_operands<'a>(
+    ty: GgmlType,
+    w: &'a [u8],
+    a: &'a [u8],
+) -> impl Iterator<Item = BlockOperands> + 'a {
+    let (wb, ab) = (ty.type_size(), ty.vec_dot_type().type_size());
+    w.chunks_exact(wb)
+        .zip(a.chunks_exact(ab))
+        .map(move |(bw, ba)| {
+            let nib = |off: usize, bias: i32| -> [i32; 32] {
+                std::array::from_fn(|j| {
+                    let b = bw[off + j % 16];
+                    (if j < 16 { b & 0x0f } else { b >> 4 }) as i32 - bias
+                })
+            };
+            let d = rd_f16(bw, 0) * rd_f16(ba, 0);
+            let ms = || Some((rd_f16(bw, 2), rd_f16(ba, 2)));
+            match ty {
+                GgmlType::Q4_0 => (nib(2, 8), q8(&ba[2..]), d, None),
+                GgmlType::Q4_1 => (nib(4, 0), q8(&ba[4..]), d, ms()),
+                GgmlType::Q5_0 => (q5_values(bw, 2, 16), q8(&ba[2..]), d, None),
+                GgmlType::Q5_1 => (q5_values(bw, 4, 0), q8(&ba[4..]), d, ms()),
+                GgmlType::Q8_0 => (q8(&bw[2..]), q8(&ba[2..]), d, None),
+                _ => unreachable!("not a 32-element block type"),
+            }
         })
-    };
-    let d = rd_f16(bw, 0) * rd_f16(ba, 0);
-    let ms = || Some((rd_f16(bw, 2), rd_f16(ba, 2)));
-    match ty {
-        GgmlType::Q4_0 => (nib(2, 8), q8(&ba[2..]), d, None),
-        GgmlType::Q4_1 => (nib(4, 0), q8(&ba[4..]), d, ms()),
-        GgmlType::Q5_0 => (q5_values(bw, 2, 16), q8(&ba[2..]), d, None),
-        GgmlType::Q5_1 => (q5_values(bw, 4, 0), q8(&ba[4..]), d, ms()),
-        GgmlType::Q8_0 => (q8(&bw[2..]), q8(&ba[2..]), d, None),
-        _ => unreachable!("not a 32-element block type"),
-    }
 }
 
 /// The 32 signed bytes at the start of `b` as integers.
@@ -412,23 +429,16 @@ pub(crate) fn hsum8_x86(x: [f32; 8]) -> f32 {
     ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]))
 }
 
-/// The float arithmetic of ggml-cpu's x86 dot products of 32-element blocks, per output.
-/// `block(w, a)` gives a block's weight values and activation values in element order, the
-/// scale product `d_w · d_a` (one f32 multiply) and, for Q4_1/Q5_1, the pair `(m, s)`.
-/// Eight f32 lanes: for each block in order, lane `k` takes the exact integer
+/// The float arithmetic of ggml-cpu's x86 dot products of 32-element blocks, per output,
+/// over the blocks' operands (`block_operands`). Eight f32 lanes: for each block in order, lane `k` takes the exact integer
 /// `Σ w_e·a_e` over elements `4k..4k+4` (what `vpdpbusd` / `maddubs`+`madd` produce), and
 /// `lane = fma(d, f32(int), lane)`; the mins go to one scalar, `summs = fma(m, s, summs)`
 /// (GCC contracts ggml's `summs += m*s`, as its binaries show); the result is
 /// `hsum8_x86(lanes) + summs` (no `+ summs` without mins).
-fn dot_blocks_x86<'a>(
-    w: impl Iterator<Item = &'a [u8]>,
-    a: impl Iterator<Item = &'a [u8]>,
-    block: impl Fn(&[u8], &[u8]) -> BlockOperands,
-) -> f32 {
+fn dot_blocks_x86(blocks: impl Iterator<Item = BlockOperands>) -> f32 {
     let mut acc = [0f32; 8];
     let mut summs = None;
-    for (bw, ba) in w.zip(a) {
-        let (qw, qa, d, ms) = block(bw, ba);
+    for (qw, qa, d, ms) in blocks {
         for (k, lane) in acc.iter_mut().enumerate() {
             let i: i32 = (4 * k..4 * k + 4).map(|e| qw[e] * qa[e]).sum();
             *lane = d.mul_add(i as f32, *lane);
@@ -446,15 +456,10 @@ fn dot_blocks_x86<'a>(
 /// `Order::Block`'s arithmetic, per output: for each block in order the exact integer
 /// `Σ w_e·a_e` over its 32 elements and `acc = fma(d, f32(Σ), acc)` (`|Σ| < 2²⁴`, so the
 /// conversion is exact); the mins as in `dot_blocks_x86`; the result `acc + summs`.
-fn dot_blocks_exact<'a>(
-    w: impl Iterator<Item = &'a [u8]>,
-    a: impl Iterator<Item = &'a [u8]>,
-    block: impl Fn(&[u8], &[u8]) -> BlockOperands,
-) -> f32 {
+fn dot_blocks_exact(blocks: impl Iterator<Item = BlockOperands>) -> f32 {
     let mut acc = 0f32;
     let mut summs = None;
-    for (bw, ba) in w.zip(a) {
-        let (qw, qa, d, ms) = block(bw, ba);
+    for (qw, qa, d, ms) in blocks {
         let i: i32 = qw.iter().zip(&qa).map(|(x, y)| x * y).sum();
         acc = d.mul_add(i as f32, acc);
         if let Some((m, s)) = ms {

@@ -56,7 +56,6 @@ const BLOCK_F16_SLACK: f64 = 1.03;
 struct Env {
     model: Llama,
     pool: ThreadPool,
-    order: Order,
 }
 
 fn load(path: &std::path::Path, order: Order) -> Env {
@@ -65,8 +64,6 @@ fn load(path: &std::path::Path, order: Order) -> Env {
     let model =
         Llama::load_with(g, order).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
     Env {
-        // The order the model got (llama.cpp's where this CPU packs nothing).
-        order: model.matmul_order(),
         model,
         pool: ThreadPool::new(2),
     }
@@ -270,7 +267,7 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
     let t0 = Instant::now();
     let vocab = e.model.cfg.vocab_size;
     let self_margin = llama_self_margin(cases);
-    let (min_agreement, max_margin) = match e.order {
+    let (min_agreement, max_margin) = match e.model.matmul_order() {
         Order::LlamaCpp => (MIN_AGREEMENT, MAX_MARGIN),
         Order::Block => (BLOCK_MIN_AGREEMENT, BLOCK_MAX_MARGIN),
     };
@@ -349,7 +346,7 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
          llama.cpp's teacher-forced top-1 vs its own greedy tokens {llama_self}/{total} \
          (largest gap it flips {self_margin:.4}; near-tie bound {bound:.4})",
         ferry_kernels::backend_name(),
-        e.order
+        e.model.matmul_order()
     );
     println!(
         "{label}: teacher-forced top-1 agreement {agree}/{total} = {:.2}%; |ferry - llama.cpp| over llama.cpp's top-10 logits: mean {:.4}, max {:.4}; \
@@ -370,7 +367,7 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
         100.0 * rate,
         100.0 * min_agreement
     );
-    if e.order == Order::LlamaCpp && EXACT_TYPES.contains(&label) {
+    if e.model.matmul_order() == Order::LlamaCpp && EXACT_TYPES.contains(&label) {
         assert!(
             max_abs <= EXACT_MAX_DIFF,
             "{label}: logits differ from llama.cpp's by up to {max_abs:.4} (> {EXACT_MAX_DIFF}): \
