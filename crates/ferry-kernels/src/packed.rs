@@ -162,9 +162,15 @@ impl PackedMatrix {
     }
 
     /// The packed bytes of group `gi` (rows `16·gi..16·gi + 16`).
+    #[cfg(test)]
     pub(crate) fn group(&self, gi: usize) -> &[u8] {
+        self.groups(gi, gi + 1)
+    }
+
+    /// Groups `g0..g1`, contiguous: an `X16Fn` runs the first and prefetches the rest.
+    pub(crate) fn groups(&self, g0: usize, g1: usize) -> &[u8] {
         let gb = self.group_bytes();
-        &lines_bytes(&self.data)[gi * gb..(gi + 1) * gb]
+        &lines_bytes(&self.data)[g0 * gb..g1 * gb]
     }
 
     /// Rows `r0..r0 + nr` in GGML's layout, into `dst` (`nr` rows of `ty.row_bytes(cols)`): the
@@ -438,8 +444,10 @@ pub(crate) fn prep_act(ty: GgmlType, cols: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Runs 16 packed rows of `cols` elements against `nt` prepared activation rows (`pab`
-/// bytes apart), writing row `r < nr` of token `t` at `out + t · ostride + r`.
+/// Runs 16 packed rows of `cols` elements (the first group of `group`; groups after it, the
+/// rest of the caller's task, may be prefetched but are not read) against `nt` prepared
+/// activation rows (`pab` bytes apart), writing row `r < nr` of token `t` at
+/// `out + t · ostride + r`.
 ///
 /// # Safety
 /// Those `nt × nr` elements must be valid for writes and written by no one else meanwhile.
