@@ -66,12 +66,17 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: boo
         let pf = Ahead::new(w, end, g.group_bytes() / nb);
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (BLOCK, n) {
-                (false, 2) => tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o, pf),
-                (false, _) => tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o, pf),
-                (true, 4) => tokens_block::<V, MINS, HB, 4>(nb, w, g, at, pab, o, pf),
-                (true, 2) => tokens_block::<V, MINS, HB, 2>(nb, w, g, at, pab, o, pf),
-                (true, _) => tokens_block::<V, MINS, HB, 1>(nb, w, g, at, pab, o, pf),
+            match (BLOCK, n, end > 0) {
+                (false, 2, true) => tokens::<V, MINS, HB, 2, true>(nb, w, g, at, pab, o, pf),
+                (false, 2, _) => tokens::<V, MINS, HB, 2, false>(nb, w, g, at, pab, o, pf),
+                (false, _, true) => tokens::<V, MINS, HB, 1, true>(nb, w, g, at, pab, o, pf),
+                (false, _, _) => tokens::<V, MINS, HB, 1, false>(nb, w, g, at, pab, o, pf),
+                (true, 4, true) => tokens_block::<V, MINS, HB, 4, true>(nb, w, g, at, pab, o, pf),
+                (true, 4, _) => tokens_block::<V, MINS, HB, 4, false>(nb, w, g, at, pab, o, pf),
+                (true, 2, true) => tokens_block::<V, MINS, HB, 2, true>(nb, w, g, at, pab, o, pf),
+                (true, 2, _) => tokens_block::<V, MINS, HB, 2, false>(nb, w, g, at, pab, o, pf),
+                (true, _, true) => tokens_block::<V, MINS, HB, 1, true>(nb, w, g, at, pab, o, pf),
+                (true, _, _) => tokens_block::<V, MINS, HB, 1, false>(nb, w, g, at, pab, o, pf),
             }
         }
     };
@@ -87,7 +92,8 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: boo
 /// `nt` activation rows `arow` bytes, `pab` apart), then runs `f(row, out, n, end)` over the
 /// tokens, `n` at a time: `most` (2 or 4) while that many are left, then 2, then 1. `end` is
 /// how far past the group's start the first pass may prefetch (`group.len()`: the rest of the
-/// task's groups follow it), 0 for the later passes, which find the group in cache.
+/// task's groups follow it), 0 for the later passes, which find the group in cache, and for
+/// batches of more than `PREFETCH_MAX_TOKENS`.
 ///
 /// # Safety
 /// As `X16Fn`: row `r < nr` of token `t` at `out + t · ostride + r` is writable by the caller.
@@ -110,7 +116,11 @@ unsafe fn drive(
     let mut t = 0;
     while t < nt {
         let n = [most, 2, 1].into_iter().find(|&n| n <= nt - t).unwrap_or(1);
-        let end = if t == 0 { group.len() } else { 0 };
+        let end = if t == 0 && nt <= PREFETCH_MAX_TOKENS {
+            group.len()
+        } else {
+            0
+        };
         f(a[t * pab..].as_ptr(), Out::new(out, t, ostride, nr), n, end);
         t += n;
     }
@@ -150,6 +160,11 @@ impl Out {
 /// software prefetch (Q4_0, Q4_1, Q8_0, Q4_K_M, Q6_K), 4 streams +19%, 16 streams +3-5%;
 /// 4 KiB gave a little less, 12 KiB and more less again.
 const PREFETCH_AHEAD: usize = 8192;
+
+/// Prefetching is for the memory-bound products of decode. Over a long batch a kernel passes
+/// over each group many times, bound by arithmetic, and the lines fetched for the next group
+/// only crowd the level-1 cache meanwhile: Q8_0 prefill of 512 tokens lost 28% with them.
+const PREFETCH_MAX_TOKENS: usize = 16;
 
 /// Software prefetch of a group's (and its task's following groups') lines ahead of the
 /// kernel's reads: step `i` (of `step` bytes each, in the order the kernel consumes them)
@@ -273,7 +288,13 @@ unsafe fn block_scales<const MINS: bool>(w: *const u8, g: Geometry, b: usize) ->
 /// 16 rows × `T` (1 or 2) tokens over `nb` blocks in `Order::LlamaCpp`: each block's weight
 /// vectors are loaded (and, for 4-bit quants, split into nibbles) once for the `T` tokens.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usize>(
+unsafe fn tokens<
+    const V: usize,
+    const MINS: bool,
+    const HB: bool,
+    const T: usize,
+    const PF: bool,
+>(
     nb: usize,
     w: *const u8,
     g: Geometry,
@@ -290,7 +311,9 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
     // apart), as the caller checked.
     unsafe {
         for b in 0..nb {
-            pf.step(b);
+            if PF {
+                pf.step(b);
+            }
             let wq = block_vectors::<V, HB>(w, g, b);
             let (dw, m) = block_scales::<MINS>(w, g, b);
             for t in 0..T {
@@ -331,7 +354,13 @@ unsafe fn tokens<const V: usize, const MINS: bool, const HB: bool, const T: usiz
 /// groups go into two `vpdpbusd` chains per token (even and odd `k`, the first started from the
 /// block's offset `-C·Σ a`), whose exact sum takes one `cvt` and one `fma`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn tokens_block<const V: usize, const MINS: bool, const HB: bool, const T: usize>(
+unsafe fn tokens_block<
+    const V: usize,
+    const MINS: bool,
+    const HB: bool,
+    const T: usize,
+    const PF: bool,
+>(
     nb: usize,
     w: *const u8,
     g: Geometry,
@@ -347,7 +376,9 @@ unsafe fn tokens_block<const V: usize, const MINS: bool, const HB: bool, const T
     // SAFETY: as in `tokens`.
     unsafe {
         for b in 0..nb {
-            pf.step(b);
+            if PF {
+                pf.step(b);
+            }
             let wq = block_vectors::<V, HB>(w, g, b);
             let (dw, m) = block_scales::<MINS>(w, g, b);
             let ab = |t: usize| a.add(t * pab + b * ACT_BLK);
@@ -409,16 +440,25 @@ unsafe fn run_k<const K: u8>(
         let pf = Ahead::new(w, end, g.group_bytes() / (4 * g.nsb));
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (K, n) {
-                (0, 4) => tokens_q45k::<false, 4>(g, w, at, pab, o, pf),
-                (0, 2) => tokens_q45k::<false, 2>(g, w, at, pab, o, pf),
-                (0, _) => tokens_q45k::<false, 1>(g, w, at, pab, o, pf),
-                (1, 4) => tokens_q45k::<true, 4>(g, w, at, pab, o, pf),
-                (1, 2) => tokens_q45k::<true, 2>(g, w, at, pab, o, pf),
-                (1, _) => tokens_q45k::<true, 1>(g, w, at, pab, o, pf),
-                (_, 4) => tokens_q6k::<4>(g, w, at, pab, o, pf),
-                (_, 2) => tokens_q6k::<2>(g, w, at, pab, o, pf),
-                (_, _) => tokens_q6k::<1>(g, w, at, pab, o, pf),
+            match (K, n, end > 0) {
+                (0, 4, true) => tokens_q45k::<false, 4, true>(g, w, at, pab, o, pf),
+                (0, 4, _) => tokens_q45k::<false, 4, false>(g, w, at, pab, o, pf),
+                (0, 2, true) => tokens_q45k::<false, 2, true>(g, w, at, pab, o, pf),
+                (0, 2, _) => tokens_q45k::<false, 2, false>(g, w, at, pab, o, pf),
+                (0, _, true) => tokens_q45k::<false, 1, true>(g, w, at, pab, o, pf),
+                (0, _, _) => tokens_q45k::<false, 1, false>(g, w, at, pab, o, pf),
+                (1, 4, true) => tokens_q45k::<true, 4, true>(g, w, at, pab, o, pf),
+                (1, 4, _) => tokens_q45k::<true, 4, false>(g, w, at, pab, o, pf),
+                (1, 2, true) => tokens_q45k::<true, 2, true>(g, w, at, pab, o, pf),
+                (1, 2, _) => tokens_q45k::<true, 2, false>(g, w, at, pab, o, pf),
+                (1, _, true) => tokens_q45k::<true, 1, true>(g, w, at, pab, o, pf),
+                (1, _, _) => tokens_q45k::<true, 1, false>(g, w, at, pab, o, pf),
+                (_, 4, true) => tokens_q6k::<4, true>(g, w, at, pab, o, pf),
+                (_, 4, _) => tokens_q6k::<4, false>(g, w, at, pab, o, pf),
+                (_, 2, true) => tokens_q6k::<2, true>(g, w, at, pab, o, pf),
+                (_, 2, _) => tokens_q6k::<2, false>(g, w, at, pab, o, pf),
+                (_, _, true) => tokens_q6k::<1, true>(g, w, at, pab, o, pf),
+                (_, _, _) => tokens_q6k::<1, false>(g, w, at, pab, o, pf),
             }
         }
     };
@@ -465,7 +505,7 @@ unsafe fn k_step<const T: usize>(
 /// chain), then `k_step`. Codes as GGML's dequantizer builds them: element `128n + 32c + l`
 /// is nibble `c / 2` of `ql[64n + 32(c % 2) + l]` with bits `2c..2c+2` of `qh[32n + l]` above.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tokens_q6k<const T: usize>(
+unsafe fn tokens_q6k<const T: usize, const PF: bool>(
     g: KGeometry,
     w: *const u8,
     a: *const u8,
@@ -485,7 +525,9 @@ unsafe fn tokens_q6k<const T: usize>(
             let mut s1 = [_mm512_setzero_si512(); T];
             for n in 0..2 {
                 for kk in 0..2 {
-                    pf.step(4 * i + 2 * n + kk);
+                    if PF {
+                        pf.step(4 * i + 2 * n + kk);
+                    }
                     // Sub-blocks 8n + 2c + kk for c in 0..4: raw sums from −32·bsum.
                     let mut raw = [[_mm512_setzero_si512(); 4]; T];
                     for t in 0..T {
@@ -540,7 +582,7 @@ unsafe fn tokens_q6k<const T: usize>(
 /// `s2 = Σ_s min_s · bsum_s` (row `r` in lane `r`), then `k_step`. Q5_K's fifth bit of element
 /// `64j + 32h + l` is bit `2j + h` of `qh[l]`, moved to bit 4 of the code byte.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn tokens_q45k<const Q5: bool, const T: usize>(
+unsafe fn tokens_q45k<const Q5: bool, const T: usize, const PF: bool>(
     g: KGeometry,
     w: *const u8,
     a: *const u8,
@@ -562,7 +604,9 @@ unsafe fn tokens_q45k<const Q5: bool, const T: usize>(
             let mut s1 = [zi; T];
             let mut s2 = [zi; T];
             for j in 0..4 {
-                pf.step(4 * i + j);
+                if PF {
+                    pf.step(4 * i + j);
+                }
                 // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles).
                 let mut raw = [[zi; 2]; T];
                 for k in 0..8 {
