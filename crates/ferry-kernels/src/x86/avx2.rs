@@ -471,6 +471,15 @@ unsafe fn tile_blk<K: Blk, const R: usize, const T: usize>(
     for b in 0..nb {
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
+            if T <= 2 && (b * K::WB) % 64 < K::WB {
+                // Decode-sized products are memory-bound: where this block starts a cache
+                // line, ask for the next tile's rows there (see `packed16::PREFETCH_AHEAD`).
+                // A prefetch never faults.
+                for r in R..2 * R {
+                    let p = w.wrapping_add(r * ws + b * K::WB) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
             let mut wv = [K::load_w(w.add(b * K::WB)); R];
             for (r, v) in wv.iter_mut().enumerate().skip(1) {
                 *v = K::load_w(w.add(r * ws + b * K::WB));
