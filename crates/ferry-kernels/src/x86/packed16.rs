@@ -163,13 +163,15 @@ const PREFETCH_AHEAD: usize = 8192;
 
 /// Prefetching is for the memory-bound products of decode. Over a long batch a kernel passes
 /// over each group many times, bound by arithmetic, and the lines fetched for the next group
-/// only crowd the level-1 cache meanwhile: Q8_0 prefill of 512 tokens lost 28% with them.
+/// only crowd the level-1 cache meanwhile: with prefetch at every batch size Q8_0 prefill of
+/// 512 tokens lost 20-30%, and ~10% (kbench) with it only switched off at run time, so the
+/// prefetching kernels are a const parameter (`PF`) of each kernel family.
 const PREFETCH_MAX_TOKENS: usize = 16;
 
 /// Software prefetch of a group's (and its task's following groups') lines ahead of the
 /// kernel's reads: step `i` (of `step` bytes each, in the order the kernel consumes them)
-/// asks for the lines `PREFETCH_AHEAD` bytes further on, never past `end` (the task's last
-/// byte; 0 turns prefetching off).
+/// asks for the lines `PREFETCH_AHEAD` bytes further on, never past `end` (where the task's
+/// groups end, counted from `w`). Only the kernels compiled with `PF` call it.
 #[derive(Clone, Copy)]
 struct Ahead {
     w: *const u8,
