@@ -235,7 +235,8 @@ const TOK_CHUNK: usize = 64;
 /// per task (2 bytes per element read, 4 written: `prep_h16` was 8% of an F16 prefill profile
 /// at 64), and 128 tokens of f32 activations (768 KB at 1536 columns) still stay in L2.
 const TOK_CHUNK_H16: usize = 128;
-/// Most weight rows per task, so that a task's rows stay in L1/L2 across its token tiles.
+/// Most weight rows per task of several tokens, so that a task's rows stay in L1/L2 across
+/// its token tiles.
 const MAX_ROW_CHUNK: usize = 128;
 
 /// Batches of at least this many tokens use the backend's prepared-operand kernel, if any
@@ -322,13 +323,14 @@ fn matmul_quantized(
         return;
     }
     // Aim at 8+ tasks per thread so that dynamic scheduling evens out the threads; a single
-    // token's product (decode, memory-bound) takes 2: each claim costs a contended atomic, and
-    // each task start is a new stream for the prefetchers (decode +3% over 8, measured with
-    // `decode_bench`, settings alternated step by step).
-    let want_tasks = if n_tokens == 1 { 2 } else { 8 } * pool.n_threads();
-    let per = (total_rows * n_tc)
-        .div_ceil(want_tasks)
-        .clamp(1, MAX_ROW_CHUNK);
+    // token's product (decode, memory-bound) takes 2, of any size (`MAX_ROW_CHUNK` is for
+    // token tiles): each claim costs a contended atomic, and each task start is a new stream
+    // for the prefetchers (decode +3% over 8 per thread, and +1-3% more without the row cap,
+    // measured with `decode_bench`, settings alternated step by step).
+    let single = n_tokens == 1;
+    let want_tasks = if single { 2 } else { 8 } * pool.n_threads();
+    let most_rows = if single { usize::MAX } else { MAX_ROW_CHUNK };
+    let per = (total_rows * n_tc).div_ceil(want_tasks).clamp(1, most_rows);
     let rc = per.div_ceil(max_r) * max_r;
     // Task ranges per matrix: matrix i owns tasks first[i]..first[i + 1].
     let mut first = [0usize; MAX_MULTI + 1];
