@@ -472,13 +472,8 @@ unsafe fn tile_blk<K: Blk, const R: usize, const T: usize>(
         // SAFETY: block `b` of rows `< R` / `< T` lies inside the ranges `check_tile` verified.
         unsafe {
             if T <= 2 && (b * K::WB) % 64 < K::WB {
-                // Decode-sized products are memory-bound: where this block starts a cache
-                // line, ask for the next tile's rows there (see `packed16::PREFETCH_AHEAD`).
-                // A prefetch never faults.
-                for r in R..2 * R {
-                    let p = w.wrapping_add(r * ws + b * K::WB) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(p);
-                }
+                // Where this block starts a cache line.
+                super::prefetch_next_tile::<R>(w, ws, b * K::WB);
             }
             let mut wv = [K::load_w(w.add(b * K::WB)); R];
             for (r, v) in wv.iter_mut().enumerate().skip(1) {

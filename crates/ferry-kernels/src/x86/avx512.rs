@@ -1841,12 +1841,8 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
         // `check_tile` verified.
         unsafe {
             if T <= 2 && i % 32 == 0 {
-                // Decode-sized products are memory-bound: ask for the next tile's rows at
-                // this offset (see `packed16::PREFETCH_AHEAD`). A prefetch never faults.
-                for r in R..2 * R {
-                    let p = w.wrapping_add(r * ws + 2 * i) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(p);
-                }
+                // At each cache line of the rows (32 elements).
+                super::prefetch_next_tile::<R>(w, ws, 2 * i);
             }
             let mut wv = [K::load(w.add(2 * i), k); R];
             for (r, v) in wv.iter_mut().enumerate().skip(1) {

@@ -10,6 +10,19 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod packed16;
 
+/// For the decode-sized tiles that read GGML's layout (the AVX2 block tiles, the AVX-512 F16
+/// and BF16 tiles): ask for rows `R..2R` of a tile (the next tile's) at byte `off` of each row,
+/// `ws` bytes apart; decode is memory-bound (see `packed16::PREFETCH_AHEAD`). A prefetch never
+/// faults, so rows past the matrix cost nothing but the request.
+#[inline(always)]
+fn prefetch_next_tile<const R: usize>(w: *const u8, ws: usize, off: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for r in R..2 * R {
+        // SAFETY: the address is computed without dereferencing; prefetches do not fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(r * ws + off) as *const i8) };
+    }
+}
+
 /// Every SIMD backend this CPU supports, fastest last.
 pub(crate) fn all() -> Vec<&'static Backend> {
     let mut v = Vec::new();

@@ -17,6 +17,18 @@ use std::arch::x86_64::*;
 use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP};
 use crate::quant::{GgmlType, Order};
 
+/// `f::<G.., PF>(args)` with `PF` = `on`: the kernels that prefetch (`Ahead`) are instances of
+/// their own, so the others carry none of its arithmetic.
+macro_rules! with_pf {
+    ($on:expr, $f:ident::<$($g:tt),*>($($a:expr),*)) => {
+        if $on {
+            $f::<$($g),*, true>($($a),*)
+        } else {
+            $f::<$($g),*, false>($($a),*)
+        }
+    };
+}
+
 /// The x16 kernel for `ty` summed in order `o`, if there is one.
 pub(crate) fn x16(ty: GgmlType, o: Order) -> Option<X16Fn> {
     match ty {
@@ -61,26 +73,27 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: boo
     };
     let g = Geometry::of(ty, cols).expect("packed type");
     let nb = g.nb;
-    let (w, arow) = (group.as_ptr(), nb * ACT_BLK);
+    let (w, arow, gb) = (group.as_ptr(), nb * ACT_BLK, g.group_bytes());
+    let step = gb / nb;
     let run = |at: *const u8, o: Out, n: usize, end: usize| {
-        let pf = Ahead::new(w, end, g.group_bytes() / nb);
+        let (pf, on) = (Ahead::new(w, end, step), end > 0);
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (BLOCK, n, end > 0) {
-                (false, 2, true) => tokens::<V, MINS, HB, 2, true>(nb, w, g, at, pab, o, pf),
-                (false, 2, _) => tokens::<V, MINS, HB, 2, false>(nb, w, g, at, pab, o, pf),
-                (false, _, true) => tokens::<V, MINS, HB, 1, true>(nb, w, g, at, pab, o, pf),
-                (false, _, _) => tokens::<V, MINS, HB, 1, false>(nb, w, g, at, pab, o, pf),
-                (true, 4, true) => tokens_block::<V, MINS, HB, 4, true>(nb, w, g, at, pab, o, pf),
-                (true, 4, _) => tokens_block::<V, MINS, HB, 4, false>(nb, w, g, at, pab, o, pf),
-                (true, 2, true) => tokens_block::<V, MINS, HB, 2, true>(nb, w, g, at, pab, o, pf),
-                (true, 2, _) => tokens_block::<V, MINS, HB, 2, false>(nb, w, g, at, pab, o, pf),
-                (true, _, true) => tokens_block::<V, MINS, HB, 1, true>(nb, w, g, at, pab, o, pf),
-                (true, _, _) => tokens_block::<V, MINS, HB, 1, false>(nb, w, g, at, pab, o, pf),
+            match (BLOCK, n) {
+                (false, 2) => with_pf!(on, tokens::<V, MINS, HB, 2>(nb, w, g, at, pab, o, pf)),
+                (false, _) => with_pf!(on, tokens::<V, MINS, HB, 1>(nb, w, g, at, pab, o, pf)),
+                (true, 4) => {
+                    with_pf!(on, tokens_block::<V, MINS, HB, 4>(nb, w, g, at, pab, o, pf))
+                }
+                (true, 2) => {
+                    with_pf!(on, tokens_block::<V, MINS, HB, 2>(nb, w, g, at, pab, o, pf))
+                }
+                (true, _) => {
+                    with_pf!(on, tokens_block::<V, MINS, HB, 1>(nb, w, g, at, pab, o, pf))
+                }
             }
         }
     };
-    let gb = g.group_bytes();
     // One float step per block leaves registers for four tokens per pass; GGML's eight lane
     // accumulators per token, for two.
     let most = if BLOCK { 4 } else { 2 };
@@ -436,35 +449,26 @@ unsafe fn run_k<const K: u8>(
 ) {
     let ty = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K][K as usize];
     let g = KGeometry::of(ty, cols).expect("whole super-blocks");
-    let (w, arow) = (group.as_ptr(), g.nsb * ACT_SB);
+    let (w, arow, gb) = (group.as_ptr(), g.nsb * ACT_SB, g.group_bytes());
+    // Four prefetch steps per super-block (its four quarters in the kernels' loops).
+    let step = gb / (4 * g.nsb);
     let run = |at: *const u8, o: Out, n: usize, end: usize| {
-        // Four prefetch steps per super-block (its four quarters in the kernels' loops).
-        let pf = Ahead::new(w, end, g.group_bytes() / (4 * g.nsb));
+        let (pf, on) = (Ahead::new(w, end, step), end > 0);
         // SAFETY: `drive` checked the group and the activation rows the kernels read.
         unsafe {
-            match (K, n, end > 0) {
-                (0, 4, true) => tokens_q45k::<false, 4, true>(g, w, at, pab, o, pf),
-                (0, 4, _) => tokens_q45k::<false, 4, false>(g, w, at, pab, o, pf),
-                (0, 2, true) => tokens_q45k::<false, 2, true>(g, w, at, pab, o, pf),
-                (0, 2, _) => tokens_q45k::<false, 2, false>(g, w, at, pab, o, pf),
-                (0, _, true) => tokens_q45k::<false, 1, true>(g, w, at, pab, o, pf),
-                (0, _, _) => tokens_q45k::<false, 1, false>(g, w, at, pab, o, pf),
-                (1, 4, true) => tokens_q45k::<true, 4, true>(g, w, at, pab, o, pf),
-                (1, 4, _) => tokens_q45k::<true, 4, false>(g, w, at, pab, o, pf),
-                (1, 2, true) => tokens_q45k::<true, 2, true>(g, w, at, pab, o, pf),
-                (1, 2, _) => tokens_q45k::<true, 2, false>(g, w, at, pab, o, pf),
-                (1, _, true) => tokens_q45k::<true, 1, true>(g, w, at, pab, o, pf),
-                (1, _, _) => tokens_q45k::<true, 1, false>(g, w, at, pab, o, pf),
-                (_, 4, true) => tokens_q6k::<4, true>(g, w, at, pab, o, pf),
-                (_, 4, _) => tokens_q6k::<4, false>(g, w, at, pab, o, pf),
-                (_, 2, true) => tokens_q6k::<2, true>(g, w, at, pab, o, pf),
-                (_, 2, _) => tokens_q6k::<2, false>(g, w, at, pab, o, pf),
-                (_, _, true) => tokens_q6k::<1, true>(g, w, at, pab, o, pf),
-                (_, _, _) => tokens_q6k::<1, false>(g, w, at, pab, o, pf),
+            match (K, n) {
+                (0, 4) => with_pf!(on, tokens_q45k::<false, 4>(g, w, at, pab, o, pf)),
+                (0, 2) => with_pf!(on, tokens_q45k::<false, 2>(g, w, at, pab, o, pf)),
+                (0, _) => with_pf!(on, tokens_q45k::<false, 1>(g, w, at, pab, o, pf)),
+                (1, 4) => with_pf!(on, tokens_q45k::<true, 4>(g, w, at, pab, o, pf)),
+                (1, 2) => with_pf!(on, tokens_q45k::<true, 2>(g, w, at, pab, o, pf)),
+                (1, _) => with_pf!(on, tokens_q45k::<true, 1>(g, w, at, pab, o, pf)),
+                (_, 4) => with_pf!(on, tokens_q6k::<4>(g, w, at, pab, o, pf)),
+                (_, 2) => with_pf!(on, tokens_q6k::<2>(g, w, at, pab, o, pf)),
+                (_, _) => with_pf!(on, tokens_q6k::<1>(g, w, at, pab, o, pf)),
             }
         }
     };
-    let gb = g.group_bytes();
     // Four tokens per pass share each super-block's code vectors (the K-quant kernels keep
     // one float accumulator per token, so the registers hold four).
     // SAFETY: forwarded from the caller.
