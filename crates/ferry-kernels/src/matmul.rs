@@ -165,7 +165,7 @@ pub(crate) fn matmul_multi_with(
     if n_tokens == 0 {
         return;
     }
-    let arb = quantize_acts(be, ty, cols, x, n_tokens, scratch);
+    let arb = quantize_acts(be, pool, ty, cols, x, n_tokens, scratch);
     let mut ptrs = [std::ptr::null_mut::<f32>(); MAX_MULTI];
     for (p, o) in ptrs.iter_mut().zip(outs.iter_mut()) {
         *p = o.as_mut_ptr();
@@ -187,6 +187,7 @@ const MAX_MULTI: usize = 4;
 /// Convert `n_tokens` rows of activations into `scratch.act`; returns the bytes per row.
 fn quantize_acts(
     be: &Backend,
+    pool: &ThreadPool,
     ty: GgmlType,
     cols: usize,
     x: &[f32],
@@ -198,9 +199,9 @@ fn quantize_acts(
         .row_bytes(cols)
         .expect("weight and activation block sizes agree");
     scratch.act.resize(arb * n_tokens, 0);
-    for (xr, ar) in x.chunks_exact(cols).zip(scratch.act.chunks_exact_mut(arb)) {
-        (be.quant)(at, xr, ar);
-    }
+    pool.for_each_row(&mut scratch.act[..arb * n_tokens], arb, &|t, ar| {
+        (be.quant)(at, &x[t * cols..(t + 1) * cols], ar)
+    });
     arb
 }
 
@@ -218,7 +219,7 @@ pub(crate) fn matmul_with(
     if n_tokens == 0 || w.rows == 0 {
         return;
     }
-    let arb = quantize_acts(be, w.ty, w.cols, x, n_tokens, scratch);
+    let arb = quantize_acts(be, pool, w.ty, w.cols, x, n_tokens, scratch);
     matmul_quantized(
         be,
         pool,
@@ -305,12 +306,15 @@ fn matmul_quantized(
     let pab = pab.next_multiple_of(PREP_ALIGN);
     // Prepared activations, once for the whole batch.
     let prep = aligned(prep, pab * n_tokens);
-    for (src, dst) in act.chunks_exact(arb).zip(prep.chunks_exact_mut(pab.max(1))) {
-        match path {
-            Path::X16(_) => crate::packed::prep_act(ty, cols, src, dst),
-            Path::Prepared(pk) => (pk.prep_a)(cols, src, dst),
-            Path::Tiles => break,
-        }
+    if pab > 0 {
+        pool.for_each_row(prep, pab, &|t, dst| {
+            let src = &act[t * arb..(t + 1) * arb];
+            match path {
+                Path::X16(_) => crate::packed::prep_act(ty, cols, src, dst),
+                Path::Prepared(pk) => (pk.prep_a)(cols, src, dst),
+                Path::Tiles => {}
+            }
+        });
     }
     let prep = &*prep;
     if let Path::X16(f) = path {

@@ -136,6 +136,53 @@ impl ThreadPool {
     }
 }
 
+/// Batches with fewer rows than this run `ThreadPool::for_each_row` inline: below it a
+/// dispatch costs more than the rows (decode's few tokens).
+const PAR_MIN_ROWS: usize = 32;
+
+/// A pointer to rows that tasks write disjointly.
+struct RowsPtr<T>(*mut T);
+// SAFETY: each row is handed to one task only (see `for_each_row`).
+unsafe impl<T: Send> Sync for RowsPtr<T> {}
+impl<T> RowsPtr<T> {
+    // A method, so that closures capture the whole (Sync) wrapper rather than its field.
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+impl ThreadPool {
+    /// `f(i, row_i)` for every row of `buf` (rows of `row` elements), spread over the pool
+    /// when there are many rows (a prompt's tokens), inline when there are few. For work
+    /// that is independent per row (norms, activation quantization, rope), so the result is
+    /// the same however the rows are split.
+    pub fn for_each_row<T: Send>(
+        &self,
+        buf: &mut [T],
+        row: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        assert!(row > 0 && buf.len().is_multiple_of(row), "whole rows");
+        let n = buf.len() / row;
+        if n < PAR_MIN_ROWS || self.n_threads == 1 {
+            for (i, r) in buf.chunks_exact_mut(row).enumerate() {
+                f(i, r);
+            }
+            return;
+        }
+        let per = n.div_ceil(4 * self.n_threads).max(8);
+        let base = RowsPtr(buf.as_mut_ptr());
+        self.run(n.div_ceil(per), &|t| {
+            for i in t * per..((t + 1) * per).min(n) {
+                // SAFETY: row `i` lies inside `buf`, which outlives `run`, and belongs to task
+                // `t` alone.
+                let r = unsafe { std::slice::from_raw_parts_mut(base.get().add(i * row), row) };
+                f(i, r);
+            }
+        });
+    }
+}
+
 /// Claim and run tasks of generation `gen` until none are left.
 fn work(s: &Shared, gen: u64, job: Job, n_tasks: usize) {
     loop {
@@ -226,6 +273,23 @@ mod tests {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn for_each_row_visits_every_row_once_with_its_index() {
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            for n in [0, 1, 31, 32, 33, 100, 517] {
+                let mut buf = vec![0usize; 3 * n];
+                pool.for_each_row(&mut buf, 3, &|i, r| {
+                    for v in r.iter_mut() {
+                        *v += i + 1;
+                    }
+                });
+                let want: Vec<usize> = (0..n).flat_map(|i| [i + 1; 3]).collect();
+                assert_eq!(buf, want, "{threads} threads, {n} rows");
+            }
         }
     }
 

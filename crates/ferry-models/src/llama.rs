@@ -451,14 +451,11 @@ impl Llama {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, layer) in self.layers.iter().enumerate() {
-            for i in 0..n {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.attn_norm,
-                    cfg.rms_eps,
-                    &mut ws.xb[i * d..(i + 1) * d],
-                );
-            }
+            // Per-token work runs on the pool for a prompt's many tokens (`for_each_row`).
+            let x = &ws.x;
+            pool.for_each_row(&mut ws.xb[..n * d], d, &|i, xb| {
+                rms_norm(&x[i * d..(i + 1) * d], &layer.attn_norm, cfg.rms_eps, xb)
+            });
             matmul_multi(
                 pool,
                 &[self.m(&layer.wq), self.m(&layer.wk), self.m(&layer.wv)],
@@ -471,14 +468,18 @@ impl Llama {
                 ],
                 &mut ws.mm,
             );
+            let rope = &ws.rope;
+            pool.for_each_row(&mut ws.q[..n * d], d, &|i, q| {
+                for qh in q.chunks_exact_mut(hd) {
+                    rope_inplace(qh, &rope[i * hd..(i + 1) * hd]);
+                }
+            });
+            pool.for_each_row(&mut ws.k[..n * kvd], kvd, &|i, k| {
+                for kh in k.chunks_exact_mut(hd) {
+                    rope_inplace(kh, &rope[i * hd..(i + 1) * hd]);
+                }
+            });
             for (i, t) in batch.iter().enumerate() {
-                let rope = &ws.rope[i * hd..(i + 1) * hd];
-                for h in 0..cfg.n_head {
-                    rope_inplace(&mut ws.q[i * d + h * hd..i * d + (h + 1) * hd], rope);
-                }
-                for h in 0..cfg.n_head_kv {
-                    rope_inplace(&mut ws.k[i * kvd + h * hd..i * kvd + (h + 1) * hd], rope);
-                }
                 let off = kv.offset(li, tables[t.seq], t.pos);
                 // llama.cpp's cache holds f16.
                 ggml_attn::store_f16(&ws.k[i * kvd..(i + 1) * kvd], &mut kv.k[off..off + kvd]);
@@ -542,17 +543,17 @@ impl Llama {
                 &mut ws.xb[..n * d],
                 &mut ws.mm,
             );
-            for (x, o) in ws.x[..n * d].iter_mut().zip(&ws.xb[..n * d]) {
-                *x += o;
-            }
-            for i in 0..n {
-                rms_norm(
-                    &ws.x[i * d..(i + 1) * d],
-                    &layer.ffn_norm,
-                    cfg.rms_eps,
-                    &mut ws.xb[i * d..(i + 1) * d],
-                );
-            }
+            // The residual, then the FFN's norm into `xb`, token by token.
+            let xb = SyncPtr(ws.xb.as_mut_ptr());
+            let xb = &xb;
+            pool.for_each_row(&mut ws.x[..n * d], d, &|i, x| {
+                // SAFETY: row `i` of `xb` (in bounds: `xb` holds `n * d`) is this task's alone.
+                let xb = unsafe { std::slice::from_raw_parts_mut(xb.0.add(i * d), d) };
+                for (x, o) in x.iter_mut().zip(xb.iter()) {
+                    *x += o;
+                }
+                rms_norm(x, &layer.ffn_norm, cfg.rms_eps, xb);
+            });
             matmul_multi(
                 pool,
                 &[self.m(&layer.w_gate), self.m(&layer.w_up)],
@@ -561,12 +562,10 @@ impl Llama {
                 &mut [&mut ws.gate[..n * ff], &mut ws.up[..n * ff]],
                 &mut ws.mm,
             );
-            for (g, u) in ws.gate[..n * ff]
-                .chunks_exact_mut(ff)
-                .zip(ws.up[..n * ff].chunks_exact(ff))
-            {
-                swiglu_inplace(g, u);
-            }
+            let up = &ws.up;
+            pool.for_each_row(&mut ws.gate[..n * ff], ff, &|i, g| {
+                swiglu_inplace(g, &up[i * ff..(i + 1) * ff])
+            });
             matmul(
                 pool,
                 &self.m(&layer.w_down),
@@ -575,9 +574,12 @@ impl Llama {
                 &mut ws.xb[..n * d],
                 &mut ws.mm,
             );
-            for (x, o) in ws.x[..n * d].iter_mut().zip(&ws.xb[..n * d]) {
-                *x += o;
-            }
+            let xb = &ws.xb;
+            pool.for_each_row(&mut ws.x[..n * d], d, &|i, x| {
+                for (x, o) in x.iter_mut().zip(&xb[i * d..(i + 1) * d]) {
+                    *x += o;
+                }
+            });
         }
         // Final norm and logits for the tokens that want them.
         ws.hidden.clear();
