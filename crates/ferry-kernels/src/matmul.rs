@@ -690,6 +690,52 @@ mod tests {
         }
     }
 
+    /// Random matrices of type `ty`, `cols` wide, one per row count in `shapes`.
+    fn random_matrices(
+        ty: GgmlType,
+        cols: usize,
+        shapes: &[usize],
+        seed: &mut u64,
+    ) -> Vec<Vec<u8>> {
+        shapes.iter().map(|&r| weights(ty, r, cols, seed)).collect()
+    }
+
+    /// One `matmul_multi_with` over `fused` against one `matmul_with` per matrix of `alone`
+    /// (the same matrices, with or without packed copies), bit for bit, at each batch size.
+    fn check_multi(
+        be: &Backend,
+        pool: &ThreadPool,
+        fused: &[Matrix<'_>],
+        alone: &[Matrix<'_>],
+        ns: &[usize],
+        seed: &mut u64,
+    ) {
+        let cols = fused[0].cols;
+        for &n in ns {
+            let x: Vec<f32> = (0..n * cols).map(|_| lcg(seed) * 4.0).collect();
+            let mut s = MatmulScratch::default();
+            let mut outs: Vec<Vec<f32>> =
+                fused.iter().map(|m| vec![f32::NAN; n * m.rows]).collect();
+            {
+                let mut o: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                matmul_multi_with(be, pool, fused, &x, n, &mut o, &mut s);
+            }
+            for (m, f) in alone.iter().zip(&outs) {
+                let mut one = vec![f32::NAN; n * m.rows];
+                matmul_with(be, pool, m, &x, n, &mut one, &mut s);
+                assert_eq!(
+                    one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{} {:?} rows {} n {n} threads {}",
+                    be.name,
+                    m.ty,
+                    m.rows,
+                    pool.n_threads()
+                );
+            }
+        }
+    }
+
     #[test]
     fn matmul_multi_is_bit_identical_to_separate_matmuls() {
         let pool = ThreadPool::new(2);
@@ -701,39 +747,14 @@ mod tests {
                 GgmlType::Q8_0,
                 GgmlType::F16,
             ] {
-                let cols = 64;
                 let shapes = [37usize, 5, 5, 130];
-                let data: Vec<Vec<u8>> = shapes
-                    .iter()
-                    .map(|&r| weights(ty, r, cols, &mut seed))
-                    .collect();
+                let data = random_matrices(ty, 64, &shapes, &mut seed);
                 let ms: Vec<Matrix> = shapes
                     .iter()
                     .zip(&data)
-                    .map(|(&r, d)| Matrix::new(ty, r, cols, d).unwrap())
+                    .map(|(&r, d)| Matrix::new(ty, r, 64, d).unwrap())
                     .collect();
-                for n in [1, 3, 70] {
-                    let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
-                    let mut s = MatmulScratch::default();
-                    let mut fused: Vec<Vec<f32>> =
-                        shapes.iter().map(|&r| vec![f32::NAN; n * r]).collect();
-                    {
-                        let mut outs: Vec<&mut [f32]> =
-                            fused.iter_mut().map(|v| v.as_mut_slice()).collect();
-                        matmul_multi_with(be, &pool, &ms, &x, n, &mut outs, &mut s);
-                    }
-                    for (m, f) in ms.iter().zip(&fused) {
-                        let mut one = vec![0f32; n * m.rows];
-                        matmul_with(be, &pool, m, &x, n, &mut one, &mut s);
-                        assert_eq!(
-                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                            "{} {ty:?} rows {} n {n}",
-                            be.name,
-                            m.rows
-                        );
-                    }
-                }
+                check_multi(be, &pool, &ms, &ms, &[1, 3, 70], &mut seed);
             }
         }
     }
@@ -856,49 +877,23 @@ mod tests {
                 for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K] {
                     let cols = if ty == GgmlType::Q4K { 256 } else { 64 };
                     let shapes = [37usize, 5, 16, 130];
-                    let data: Vec<Vec<u8>> = shapes
-                        .iter()
-                        .map(|&r| weights(ty, r, cols, &mut seed))
-                        .collect();
+                    let data = random_matrices(ty, cols, &shapes, &mut seed);
                     let ms: Vec<Matrix> = shapes
                         .iter()
                         .zip(&data)
                         .map(|(&r, d)| Matrix::new(ty, r, cols, d).unwrap())
                         .collect();
-                    let packed: Vec<Option<PackedMatrix>> = ms
+                    let packed: Option<Vec<PackedMatrix>> = ms
                         .iter()
                         .map(|m| PackedMatrix::new_with(be, m, Order::LlamaCpp))
                         .collect();
-                    if packed.iter().any(Option::is_none) {
-                        continue;
-                    }
+                    let Some(packed) = packed else { continue };
                     let mp: Vec<Matrix> = ms
                         .iter()
                         .zip(&packed)
-                        .map(|(m, p)| m.with_packed(p.as_ref()))
+                        .map(|(m, p)| m.with_packed(Some(p)))
                         .collect();
-                    for n in [1, 3, 16, 17] {
-                        let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 4.0).collect();
-                        let mut s = MatmulScratch::default();
-                        let mut fused: Vec<Vec<f32>> =
-                            shapes.iter().map(|&r| vec![f32::NAN; n * r]).collect();
-                        {
-                            let mut outs: Vec<&mut [f32]> =
-                                fused.iter_mut().map(|v| v.as_mut_slice()).collect();
-                            matmul_multi_with(be, &pool, &mp, &x, n, &mut outs, &mut s);
-                        }
-                        for (m, f) in ms.iter().zip(&fused) {
-                            let mut one = vec![f32::NAN; n * m.rows];
-                            matmul_with(be, &pool, m, &x, n, &mut one, &mut s);
-                            assert_eq!(
-                                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                                f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                                "{} {ty:?} rows {} n {n} threads {threads}",
-                                be.name,
-                                m.rows
-                            );
-                        }
-                    }
+                    check_multi(be, &pool, &mp, &ms, &[1, 3, 16, 17], &mut seed);
                 }
             }
         }
