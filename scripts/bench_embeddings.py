@@ -8,11 +8,17 @@ is reported.
     cargo build --release -p ferry-cli && scripts/fetch-model.sh
     /path/to/venv-with-sentence-transformers/bin/python scripts/bench_embeddings.py
 
-Options: --ferry-bin (default target/release/ferry), --model-dir, --sentences N, --rounds R.
+Options: --ferry-bin (default target/release/ferry), --model-dir, --sentences N, --rounds R,
+--encoding-format base64|float (default base64: what the official `openai` client asks for when
+the caller does not say; float makes the server write and the client parse JSON numbers),
+--concurrency N (requests in flight, default 1: one client waiting on each response; with 2 the
+server computes one batch while the client reads the previous one, as with several clients).
 Only the standard library is needed for the Ferry side; sentence-transformers and torch for the
 reference (tested with sentence-transformers 6.2.0, torch 2.15.0).
 """
 import argparse
+import array
+import base64
 import json
 import os
 import pathlib
@@ -21,6 +27,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -64,6 +71,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoding-format", choices=["base64", "float"], default="base64")
+    ap.add_argument("--concurrency", type=int, default=1)
     a = ap.parse_args()
     texts = corpus(a.sentences)
     batches = [texts[i:i + a.batch] for i in range(0, len(texts), a.batch)]
@@ -100,13 +109,30 @@ def main():
         st = SentenceTransformer(a.model_dir, device="cpu")
         st.encode(batches[0], batch_size=a.batch)
 
+        def embed(b):
+            body = {"model": name, "input": b}
+            if a.encoding_format == "base64":
+                body["encoding_format"] = "base64"
+            out = []
+            for d in post(url + "/v1/embeddings", body)["data"]:
+                e = d["embedding"]
+                if isinstance(e, str):
+                    # Little-endian f32, as the OpenAI API (and its client's decoder) has it.
+                    v = array.array("f")
+                    v.frombytes(base64.b64decode(e))
+                    e = v.tolist()
+                out.append(e)
+            return out
+
         def ferry_round():
-            vecs = []
             t = time.perf_counter()
-            for b in batches:
-                r = post(url + "/v1/embeddings", {"model": name, "input": b})
-                vecs.extend(d["embedding"] for d in r["data"])
-            return len(texts) / (time.perf_counter() - t), vecs
+            if a.concurrency > 1:
+                with ThreadPoolExecutor(a.concurrency) as ex:
+                    results = list(ex.map(embed, batches))
+            else:
+                results = [embed(b) for b in batches]
+            rate = len(texts) / (time.perf_counter() - t)
+            return rate, [e for r in results for e in r]
 
         def st_round():
             t = time.perf_counter()
@@ -137,7 +163,8 @@ def main():
     worst = min(
         sum(x * float(y) for x, y in zip(f, s)) for f, s in zip(ferry_vecs, st_vecs)
     )
-    print(f"sentences: {len(texts)} (batch {a.batch}, {a.threads} threads, best of {a.rounds})")
+    print(f"sentences: {len(texts)} (batch {a.batch}, {a.threads} threads, best of {a.rounds}; "
+          f"encoding_format {a.encoding_format}, {a.concurrency} request(s) in flight)")
     print(f"ferry (HTTP):          {best_ferry:8.1f} sentences/s")
     print(f"sentence-transformers: {best_st:8.1f} sentences/s "
           f"(sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__})")
