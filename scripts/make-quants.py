@@ -25,6 +25,15 @@ quantizer is deterministic: a rerun with the pinned versions reproduces the sha2
 `crates/ferry-models/tests/data/quants.json` (checked at the end; a mismatch is an error).
 
 DIR defaults to $FERRY_QUANTS_DIR, else .ferry-cache/quants under the repository root.
+
+Without building llama-cpp-python: the `llama-quantize` target of the same vendored llama.cpp
+(built next to `llama-bench`, see docs/PERFORMANCE.md) gives the same files, byte for byte
+(every sha256 in quants.json reproduced, 2026-11-29):
+
+    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16; do
+        llama-quantize --allow-requantize SmolLM2-135M-Instruct.Q4_1.gguf \
+            DIR/SmolLM2-135M-Instruct.$t.gguf $t 2
+    done
 """
 
 import argparse
