@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dot::{backend, Backend, PreparedKernel};
-use crate::packed::{PackedMatrix, X16Fn, GROUP};
+use crate::packed::{PackedMatrix, X16Fn, DECODE_MAX_TOKENS, GROUP};
 use crate::pool::ThreadPool;
 use crate::quant::GgmlType;
 use crate::KernelError;
@@ -317,8 +317,10 @@ fn matmul_quantized(
         });
     }
     let prep = &*prep;
+    // Decode-sized batches over x16-packed weights: one contiguous range per thread, with
+    // stealing.
     if let Path::X16(f) = path {
-        if n_tokens <= RANGE_MAX_TOKENS && pool.n_threads() <= RANGE_MAX_THREADS {
+        if n_tokens <= DECODE_MAX_TOKENS && pool.n_threads() <= RANGE_MAX_THREADS {
             let outp = OutPtrs(outs);
             return x16_ranges(
                 f,
@@ -343,10 +345,11 @@ fn matmul_quantized(
         return;
     }
     // Aim at 8+ tasks per thread so that dynamic scheduling evens out the threads; a single
-    // token's product (decode, memory-bound) takes 2, of any size (`MAX_ROW_CHUNK` is for
-    // token tiles): each claim costs a contended atomic, and each task start is a new stream
-    // for the prefetchers (decode +3% over 8 per thread, and +1-3% more without the row cap,
-    // measured with `decode_bench`, settings alternated step by step).
+    // token's product (decode, memory-bound; here only on the unpacked paths: F16/BF16, AVX2)
+    // takes 2, of any size (`MAX_ROW_CHUNK` is for token tiles): each claim costs a contended
+    // atomic, and each task start is a new stream for the prefetchers (decode +3% over 8 per
+    // thread, and +1-3% more without the row cap, measured on the x16 path before
+    // `x16_ranges` with `decode_bench`, settings alternated step by step).
     let single = n_tokens == 1;
     let want_tasks = if single { 2 } else { 8 } * pool.n_threads();
     let most_rows = if single { usize::MAX } else { MAX_ROW_CHUNK };
@@ -419,9 +422,6 @@ enum Path {
     Tiles,
 }
 
-/// Decode-sized batches (at most this many tokens) over x16-packed weights split their rows
-/// into one contiguous range per thread, with stealing (`x16_ranges`).
-const RANGE_MAX_TOKENS: usize = 16;
 /// Most threads `x16_ranges` serves (one cache line of claims each, on the stack).
 const RANGE_MAX_THREADS: usize = 16;
 

@@ -469,16 +469,13 @@ impl Llama {
                 &mut ws.mm,
             );
             let rope = &ws.rope;
-            pool.for_each_row(&mut ws.q[..n * d], d, &|i, q| {
-                for qh in q.chunks_exact_mut(hd) {
-                    rope_inplace(qh, &rope[i * hd..(i + 1) * hd]);
+            let rope_heads = |i: usize, row: &mut [f32]| {
+                for head in row.chunks_exact_mut(hd) {
+                    rope_inplace(head, &rope[i * hd..(i + 1) * hd]);
                 }
-            });
-            pool.for_each_row(&mut ws.k[..n * kvd], kvd, &|i, k| {
-                for kh in k.chunks_exact_mut(hd) {
-                    rope_inplace(kh, &rope[i * hd..(i + 1) * hd]);
-                }
-            });
+            };
+            pool.for_each_row(&mut ws.q[..n * d], d, &rope_heads);
+            pool.for_each_row(&mut ws.k[..n * kvd], kvd, &rope_heads);
             for (i, t) in batch.iter().enumerate() {
                 let off = kv.offset(li, tables[t.seq], t.pos);
                 // llama.cpp's cache holds f16.

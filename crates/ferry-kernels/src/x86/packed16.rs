@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, GROUP};
+use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, DECODE_MAX_TOKENS, GROUP};
 use crate::quant::{GgmlType, Order};
 
 /// `f::<G.., PF>(args)` with `PF` = `on`: the kernels that prefetch (`Ahead`) are instances of
@@ -174,12 +174,12 @@ impl Out {
 /// 4 KiB gave a little less, 12 KiB and more less again.
 const PREFETCH_AHEAD: usize = 8192;
 
-/// Prefetching is for the memory-bound products of decode. Over a long batch a kernel passes
-/// over each group many times, bound by arithmetic, and the lines fetched for the next group
-/// only crowd the level-1 cache meanwhile: with prefetch at every batch size Q8_0 prefill of
-/// 512 tokens lost 20-30%, and ~10% (kbench) with it only switched off at run time, so the
-/// prefetching kernels are a const parameter (`PF`) of each kernel family.
-const PREFETCH_MAX_TOKENS: usize = 16;
+/// Prefetching is for the memory-bound products of decode (`DECODE_MAX_TOKENS`). Over a long
+/// batch a kernel passes over each group many times, bound by arithmetic, and the lines fetched
+/// for the next group only crowd the level-1 cache meanwhile: with prefetch at every batch size
+/// Q8_0 prefill of 512 tokens lost 20-30%, and ~10% (kbench) with it only switched off at run
+/// time, so the prefetching kernels are a const parameter (`PF`) of each kernel family.
+const PREFETCH_MAX_TOKENS: usize = DECODE_MAX_TOKENS;
 
 /// Software prefetch of a group's (and its task's following groups') lines ahead of the
 /// kernel's reads: step `i` (of `step` bytes each, in the order the kernel consumes them)
