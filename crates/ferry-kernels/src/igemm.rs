@@ -33,11 +33,22 @@ use crate::pool::ThreadPool;
 use crate::vmath::gelu_ref;
 use crate::KernelError;
 
+/// Weight vectors per column pair in the AVX-512 micro-kernel: 16 rows' pairs each.
+const RV: usize = 4;
 /// Rows per panel.
-const PR: usize = 32;
+const PR: usize = 16 * RV;
 /// Tokens per register tile.
-const MT: usize = 14;
-/// Tokens per task (a multiple of `MT`).
+///
+/// Why 64 rows × 6 tokens (24 accumulators, 4 weight loads and 6 broadcasts per 24
+/// `vpdpwssd`) rather than 32 × 14 (28 accumulators, 2 loads and 14 broadcasts per 28): in an
+/// L1-resident loop on the development machine (Sapphire Rapids class), the 32 × 14 loop ran
+/// at ~76% of the `vpdpwssd` peak, the same loop without its broadcast loads at the peak;
+/// fewer broadcasts per multiply-add recover part of it. Over whole products of the model's
+/// shapes, single-threaded, in paired rounds, the 64 × 6 tile ran 11-26% faster (see
+/// docs/PERFORMANCE.md, Embeddings).
+const MT: usize = 6;
+/// Tokens per task (a multiple of `MT`): small enough that a task's outputs (48 tokens × 64
+/// rows) and activations stay in L1/L2 while the panel streams.
 const TOK_BLOCK: usize = 8 * MT;
 /// Columns per exact integer chunk (see the bound in the module comment).
 pub const KCH: usize = 128;
@@ -63,17 +74,24 @@ pub const X_MAX: i32 = 8191;
 // The overflow bound of the module comment, checked by the compiler.
 const _: () = assert!((KCH as i64) * (W_MAX as i64) * (X_MAX as i64) <= i32::MAX as i64);
 
+/// One cache line of packed weights: `PackedI16`'s storage unit, so that each zmm the
+/// micro-kernel loads lies in one line (a 64-byte load across two lines costs two L1 accesses;
+/// aligning the panels made whole products 5-13% faster).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i16; 32]);
+
 /// A weight matrix quantized to 12-bit integers per row, in the packed panel layout: panels of
-/// 32 rows; within a panel, per column pair `p`, the 32 rows' `(w[r][2p], w[r][2p + 1])` pairs
-/// (64 i16, one zmm).
+/// `PR` (64) rows; within a panel, per column pair `p`, the 64 rows' `(w[r][2p], w[r][2p + 1])`
+/// pairs (128 i16, `RV` zmm), each panel starting on a cache line.
 #[derive(Clone)]
 pub struct PackedI16 {
     rows: usize,
     cols: usize,
     /// `cols` rounded up to even.
     kp: usize,
-    /// `panels × kp × 32`, zero-padded past `rows` and `cols`.
-    data: Vec<i16>,
+    /// `panels × kp × PR` i16 (see `data`), zero-padded past `rows` and `cols`.
+    lines: Vec<Line>,
     /// Per-row scale (`rows` values, zero-padded to whole panels).
     scale: Vec<f32>,
 }
@@ -82,6 +100,12 @@ impl std::fmt::Debug for PackedI16 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedI16({}×{})", self.rows, self.cols)
     }
+}
+
+/// The values of `lines`, as `PackedI16::data`, to fill them.
+fn lines_mut(lines: &mut [Line]) -> &mut [i16] {
+    // SAFETY: as `PackedI16::data`; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 32) }
 }
 
 /// `(scale, 1 / scale as the quantizer multiplies)` of a row whose largest magnitude is `amax`,
@@ -114,7 +138,9 @@ impl PackedI16 {
         }
         let kp = cols.next_multiple_of(2);
         let panels = rows.div_ceil(PR);
-        let mut data = vec![0i16; panels * kp * PR];
+        // kp × PR is a whole number of lines (per column pair, PR rows × 2 values: 4 lines).
+        let mut lines = vec![Line([0; 32]); panels * kp * PR / 32];
+        let data = lines_mut(&mut lines);
         let mut scale = vec![0f32; panels * PR];
         for r in 0..rows {
             let row = &w[r * cols..(r + 1) * cols];
@@ -131,9 +157,16 @@ impl PackedI16 {
             rows,
             cols,
             kp,
-            data,
+            lines,
             scale,
         })
+    }
+
+    /// The packed values (`panels × kp × PR`).
+    fn data(&self) -> &[i16] {
+        // SAFETY: `Line` is `repr(C)` around `[i16; 32]` with no padding (64 bytes, aligned to
+        // 64), so the lines are `32 × len` contiguous, initialized i16.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 32) }
     }
 
     pub fn rows(&self) -> usize {
@@ -147,7 +180,7 @@ impl PackedI16 {
     }
     /// Bytes held (weights and scales).
     pub fn bytes(&self) -> usize {
-        self.data.len() * 2 + self.scale.len() * 4
+        self.lines.len() * 64 + self.scale.len() * 4
     }
 }
 
@@ -519,7 +552,7 @@ fn products(
     pool.run(panels * n_tb, &|task| {
         let (p, tb) = (task % panels, task / panels);
         let (t0, t1) = (tb * TOK_BLOCK, ((tb + 1) * TOK_BLOCK).min(n_tokens));
-        let panel = &w.data[p * kp * PR..(p + 1) * kp * PR];
+        let panel = &w.data()[p * kp * PR..(p + 1) * kp * PR];
         let r0 = p * PR;
         let nr = PR.min(w.rows - r0);
         let sw = &w.scale[r0..r0 + PR];
@@ -548,7 +581,7 @@ fn products(
             match isa {
                 Isa::Portable => portable(panel, xs, &tile),
                 // SAFETY: the features were detected by `isa()` (or by the test that picked
-                // the ISA); slices are sized as the kernels read them (panel kp × 32, xs
+                // the ISA); slices are sized as the kernels read them (panel kp × PR, xs
                 // tile_words(kp) words); `dst` as above.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { x86::avx2(panel, xs, &tile) },
@@ -560,14 +593,14 @@ fn products(
     });
 }
 
-/// One 32-row × `MT`-token tile's shape and epilogue.
+/// One `PR`-row × `MT`-token tile's shape and epilogue.
 struct Tile<'a> {
     /// Values per quantized row (even).
     kp: usize,
-    /// Tokens stored (`≤ MT`) and rows stored (`≤ 32`).
+    /// Tokens stored (`≤ MT`) and rows stored (`≤ PR`).
     nt: usize,
     nr: usize,
-    /// Row scales (32), token scales (`nt`), bias (32, zeros when absent).
+    /// Row scales (`PR`), token scales (`nt`), bias (`PR`, zeros when absent).
     sw: &'a [f32],
     sx: &'a [f32],
     bias: &'a [f32; PR],
@@ -576,7 +609,7 @@ struct Tile<'a> {
     ld: usize,
 }
 
-/// Store `acc[j * 32 + i]` (token `j < nt`, row `i < nr`) through the epilogue.
+/// Store `acc[j * PR + i]` (token `j < nt`, row `i < nr`) through the epilogue.
 fn store_tile(acc: &[f32; PR * MT], t: &Tile<'_>) {
     for j in 0..t.nt {
         for i in 0..t.nr {
@@ -619,17 +652,17 @@ fn portable(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{store_tile, tile_words, xidx, Tile, CP, KCH, MT, PR, X_MAX};
+    use super::{store_tile, tile_words, xidx, Tile, CP, KCH, MT, PR, RV, X_MAX};
     use crate::vmath::x86::gelu512;
 
-    /// AVX-512 VNNI: 28 i32 accumulators (32 rows × 14 tokens) per chunk of `KCH` columns; per
-    /// column pair two weight loads and 14 broadcast pairs of activations feed 28 `vpdpwssd`.
-    /// Chunk sums are folded into f32 accumulators kept in `facc` (L1).
+    /// AVX-512 VNNI: `RV × MT` (4 × 6) i32 accumulators (64 rows × 6 tokens) per chunk of
+    /// `KCH` columns; per column pair `RV` weight loads and `MT` broadcast pairs of activations
+    /// feed 24 `vpdpwssd`. Chunk sums are folded into f32 accumulators (`facc`, on the stack).
     ///
     /// # Safety
-    /// AVX-512F and AVX-512 VNNI must be available; `panel` holds `kp × 32` values, `xs`
-    /// `tile_words(kp)` words (`I16Scratch::q`); rows `0..nr` of tokens `0..nt` at `t.dst` (stride `t.ld`) are the
-    /// caller's.
+    /// AVX-512F and AVX-512 VNNI must be available; `panel` holds `kp × PR` values, `xs`
+    /// `tile_words(kp)` words (`I16Scratch::q`); rows `0..nr` of tokens `0..nt` at `t.dst`
+    /// (stride `t.ld`) are the caller's.
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn vnni512(panel: &[i16], xs: &[u32], t: &Tile<'_>) {
         let kp = t.kp;
@@ -641,14 +674,13 @@ mod x86 {
             return;
         }
         // Written by the first chunk (k0 == 0, which always runs since kp > 0), so not zeroed
-        // here: zeroing these 28 vectors cost a 1792-byte memset per tile, ~4% of the encoder.
-        let mut facc = [[std::mem::MaybeUninit::<__m512>::uninit(); 2]; MT];
+        // here (a memset of the tile per call, measurable when it was 28 vectors).
+        let mut facc = [[std::mem::MaybeUninit::<__m512>::uninit(); RV]; MT];
         let (wp, xp) = (panel.as_ptr(), xs.as_ptr());
         let mut k0 = 0;
         while k0 < kp {
             let pairs = KCH.min(kp - k0) / 2;
-            let mut lo = [_mm512_setzero_si512(); MT];
-            let mut hi = [_mm512_setzero_si512(); MT];
+            let mut acc = [[_mm512_setzero_si512(); RV]; MT];
             // This chunk's pairs of token 0 (`xidx(k0 / 2 + p, 0)`), hoisted out of the loop.
             // SAFETY: k0 / 2 < kp / 2, inside the tile (checked above).
             let xc = unsafe { xp.add(xidx(k0 / 2, 0)) };
@@ -656,60 +688,59 @@ mod x86 {
                 let k = k0 + 2 * p;
                 // SAFETY: k + 1 < kp and p < CP; the extents were checked above.
                 unsafe {
-                    let w0 = _mm512_loadu_si512(wp.add(k * PR).cast());
-                    let w1 = _mm512_loadu_si512(wp.add(k * PR + 32).cast());
+                    let mut wv = [_mm512_setzero_si512(); RV];
+                    for (r, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(wp.add(k * PR + 32 * r).cast());
+                    }
                     let xk = xc.add(p);
                     for j in 0..MT {
                         let xv = _mm512_set1_epi32(*xk.add(j * CP) as i32);
-                        lo[j] = _mm512_dpwssd_epi32(lo[j], w0, xv);
-                        hi[j] = _mm512_dpwssd_epi32(hi[j], w1, xv);
+                        for r in 0..RV {
+                            acc[j][r] = _mm512_dpwssd_epi32(acc[j][r], wv[r], xv);
+                        }
                     }
                 }
             }
             for j in 0..MT {
-                let (a, b) = (_mm512_cvtepi32_ps(lo[j]), _mm512_cvtepi32_ps(hi[j]));
-                if k0 == 0 {
-                    facc[j] = [std::mem::MaybeUninit::new(a), std::mem::MaybeUninit::new(b)];
-                } else {
-                    // SAFETY: written by the first chunk.
-                    let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
-                    facc[j] = [
-                        std::mem::MaybeUninit::new(_mm512_add_ps(fa, a)),
-                        std::mem::MaybeUninit::new(_mm512_add_ps(fb, b)),
-                    ];
+                for r in 0..RV {
+                    let a = _mm512_cvtepi32_ps(acc[j][r]);
+                    facc[j][r] = std::mem::MaybeUninit::new(if k0 == 0 {
+                        a
+                    } else {
+                        // SAFETY: written by the first chunk.
+                        _mm512_add_ps(unsafe { facc[j][r].assume_init() }, a)
+                    });
                 }
             }
             k0 += 2 * pairs;
         }
-        let m = if t.nr == PR {
-            u32::MAX
+        let m: u64 = if t.nr == PR {
+            u64::MAX
         } else {
-            (1u32 << t.nr) - 1
+            (1u64 << t.nr) - 1
         };
-        let (m0, m1) = (m as u16, (m >> 16) as u16);
-        // SAFETY: sw and bias hold 32 values.
-        let (sw0, sw1, b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(t.sw.as_ptr()),
-                _mm512_loadu_ps(t.sw.as_ptr().add(16)),
-                _mm512_loadu_ps(t.bias.as_ptr()),
-                _mm512_loadu_ps(t.bias.as_ptr().add(16)),
-            )
-        };
+        let mut sw = [_mm512_setzero_ps(); RV];
+        let mut bias = [_mm512_setzero_ps(); RV];
+        for r in 0..RV {
+            // SAFETY: sw and bias hold PR = 16 × RV values.
+            unsafe {
+                sw[r] = _mm512_loadu_ps(t.sw.as_ptr().add(16 * r));
+                bias[r] = _mm512_loadu_ps(t.bias.as_ptr().add(16 * r));
+            }
+        }
         for j in 0..t.nt {
             let sx = _mm512_set1_ps(t.sx[j]);
-            // SAFETY: kp > 0, so the first chunk wrote every entry.
-            let (fa, fb) = unsafe { (facc[j][0].assume_init(), facc[j][1].assume_init()) };
-            let mut a = _mm512_fmadd_ps(fa, _mm512_mul_ps(sw0, sx), b0);
-            let mut b = _mm512_fmadd_ps(fb, _mm512_mul_ps(sw1, sx), b1);
-            if t.gelu {
-                a = gelu512(a);
-                b = gelu512(b);
-            }
-            // SAFETY: the masks cover rows 0..nr of token j, owned by the caller.
-            unsafe {
-                _mm512_mask_storeu_ps(t.dst.add(j * t.ld), m0, a);
-                _mm512_mask_storeu_ps(t.dst.add(j * t.ld + 16), m1, b);
+            for r in 0..RV {
+                // SAFETY: kp > 0, so the first chunk wrote every entry.
+                let f = unsafe { facc[j][r].assume_init() };
+                let mut v = _mm512_fmadd_ps(f, _mm512_mul_ps(sw[r], sx), bias[r]);
+                if t.gelu {
+                    v = gelu512(v);
+                }
+                // SAFETY: the mask covers rows 16r.. of 0..nr of token j, owned by the caller.
+                unsafe {
+                    _mm512_mask_storeu_ps(t.dst.add(j * t.ld + 16 * r), (m >> (16 * r)) as u16, v)
+                };
             }
         }
     }
@@ -813,17 +844,17 @@ mod x86 {
         let mut j0 = 0;
         while j0 < t.nt {
             let n = 6.min(t.nt - j0);
-            for half in 0..2 {
-                // SAFETY: same contract as this function's; `acc` holds MT × 32.
+            for part in 0..PR / 16 {
+                // SAFETY: same contract as this function's; `acc` holds MT × PR.
                 unsafe {
                     let (w, x) = (panel.as_ptr(), xs.as_ptr());
                     match n {
-                        1 => k256::<1>(w, half, kp, x, j0, &mut acc),
-                        2 => k256::<2>(w, half, kp, x, j0, &mut acc),
-                        3 => k256::<3>(w, half, kp, x, j0, &mut acc),
-                        4 => k256::<4>(w, half, kp, x, j0, &mut acc),
-                        5 => k256::<5>(w, half, kp, x, j0, &mut acc),
-                        _ => k256::<6>(w, half, kp, x, j0, &mut acc),
+                        1 => k256::<1>(w, part, kp, x, j0, &mut acc),
+                        2 => k256::<2>(w, part, kp, x, j0, &mut acc),
+                        3 => k256::<3>(w, part, kp, x, j0, &mut acc),
+                        4 => k256::<4>(w, part, kp, x, j0, &mut acc),
+                        5 => k256::<5>(w, part, kp, x, j0, &mut acc),
+                        _ => k256::<6>(w, part, kp, x, j0, &mut acc),
                     }
                 }
             }
@@ -832,11 +863,11 @@ mod x86 {
         store_tile(&acc, t);
     }
 
-    /// 16 panel rows (`half`) × `T` tokens from token `j0`, into `acc[j * 32 + half * 16 ..]`.
+    /// 16 panel rows (`part`) × `T` tokens from token `j0`, into `acc[j * PR + part * 16 ..]`.
     #[target_feature(enable = "avx2")]
     unsafe fn k256<const T: usize>(
         w: *const i16,
-        half: usize,
+        part: usize,
         kp: usize,
         x: *const u32,
         j0: usize,
@@ -844,9 +875,9 @@ mod x86 {
     ) {
         let mut flo = [_mm256_setzero_ps(); T];
         let mut fhi = [_mm256_setzero_ps(); T];
-        // SAFETY (whole function): pointers stay inside panel (kp × 32) and xs (tile_words(kp)),
+        // SAFETY (whole function): pointers stay inside panel (kp × PR) and xs (tile_words(kp)),
         // as the caller checked; k + 1 < kp.
-        let w = unsafe { w.add(half * 32) };
+        let w = unsafe { w.add(part * 32) };
         let x = unsafe { x.add(j0 * CP) };
         let mut k0 = 0;
         while k0 < kp {
@@ -880,8 +911,8 @@ mod x86 {
             k0 += 2 * pairs;
         }
         for j in 0..T {
-            let o = (j0 + j) * PR + half * 16;
-            // SAFETY: o + 16 <= MT × 32 since j0 + j < MT.
+            let o = (j0 + j) * PR + part * 16;
+            // SAFETY: o + 16 <= MT × PR since j0 + j < MT and part < PR / 16.
             unsafe {
                 _mm256_storeu_ps(acc.as_mut_ptr().add(o), flo[j]);
                 _mm256_storeu_ps(acc.as_mut_ptr().add(o + 8), fhi[j]);
