@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
 use ferry_kernels::igemm::{
-    self, gemm_i16, gemm_i16_prequantized, I16Scratch, PackedI16, QuantSink,
+    self, gemm_i16, gemm_i16_prequantized, gemm_i16_prequantized_then, I16Scratch, PackedI16,
+    QuantSink,
 };
 use ferry_kernels::ops::gelu_inplace;
 use ferry_kernels::quant::quantize_row_act;
@@ -319,7 +320,8 @@ impl Linear {
         self.packed_i16.is_some()
     }
 
-    /// `forward` on an input already quantized into `pre` (`prequantizes` layers only).
+    /// `forward` on an input already quantized into `pre` (`prequantizes` layers only); with
+    /// `next`, each output row is then put into it (`gemm_i16_prequantized_then`).
     fn forward_pre(
         &self,
         pool: &ThreadPool,
@@ -327,6 +329,7 @@ impl Linear {
         n: usize,
         out: &mut Vec<f32>,
         gelu: bool,
+        next: Option<&QuantSink<'_>>,
     ) {
         let p = self.packed_i16.as_ref().expect("an int16 layer");
         out.resize(n * self.rows, 0.0);
@@ -334,7 +337,10 @@ impl Linear {
             bias: Some(&self.bias),
             gelu,
         };
-        gemm_i16_prequantized(pool, p, n, epi, out, pre);
+        match next {
+            Some(next) => gemm_i16_prequantized_then(pool, p, n, epi, out, pre, next),
+            None => gemm_i16_prequantized(pool, p, n, epi, out, pre),
+        }
     }
 
     fn matrix(&self) -> Matrix<'_> {
@@ -441,6 +447,9 @@ pub struct BertWorkspace {
     mm: Scratch,
     /// The next int16 product's input, quantized by the pass that produced it.
     pre: I16Scratch,
+    /// The feed-forward down product's input, quantized by the up product's tasks while `pre`
+    /// holds the up product's own input.
+    pre_ff: I16Scratch,
 }
 
 /// The matrix products' own buffers.
@@ -661,7 +670,8 @@ impl Bert {
         // The QKV input was quantized by the LayerNorm before (`forward`, or the previous
         // layer's last one).
         if self.pre(&l.qkv) {
-            l.qkv.forward_pre(pool, &ws.pre, n, &mut ws.qkv, false);
+            l.qkv
+                .forward_pre(pool, &ws.pre, n, &mut ws.qkv, false, None);
         } else {
             l.qkv
                 .forward(pool, &ws.x, n, &mut ws.qkv, &mut ws.mm, false);
@@ -671,7 +681,8 @@ impl Bert {
         self.attention(pool, seqs, &ws.qkv, &mut ws.ctx, sink.as_ref());
         // Attention output + residual, layer norm.
         if self.pre(&l.attn_out) {
-            l.attn_out.forward_pre(pool, &ws.pre, n, &mut ws.tmp, false);
+            l.attn_out
+                .forward_pre(pool, &ws.pre, n, &mut ws.tmp, false, None);
         } else {
             l.attn_out
                 .forward(pool, &ws.ctx, n, &mut ws.tmp, &mut ws.mm, false);
@@ -686,14 +697,24 @@ impl Bert {
             h,
             sink.as_ref(),
         );
-        // Feed-forward + residual, layer norm.
-        if self.pre(&l.up) {
-            l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true);
+        // Feed-forward + residual, layer norm. Between two int16 products, the up product's
+        // tasks quantize its rows for the down product as they finish them.
+        if self.pre(&l.up) && self.pre(&l.down) {
+            {
+                let sink = ws.pre_ff.begin(n, l.up.rows);
+                l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true, Some(&sink));
+            }
+            l.down
+                .forward_pre(pool, &ws.pre_ff, n, &mut ws.tmp, false, None);
         } else {
-            l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
+            if self.pre(&l.up) {
+                l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true, None);
+            } else {
+                l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
+            }
+            l.down
+                .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
         }
-        l.down
-            .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
         let sink = next
             .is_some_and(|nl| self.pre(&nl.qkv))
             .then(|| ws.pre.begin(n, h));
@@ -973,7 +994,8 @@ mod tests {
             assert!(cos > 0.99, "{f:?}: {cos}");
         }
         // Quantizing the int16 products' inputs where they are produced (LayerNorm,
-        // attention) gives the same bits as a pass of their own, whatever the batch.
+        // attention, the feed-forward up product) gives the same bits as a pass of their own,
+        // whatever the batch.
         let mut q = Bert::load_with(&dir, WeightFormat::I16).unwrap();
         let c: &[u32] = &[2, 5, 5, 6, 4, 4, 4, 5, 6, 6, 5, 4, 4, 5, 6, 4, 3];
         let batch: Vec<&[u32]> = vec![a, b, c, b, &[2, 3], c, a, a, c];
