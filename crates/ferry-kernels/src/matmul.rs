@@ -9,11 +9,10 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dot::{backend, Backend, PreparedKernel};
 use crate::packed::{PackedMatrix, X16Fn, DECODE_MAX_TOKENS, GROUP};
-use crate::pool::ThreadPool;
+use crate::pool::{Range, ThreadPool};
 use crate::quant::GgmlType;
 use crate::KernelError;
 
@@ -424,48 +423,6 @@ enum Path {
 
 /// Most threads `x16_ranges` serves (one cache line of claims each, on the stack).
 const RANGE_MAX_THREADS: usize = 16;
-
-/// Row groups `lo..hi` (of the concatenated matrices) still to claim, packed `lo << 32 | hi`;
-/// alone on its cache line, so the owner's claims do not contend with another range's.
-#[repr(align(64))]
-struct Range(AtomicU64);
-
-impl Range {
-    fn new(lo: usize, hi: usize) -> Self {
-        Self(AtomicU64::new(((lo as u64) << 32) | hi as u64))
-    }
-
-    /// Claim the first group left, with the end of the range as it was then; `None` if empty.
-    fn front(&self) -> Option<(usize, usize)> {
-        self.claim(|lo, hi| ((lo + 1, hi), (lo, hi)))
-    }
-
-    /// Claim the last group left (a thief, from the end its owner reaches last).
-    fn back(&self) -> Option<usize> {
-        self.claim(|lo, hi| ((lo, hi - 1), (hi - 1, hi)))
-            .map(|(g, _)| g)
-    }
-
-    fn claim(&self, take: impl Fn(u64, u64) -> ((u64, u64), (u64, u64))) -> Option<(usize, usize)> {
-        let mut cur = self.0.load(Ordering::Relaxed);
-        loop {
-            let (lo, hi) = (cur >> 32, cur & 0xffff_ffff);
-            if lo >= hi {
-                return None;
-            }
-            let ((nlo, nhi), (g, end)) = take(lo, hi);
-            match self.0.compare_exchange_weak(
-                cur,
-                (nlo << 32) | nhi,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some((g as usize, end as usize)),
-                Err(now) => cur = now,
-            }
-        }
-    }
-}
 
 /// The products of a decode-sized batch over x16-packed weights: the matrices' row groups,
 /// concatenated, are split into one contiguous range per thread, which a thread walks from
@@ -896,34 +853,6 @@ mod tests {
                     check_multi(be, &pool, &mp, &ms, &[1, 3, 16, 17], &mut seed);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn ranges_hand_out_every_group_once_to_owners_and_thieves() {
-        use std::sync::atomic::AtomicUsize;
-        for total in [0usize, 1, 7, 1000] {
-            let r = Range::new(0, total);
-            let hits: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
-            std::thread::scope(|sc| {
-                sc.spawn(|| {
-                    while let Some((g, end)) = r.front() {
-                        assert!(g < end && end <= total);
-                        hits[g].fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-                for _ in 0..2 {
-                    sc.spawn(|| {
-                        while let Some(g) = r.back() {
-                            hits[g].fetch_add(1, Ordering::Relaxed);
-                        }
-                    });
-                }
-            });
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "{total}"
-            );
         }
     }
 

@@ -2,6 +2,9 @@
 //!
 //! `run(n_tasks, f)` calls `f(i)` for every `i < n_tasks` across the pool's threads (the calling
 //! thread takes part) and returns when all calls have finished. Workers are spawned once.
+//! `run_owned(n, f)` does the same with items owned by threads (contiguous ranges, stolen from
+//! only when a thread is done with its own), for passes that should keep a batch's rows on the
+//! core that produced them.
 //!
 //! Dispatch is lock-free on the hot path: a job is published by bumping a generation number
 //! packed with the next task index in one atomic word; threads claim tasks by compare-and-swap
@@ -75,7 +78,10 @@ impl ThreadPool {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("ferry-compute-{i}"))
-                    .spawn(move || worker(&s))
+                    .spawn(move || {
+                        THREAD_INDEX.with(|c| c.set(i));
+                        worker(&s)
+                    })
                     .expect("spawn compute thread")
             })
             .collect();
@@ -183,6 +189,88 @@ impl ThreadPool {
     }
 }
 
+thread_local! {
+    /// This thread's index in the pool it works for (0 for any other thread, the callers).
+    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Items `lo..hi` still to claim, packed `lo << 32 | hi`; alone on its cache line, so the
+/// owner's claims do not contend with another range's.
+#[repr(align(64))]
+pub(crate) struct Range(AtomicU64);
+
+impl Range {
+    pub(crate) fn new(lo: usize, hi: usize) -> Self {
+        Self(AtomicU64::new(((lo as u64) << 32) | hi as u64))
+    }
+
+    /// Claim the first item left, with the end of the range as it was then; `None` if empty.
+    pub(crate) fn front(&self) -> Option<(usize, usize)> {
+        self.claim(|lo, hi| ((lo + 1, hi), (lo, hi)))
+    }
+
+    /// Claim the last item left (a thief, from the end its owner reaches last).
+    pub(crate) fn back(&self) -> Option<usize> {
+        self.claim(|lo, hi| ((lo, hi - 1), (hi - 1, hi)))
+            .map(|(g, _)| g)
+    }
+
+    fn claim(&self, take: impl Fn(u64, u64) -> ((u64, u64), (u64, u64))) -> Option<(usize, usize)> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (lo, hi) = (cur >> 32, cur & 0xffff_ffff);
+            if lo >= hi {
+                return None;
+            }
+            let ((nlo, nhi), (g, end)) = take(lo, hi);
+            match self.0.compare_exchange_weak(
+                cur,
+                (nlo << 32) | nhi,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some((g as usize, end as usize)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl ThreadPool {
+    /// `f(i)` for every `i < n`, like `run`, but with items owned by threads: `0..n` is cut
+    /// into one contiguous range per thread of the pool, and each thread (by its index in the
+    /// pool; the caller is 0) runs its own range from the front before it steals single items
+    /// from the backs of the others'. The same `n` over the same pool gives each thread the
+    /// same items from call to call, so a batch split the same way in consecutive passes (a
+    /// product, then the next over its output) keeps each token's rows in one core's caches
+    /// instead of moving them between the cores.
+    pub fn run_owned(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let nth = self.n_threads;
+        if n == 0 {
+            return;
+        }
+        if nth == 1 || n == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        let ranges: Vec<Range> = (0..nth)
+            .map(|i| Range::new(n * i / nth, n * (i + 1) / nth))
+            .collect();
+        self.run(nth, &|_| {
+            let me = THREAD_INDEX.with(|c| c.get()) % nth;
+            while let Some((i, _)) = ranges[me].front() {
+                f(i);
+            }
+            for k in 1..nth {
+                let victim = &ranges[(me + k) % nth];
+                while let Some(i) = victim.back() {
+                    f(i);
+                }
+            }
+        });
+    }
+}
+
 /// Claim and run tasks of generation `gen` until none are left.
 fn work(s: &Shared, gen: u64, job: Job, n_tasks: usize) {
     loop {
@@ -263,6 +351,67 @@ impl Drop for ThreadPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_hand_out_every_item_once_to_owners_and_thieves() {
+        for total in [0usize, 1, 7, 1000] {
+            let r = Range::new(0, total);
+            let hits: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    while let Some((g, end)) = r.front() {
+                        assert!(g < end && end <= total);
+                        hits[g].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                for _ in 0..2 {
+                    sc.spawn(|| {
+                        while let Some(g) = r.back() {
+                            hits[g].fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "{total}"
+            );
+        }
+    }
+
+    #[test]
+    fn owned_items_run_once_and_each_thread_starts_with_its_own() {
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads);
+            for n in [0usize, 1, 2, 5, 64, 1000] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                // The first item each thread ran (usize::MAX: none).
+                let first: Vec<AtomicUsize> =
+                    (0..threads).map(|_| AtomicUsize::new(usize::MAX)).collect();
+                pool.run_owned(n, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                    let me = THREAD_INDEX.with(|c| c.get());
+                    let _ = first[me].compare_exchange(
+                        usize::MAX,
+                        i,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                if n > 1 {
+                    // Only its owner claims from the front of a range, and before anything
+                    // else: a thread's first item is the start of its own range, or (its range
+                    // emptied by thieves, or empty) one of another's.
+                    for (k, f) in first.iter().enumerate() {
+                        let (lo, hi) = (n * k / threads, n * (k + 1) / threads);
+                        let f = f.load(Ordering::Relaxed);
+                        assert!(f == lo || !(lo..hi).contains(&f), "{threads} {n} {k}: {f}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_task_runs_once() {

@@ -756,7 +756,10 @@ impl Bert {
         let out = SyncPtr(ctx.as_mut_ptr());
         let out = &out;
         let starts = &starts;
-        pool.run(seqs.len() * nh, &|task| {
+        // Owned sequences: each thread attends over (about) the tokens whose products it runs
+        // (`run_owned`), so the QKV rows it reads and the context rows it writes stay in its
+        // core's caches.
+        pool.run_owned(seqs.len() * nh, &|task| {
             let (si, head) = (task / nh, task % nh);
             let (t0, len) = starts[si];
             let col = head * hd;
@@ -840,7 +843,8 @@ fn add_norm(
     let rows = x.len() / h;
     let p = SyncPtr(x.as_mut_ptr());
     let p = &p;
-    pool.run(rows.div_ceil(ROWS), &|c| {
+    // Owned rows: each thread normalizes the tokens whose products it runs (`run_owned`).
+    pool.run_owned(rows.div_ceil(ROWS), &|c| {
         for r in c * ROWS..((c + 1) * ROWS).min(rows) {
             // SAFETY: row r of `x` (n × h) is touched by this task only.
             let xr = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * h), h) };
