@@ -3,7 +3,7 @@
 sentence-transformers (same model, batch_size=32, torch with 2 threads), in the same run on the
 same machine. Prints sentences/s for each and the ratio, and checks that the vectors agree.
 Rounds alternate between the two (order swapped every other round); each side's best round
-is reported.
+is reported, and the median over rounds of the ratio within a round.
 
     cargo build --release -p ferry-cli && scripts/fetch-model.sh
     /path/to/venv-with-sentence-transformers/bin/python scripts/bench_embeddings.py
@@ -169,6 +169,13 @@ def main():
     print(f"sentence-transformers: {best_st:8.1f} sentences/s "
           f"(sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__})")
     print(f"ratio ferry/st:        {best_ferry / best_st:8.2f}x")
+    per_round = sorted(r["ferry"] / r["st"] for r in rounds)
+    mid = len(per_round) // 2
+    median = per_round[mid] if len(per_round) % 2 else (per_round[mid - 1] + per_round[mid]) / 2
+    # Each round's two figures come from the same minute: their ratio is the comparison least
+    # moved by a shared machine's load, and the median of those the figure least moved by one
+    # stalled round on either side.
+    print(f"median per-round ratio: {median:8.2f}x")
     print("per round (ferry, st):  " + ", ".join(
         f"{r['ferry']:.1f}/{r['st']:.1f} = {r['ferry'] / r['st']:.2f}x" for r in rounds))
     print(f"worst cosine:          {worst:.6f}")
