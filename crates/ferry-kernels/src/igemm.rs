@@ -486,8 +486,16 @@ fn gemm_with(
 /// `gemm_i16` on activations already quantized row by row through `s.begin(n_tokens,
 /// w.cols())` and a `put` of every token: the same bits.
 ///
+/// With `next` (begun for `n_tokens` tokens of `w.rows()` columns), each token's output row,
+/// once complete, is also put into it: the input of a following int16 product (this function
+/// again, on `next`'s scratch), quantized by the task that finished the row while it is in
+/// that core's cache instead of in a pass of its own; the same bits as quantizing `out`
+/// afterwards.
+///
 /// # Panics
-/// If `s` was not begun for `n_tokens` tokens of `w.cols()` columns, or a token was not put.
+/// If `s` was not begun for `n_tokens` tokens of `w.cols()` columns, or a token was not put;
+/// if `next` was begun for another shape.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_i16_prequantized(
     pool: &ThreadPool,
     w: &PackedI16,
@@ -495,28 +503,9 @@ pub fn gemm_i16_prequantized(
     epi: Epilogue<'_>,
     out: &mut [f32],
     s: &I16Scratch,
+    next: Option<&QuantSink<'_>>,
 ) {
-    prequantized_with(isa(), pool, w, n_tokens, epi, out, s, None)
-}
-
-/// `gemm_i16_prequantized`, and each token's output row, once complete, is put into `next`
-/// (begun for `n_tokens` tokens of `w.rows()` columns): the input of a following int16 product
-/// (`gemm_i16_prequantized` on `next`'s scratch), quantized by the task that finished the row
-/// while it is in that core's cache, instead of in a pass of its own. The same bits as
-/// quantizing `out` afterwards.
-///
-/// # Panics
-/// As `gemm_i16_prequantized`; if `next` was begun for another shape.
-pub fn gemm_i16_prequantized_then(
-    pool: &ThreadPool,
-    w: &PackedI16,
-    n_tokens: usize,
-    epi: Epilogue<'_>,
-    out: &mut [f32],
-    s: &I16Scratch,
-    next: &QuantSink<'_>,
-) {
-    prequantized_with(isa(), pool, w, n_tokens, epi, out, s, Some(next))
+    prequantized_with(isa(), pool, w, n_tokens, epi, out, s, next)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1193,7 +1182,7 @@ mod tests {
         sink.put(0, &[1.0; 10]);
         sink.put(2, &[1.0; 10]);
         let mut out = vec![0f32; 12];
-        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s);
+        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s, None);
     }
 
     #[test]
@@ -1205,7 +1194,7 @@ mod tests {
         let sink = s.begin(3, 12);
         (0..3).for_each(|t| sink.put(t, &[1.0; 12]));
         let mut out = vec![0f32; 12];
-        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s);
+        gemm_i16_prequantized(&pool, &p, 3, Epilogue::default(), &mut out, &s, None);
     }
 
     /// The overflow bound's worst case: every product at its largest magnitude, one sign.

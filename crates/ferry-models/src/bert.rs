@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ferry_kernels::attn::{attend_head, AttnScratch, HeadLayout};
 use ferry_kernels::gemm::{gemm_f32_ex, Epilogue, PackedF32};
 use ferry_kernels::igemm::{
-    self, gemm_i16, gemm_i16_prequantized, gemm_i16_prequantized_then, I16Scratch, PackedI16,
-    QuantSink,
+    self, gemm_i16, gemm_i16_prequantized, I16Scratch, PackedI16, QuantSink,
 };
 use ferry_kernels::ops::gelu_inplace;
 use ferry_kernels::quant::quantize_row_act;
@@ -321,7 +320,7 @@ impl Linear {
     }
 
     /// `forward` on an input already quantized into `pre` (`prequantizes` layers only); with
-    /// `next`, each output row is then put into it (`gemm_i16_prequantized_then`).
+    /// `next`, each output row is then put into it (see `gemm_i16_prequantized`).
     fn forward_pre(
         &self,
         pool: &ThreadPool,
@@ -337,10 +336,7 @@ impl Linear {
             bias: Some(&self.bias),
             gelu,
         };
-        match next {
-            Some(next) => gemm_i16_prequantized_then(pool, p, n, epi, out, pre, next),
-            None => gemm_i16_prequantized(pool, p, n, epi, out, pre),
-        }
+        gemm_i16_prequantized(pool, p, n, epi, out, pre, next);
     }
 
     fn matrix(&self) -> Matrix<'_> {
