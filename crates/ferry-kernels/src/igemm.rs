@@ -384,7 +384,9 @@ fn quantize_acts(
     s.prepare(n, kp);
     let p = QPtr(s.q.as_mut_ptr(), s.s.as_mut_ptr());
     let p = &p;
-    pool.run(n.div_ceil(MT), &|tile| {
+    // Owned like the products' token blocks (`products`), so a thread quantizes the tokens it
+    // then multiplies.
+    pool.run_owned(n.div_ceil(MT), &|tile, _| {
         for t in tile * MT..(tile * MT + MT).min(n) {
             // SAFETY: `prepare` sized q and s for n tokens; token t belongs to this task.
             unsafe { put_token(isa, p.0, p.1, kp, t, &x[t * cols..(t + 1) * cols]) };
@@ -631,7 +633,7 @@ fn products(
     // every product of the batch (and, in BERT, its LayerNorms and attention), so the block's
     // activations and outputs stay in one core's caches from pass to pass (end to end 5%
     // faster than claiming blocks in turn, embed_bench, paired).
-    pool.run_owned(n_tb * groups, &|task| {
+    pool.run_owned(n_tb * groups, &|task, _| {
         let (tb, g) = (task / groups, task % groups);
         (g * per..((g + 1) * per).min(panels)).for_each(|p| block(p, tb));
         let Some(next) = next else { return };

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use crate::dot::{backend, Backend, PreparedKernel};
 use crate::packed::{PackedMatrix, X16Fn, DECODE_MAX_TOKENS, GROUP};
-use crate::pool::{Range, ThreadPool};
+use crate::pool::ThreadPool;
 use crate::quant::GgmlType;
 use crate::KernelError;
 
@@ -319,7 +319,7 @@ fn matmul_quantized(
     // Decode-sized batches over x16-packed weights: one contiguous range per thread, with
     // stealing.
     if let Path::X16(f) = path {
-        if n_tokens <= DECODE_MAX_TOKENS && pool.n_threads() <= RANGE_MAX_THREADS {
+        if n_tokens <= DECODE_MAX_TOKENS {
             let outp = OutPtrs(outs);
             return x16_ranges(
                 f,
@@ -421,13 +421,10 @@ enum Path {
     Tiles,
 }
 
-/// Most threads `x16_ranges` serves (one cache line of claims each, on the stack).
-const RANGE_MAX_THREADS: usize = 16;
-
 /// The products of a decode-sized batch over x16-packed weights: the matrices' row groups,
-/// concatenated, are split into one contiguous range per thread, which a thread walks from
-/// its start, one group per claim (on its own cache line), and when done steals from the ends
-/// of the others'. Decode is bound by memory: a thread idle at the end of a product is half
+/// concatenated, are split into one contiguous range per thread (`ThreadPool::run_owned`),
+/// which a thread walks from its start, one group per claim (on its own cache line), and when
+/// done steals from the ends of the others'. Decode is bound by memory: a thread idle at the end of a product is half
 /// the machine's bandwidth unused (with two tasks per thread, claimed in turn, the threads sat
 /// idle ~15% of a decode step), and one unbroken range per thread is one stream for the
 /// prefetchers, which the kernel's own prefetch follows to the end of what the thread owned at
@@ -442,16 +439,12 @@ fn x16_ranges(
     pab: usize,
     n_tokens: usize,
 ) {
-    let nth = pool.n_threads();
     // Matrix i owns the concatenated groups first[i]..first[i + 1].
     let mut first = [0usize; MAX_MULTI + 1];
     for (i, w) in ws.iter().enumerate() {
         first[i + 1] = first[i] + w.rows.div_ceil(GROUP);
     }
     let total = first[ws.len()];
-    let ranges: [Range; RANGE_MAX_THREADS] = std::array::from_fn(|i| {
-        Range::new(total * i.min(nth) / nth, total * (i + 1).min(nth) / nth)
-    });
     // Group `g`, prefetching no further than the concatenated group `end` (nor past its matrix).
     let run = |g: usize, end: usize| {
         let mi = first[1..=ws.len()].partition_point(|&f| f <= g);
@@ -474,17 +467,7 @@ fn x16_ranges(
             )
         };
     };
-    pool.run(nth, &|task| {
-        while let Some((g, end)) = ranges[task].front() {
-            run(g, end);
-        }
-        for k in 1..nth {
-            let victim = &ranges[(task + k) % nth];
-            while let Some(g) = victim.back() {
-                run(g, g + 1);
-            }
-        }
-    });
+    pool.run_owned(total, &run);
 }
 
 /// One task of `matmul_quantized` over x16-packed weights: rows `r0..r1` (whole groups from

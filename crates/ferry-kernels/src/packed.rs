@@ -40,7 +40,8 @@ pub const GROUP: usize = 16;
 
 /// Batches of at most this many tokens are decode-sized: their products over packed weights are
 /// bound by memory, not arithmetic, so the kernels prefetch their weights ahead
-/// (`x86::packed16`) and `matmul` splits the rows into one range per thread (`x16_ranges`).
+/// (`x86::packed16`) and `matmul` splits the rows into one range per thread (`x16_ranges`,
+/// `ThreadPool::run_owned`).
 pub(crate) const DECODE_MAX_TOKENS: usize = 16;
 
 /// One cache line, the unit of the packed buffer (so every vector load is aligned).

@@ -197,20 +197,20 @@ thread_local! {
 /// Items `lo..hi` still to claim, packed `lo << 32 | hi`; alone on its cache line, so the
 /// owner's claims do not contend with another range's.
 #[repr(align(64))]
-pub(crate) struct Range(AtomicU64);
+struct Range(AtomicU64);
 
 impl Range {
-    pub(crate) fn new(lo: usize, hi: usize) -> Self {
+    fn new(lo: usize, hi: usize) -> Self {
         Self(AtomicU64::new(((lo as u64) << 32) | hi as u64))
     }
 
     /// Claim the first item left, with the end of the range as it was then; `None` if empty.
-    pub(crate) fn front(&self) -> Option<(usize, usize)> {
+    fn front(&self) -> Option<(usize, usize)> {
         self.claim(|lo, hi| ((lo + 1, hi), (lo, hi)))
     }
 
     /// Claim the last item left (a thief, from the end its owner reaches last).
-    pub(crate) fn back(&self) -> Option<usize> {
+    fn back(&self) -> Option<usize> {
         self.claim(|lo, hi| ((lo, hi - 1), (hi - 1, hi)))
             .map(|(g, _)| g)
     }
@@ -236,38 +236,52 @@ impl Range {
     }
 }
 
+/// Most threads whose `run_owned` claims live on the stack (a larger pool allocates them).
+const STACK_RANGES: usize = 16;
+
 impl ThreadPool {
-    /// `f(i)` for every `i < n`, like `run`, but with items owned by threads: `0..n` is cut
-    /// into one contiguous range per thread of the pool, and each thread (by its index in the
-    /// pool; the caller is 0) runs its own range from the front before it steals single items
-    /// from the backs of the others'. The same `n` over the same pool gives each thread the
-    /// same items from call to call, so a batch split the same way in consecutive passes (a
+    /// `f(i, end)` for every `i < n`, like `run`, but with items owned by threads: `0..n` is
+    /// cut into one contiguous range per thread of the pool, and each thread (by its index in
+    /// the pool; the caller is 0) runs its own range from the front before it steals single
+    /// items from the backs of the others'. `end` is how far the items from `i` on were the
+    /// running thread's when it claimed `i` (the end of its range then; `i + 1` for a stolen
+    /// item): a bound for prefetching ahead. The same `n` over the same pool gives each thread
+    /// the same items from call to call, so a batch split the same way in consecutive passes (a
     /// product, then the next over its output) keeps each token's rows in one core's caches
-    /// instead of moving them between the cores.
-    pub fn run_owned(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+    /// instead of moving them between the cores; and a decode step's one range per thread is
+    /// one stream for the prefetchers with no thread idle at the end.
+    pub fn run_owned(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let nth = self.n_threads;
         if n == 0 {
             return;
         }
         if nth == 1 || n == 1 {
-            (0..n).for_each(f);
+            (0..n).for_each(|i| f(i, n));
             return;
         }
-        let ranges: Vec<Range> = (0..nth)
-            .map(|i| Range::new(n * i / nth, n * (i + 1) / nth))
-            .collect();
-        self.run(nth, &|_| {
-            let me = THREAD_INDEX.with(|c| c.get()) % nth;
-            while let Some((i, _)) = ranges[me].front() {
-                f(i);
-            }
-            for k in 1..nth {
-                let victim = &ranges[(me + k) % nth];
-                while let Some(i) = victim.back() {
-                    f(i);
+        let range = |i: usize| Range::new(n * i / nth, n * (i + 1) / nth);
+        let go = |ranges: &[Range]| {
+            self.run(nth, &|_| {
+                let me = THREAD_INDEX.with(|c| c.get()) % nth;
+                while let Some((i, end)) = ranges[me].front() {
+                    f(i, end);
                 }
-            }
-        });
+                for k in 1..nth {
+                    let victim = &ranges[(me + k) % nth];
+                    while let Some(i) = victim.back() {
+                        f(i, i + 1);
+                    }
+                }
+            })
+        };
+        // Called per product of a decode step: no allocation for the usual pool sizes.
+        if nth <= STACK_RANGES {
+            let ranges: [Range; STACK_RANGES] =
+                std::array::from_fn(|i| if i < nth { range(i) } else { Range::new(0, 0) });
+            go(&ranges[..nth]);
+        } else {
+            go(&(0..nth).map(range).collect::<Vec<_>>());
+        }
     }
 }
 
@@ -388,7 +402,8 @@ mod tests {
                 // The first item each thread ran (usize::MAX: none).
                 let first: Vec<AtomicUsize> =
                     (0..threads).map(|_| AtomicUsize::new(usize::MAX)).collect();
-                pool.run_owned(n, &|i| {
+                pool.run_owned(n, &|i, end| {
+                    assert!(i < end && end <= n);
                     hits[i].fetch_add(1, Ordering::Relaxed);
                     let me = THREAD_INDEX.with(|c| c.get());
                     let _ = first[me].compare_exchange(

@@ -695,19 +695,19 @@ impl Bert {
         );
         // Feed-forward + residual, layer norm. Between two int16 products, the up product's
         // tasks quantize its rows for the down product as they finish them.
-        if self.pre(&l.up) && self.pre(&l.down) {
-            {
-                let sink = ws.pre_ff.begin(n, l.up.rows);
-                l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true, Some(&sink));
-            }
-            l.down
-                .forward_pre(pool, &ws.pre_ff, n, &mut ws.tmp, false, None);
-        } else {
+        let fused = self.pre(&l.up) && self.pre(&l.down);
+        {
+            let sink = fused.then(|| ws.pre_ff.begin(n, l.up.rows));
             if self.pre(&l.up) {
-                l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true, None);
+                l.up.forward_pre(pool, &ws.pre, n, &mut ws.ff, true, sink.as_ref());
             } else {
                 l.up.forward(pool, &ws.x, n, &mut ws.ff, &mut ws.mm, true);
             }
+        }
+        if fused {
+            l.down
+                .forward_pre(pool, &ws.pre_ff, n, &mut ws.tmp, false, None);
+        } else {
             l.down
                 .forward(pool, &ws.ff, n, &mut ws.tmp, &mut ws.mm, false);
         }
@@ -765,7 +765,7 @@ impl Bert {
         // Owned sequences: each thread attends over (about) the tokens whose products it runs
         // (`run_owned`), so the QKV rows it reads and the context rows it writes stay in its
         // core's caches.
-        pool.run_owned(seqs.len() * tps, &|task| {
+        pool.run_owned(seqs.len() * tps, &|task, _| {
             let (si, first) = (task / tps, (task % tps) * ph);
             let (t0, len) = starts[si];
             ATTN_SCRATCH.with(|cell| {
@@ -852,7 +852,7 @@ fn add_norm(
     let p = SyncPtr(x.as_mut_ptr());
     let p = &p;
     // Owned rows: each thread normalizes the tokens whose products it runs (`run_owned`).
-    pool.run_owned(rows.div_ceil(ROWS), &|c| {
+    pool.run_owned(rows.div_ceil(ROWS), &|c, _| {
         for r in c * ROWS..((c + 1) * ROWS).min(rows) {
             // SAFETY: row r of `x` (n × h) is touched by this task only.
             let xr = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * h), h) };
