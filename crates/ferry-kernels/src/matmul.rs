@@ -771,7 +771,8 @@ mod tests {
                         }
                         let wp = w.with_packed(Some(&p));
                         let mut s = MatmulScratch::default();
-                        for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 70] {
+                        // 17 and 70: batches past `DECODE_MAX_TOKENS` (4- and 5-bit groups widened).
+                        for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 70] {
                             let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed) * 4.0).collect();
                             let mut b = vec![f32::NAN; n * rows];
                             matmul_with(be, &pool, &wp, &x, n, &mut b, &mut s);

@@ -47,7 +47,7 @@ pub(crate) const DECODE_MAX_TOKENS: usize = 16;
 /// One cache line, the unit of the packed buffer (so every vector load is aligned).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
 
 /// A weight matrix in the x16 layout of the backend that packed it.
 pub struct PackedMatrix {
@@ -95,6 +95,23 @@ impl Geometry {
             qh,
             nb: cols / 32,
         })
+    }
+    /// The layout a 4- or 5-bit group is widened into for a long batch
+    /// (`x86::packed16::widen`): each block's eight code vectors as whole bytes (as Q8_0
+    /// stores them, but without its offset), then the group's `d` and (`mins`) `m` as stored.
+    pub(crate) fn bytes(mins: bool, nb: usize) -> Self {
+        Self {
+            qoff: 0,
+            qbytes: 32,
+            mins,
+            xor: 0,
+            qh: None,
+            nb,
+        }
+    }
+    /// Whether blocks carry `m` (Q4_1/Q5_1).
+    pub(crate) fn mins(&self) -> bool {
+        self.mins
     }
     /// Quant bytes of one block of a group (`GROUP` rows).
     pub(crate) fn qb(&self) -> usize {
@@ -222,12 +239,12 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-fn lines_bytes(l: &[Line]) -> &[u8] {
+pub(crate) fn lines_bytes(l: &[Line]) -> &[u8] {
     // SAFETY: `Line` is 64 plain bytes with no padding.
     unsafe { std::slice::from_raw_parts(l.as_ptr() as *const u8, l.len() * 64) }
 }
 
-fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
+pub(crate) fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
     // SAFETY: as in `lines_bytes`; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(l.as_mut_ptr() as *mut u8, l.len() * 64) }
 }

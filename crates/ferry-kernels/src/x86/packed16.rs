@@ -14,7 +14,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::packed::{Geometry, KGeometry, X16Fn, ACT_BLK, ACT_SB, DECODE_MAX_TOKENS, GROUP};
+use crate::packed::{
+    lines_bytes_mut, Geometry, KGeometry, Line, X16Fn, ACT_BLK, ACT_SB, DECODE_MAX_TOKENS, GROUP,
+};
 use crate::quant::{GgmlType, Order};
 
 /// `f::<G.., PF>(args)` with `PF` = `on`: the kernels that prefetch (`Ahead`) are instances of
@@ -54,6 +56,11 @@ fn blocks<const V: usize, const MINS: bool, const HB: bool>(order: Order) -> X16
 
 /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (an `X16Fn`): `V` quant vectors per block (4: nibbles, 8:
 /// bytes), `MINS` for Q4_1/Q5_1, `HB` (high bits) for Q5_0/Q5_1, `BLOCK` for `Order::Block`.
+///
+/// Over a long batch (more than `PREFETCH_MAX_TOKENS` tokens) a 4- or 5-bit group is first
+/// widened to whole code bytes (`widen`), once, and the tokens run over that copy: otherwise
+/// every pass (two tokens in llama.cpp's order) would split the nibbles and place the high bits
+/// again, about as many vector operations as the pass's own products. Same bits either way.
 unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: bool>(
     cols: usize,
     nt: usize,
@@ -72,6 +79,66 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: boo
         _ => GgmlType::Q8_0,
     };
     let g = Geometry::of(ty, cols).expect("packed type");
+    if (V == 4 || HB) && nt > PREFETCH_MAX_TOKENS {
+        assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
+        let wg = Geometry::bytes(MINS, g.nb);
+        WIDE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let lines = wg.group_bytes() / 64;
+            if buf.len() < lines {
+                buf.resize(lines, Line([0; 64]));
+            }
+            let wide = lines_bytes_mut(&mut buf[..lines]);
+            // SAFETY: the group holds `g` (checked above) and `wide` holds `wg`; the kernels'
+            // other operands are forwarded from the caller.
+            unsafe {
+                widen::<V, HB>(group.as_ptr(), g, wide.as_mut_ptr());
+                run_in::<8, MINS, false, BLOCK>(wg, nt, wide, a, pab, out, ostride, nr)
+            }
+        })
+    } else {
+        // SAFETY: forwarded from the caller.
+        unsafe { run_in::<V, MINS, HB, BLOCK>(g, nt, group, a, pab, out, ostride, nr) }
+    }
+}
+
+thread_local! {
+    /// Each thread's widened group (`run`).
+    static WIDE: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A group of geometry `g` at `w`, widened into `Geometry::bytes(g.mins(), g.nb)` at `dst`:
+/// each block's eight vectors as `block_vectors` builds them, then `d` (and `m`) copied.
+///
+/// # Safety
+/// `w` holds the group, `dst` (64-byte aligned) the widened group's bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn widen<const V: usize, const HB: bool>(w: *const u8, g: Geometry, dst: *mut u8) {
+    let wg = Geometry::bytes(g.mins(), g.nb);
+    // SAFETY: inside both groups, as the caller guarantees.
+    unsafe {
+        for b in 0..g.nb {
+            let wq = block_vectors::<V, HB>(w, g, b);
+            for (k, v) in wq.into_iter().enumerate() {
+                _mm512_store_si512(dst.add(b * wg.qb() + k * 64) as *mut __m512i, v);
+            }
+        }
+        let scales = g.nb * 32 * if g.mins() { 2 } else { 1 };
+        std::ptr::copy_nonoverlapping(w.add(g.d_at()), dst.add(wg.d_at()), scales);
+    }
+}
+
+/// `run` over a group of geometry `g` whose blocks have `V` quant vectors.
+unsafe fn run_in<const V: usize, const MINS: bool, const HB: bool, const BLOCK: bool>(
+    g: Geometry,
+    nt: usize,
+    group: &[u8],
+    a: &[u8],
+    pab: usize,
+    out: *mut f32,
+    ostride: usize,
+    nr: usize,
+) {
     let nb = g.nb;
     let (w, arow, gb) = (group.as_ptr(), nb * ACT_BLK, g.group_bytes());
     let step = gb / nb;
