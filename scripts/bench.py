@@ -233,7 +233,7 @@ def start_servers(a):
     return {k: v[:3] for k, v in servers.items()}
 
 
-QUANT_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
+QUANT_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16", "BF16", "F32"]
 
 
 def per_type(a, bw):

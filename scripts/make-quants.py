@@ -30,7 +30,7 @@ Without building llama-cpp-python: the `llama-quantize` target of the same vendo
 (built next to `llama-bench`, see docs/PERFORMANCE.md) gives the same files, byte for byte
 (every sha256 in quants.json reproduced, 2026-11-29):
 
-    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16; do
+    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16 BF16 F32; do
         llama-quantize --allow-requantize SmolLM2-135M-Instruct.Q4_1.gguf \
             DIR/SmolLM2-135M-Instruct.$t.gguf $t 2
     done
@@ -61,6 +61,8 @@ TYPES = {
     "Q5_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
     "Q6_K": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
     "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+    "BF16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+    "F32": llama_cpp.LLAMA_FTYPE_ALL_F32,
 }
 
 GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",

@@ -27,12 +27,23 @@ Other quantizations (made by `scripts/make-quants.py`, sha256s in
 `crates/ferry-models/tests/data/quants.json`) are accepted too; for those the output defaults to
 `crates/ferry-models/tests/data/llama_goldens.<TYPE>.json`:
 
-    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16; do
+    for t in Q4_0 Q8_0 Q4_K_M Q5_K_M Q6_K F16 BF16 F32; do
         /work/scratch/llamavenv/bin/python scripts/goldens/make_llama_goldens.py \
             $FERRY_QUANTS_DIR/SmolLM2-135M-Instruct.$t.gguf
     done
 
 Any file whose sha256 is in neither place is refused.
+
+Without building the wheel (about 10 minutes here): the same 0.3.36 sdist's `llama_cpp`
+package over the shared libraries of its vendored llama.cpp built as in docs/PERFORMANCE.md
+("Machine and versions", `-DGGML_NATIVE=ON`, AMX off), plus `typing_extensions`:
+
+    PYTHONPATH=<sdist>/llama_cpp_python-0.3.36 \
+    LLAMA_CPP_LIB_PATH=<sdist>/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin \
+        /work/scratch/llamavenv/bin/python scripts/goldens/make_llama_goldens.py <file>
+
+(The BF16 and F32 goldens were made so; it reproduces the committed Q8_0 goldens' cases
+exactly.)
 
 What it does, per fixed prompt (6 plain-text, 6 ChatML chat prompts):
 

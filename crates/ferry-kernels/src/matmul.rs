@@ -334,7 +334,7 @@ fn matmul_quantized(
         }
     }
     let tok_chunk = match (path, ty) {
-        (Path::Prepared(_), GgmlType::F16 | GgmlType::BF16) => TOK_CHUNK_H16,
+        (Path::Prepared(_), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) => TOK_CHUNK_H16,
         _ => TOK_CHUNK,
     };
     let tc = n_tokens.min(tok_chunk);

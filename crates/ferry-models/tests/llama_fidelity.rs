@@ -38,8 +38,21 @@ const MAX_MARGIN: f32 = 0.25;
 /// other ops, see docs/PERFORMANCE.md "fidelity"): in the default `Order::LlamaCpp` their
 /// logits must equal llama.cpp's up to the goldens' 4-decimal rounding, not just agree on the
 /// top-1. Every file is: the K-quant mixes' Q4_K/Q5_K/Q6_K tensors follow llama.cpp's tiled
-/// K-quant matmul (its batched path).
-const EXACT_TYPES: [&str; 7] = ["Q4_1", "Q4_0", "Q8_0", "F16", "Q6_K", "Q4_K_M", "Q5_K_M"];
+/// K-quant matmul (its batched path). BF16 too where the CPU has AVX-512 BF16, as the
+/// goldens' machine did: llama.cpp's BF16 products are then `vdpbf16ps`, which Ferry runs
+/// there as well (`exact`).
+const EXACT_TYPES: [&str; 8] = [
+    "Q4_1", "Q4_0", "Q8_0", "F16", "F32", "Q6_K", "Q4_K_M", "Q5_K_M",
+];
+
+/// Whether `label`'s logits must equal llama.cpp's (`EXACT_TYPES`).
+fn exact(label: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if label == "BF16" {
+        return std::arch::is_x86_feature_detected!("avx512bf16");
+    }
+    EXACT_TYPES.contains(&label)
+}
 /// Largest |ferry - llama.cpp| allowed on an `EXACT_TYPES` file (the goldens are rounded to
 /// 4 decimals; exact logits measure at most 0.0001).
 const EXACT_MAX_DIFF: f32 = 0.001;
@@ -367,7 +380,7 @@ fn check_agreement(e: &Env, cases: &[Case], label: &str) {
         100.0 * rate,
         100.0 * min_agreement
     );
-    if e.model.matmul_order() == Order::LlamaCpp && EXACT_TYPES.contains(&label) {
+    if e.model.matmul_order() == Order::LlamaCpp && exact(label) {
         assert!(
             max_abs <= EXACT_MAX_DIFF,
             "{label}: logits differ from llama.cpp's by up to {max_abs:.4} (> {EXACT_MAX_DIFF}): \
@@ -610,8 +623,10 @@ fn quants() -> Option<Vec<(String, PathBuf, Vec<Case>)>> {
         "no per-type goldens in {}",
         data_dir().display()
     );
-    // Fast kernels first, the F16 and scalar-Q5 files last.
-    const ORDER: [&str; 6] = ["Q4_0", "Q8_0", "Q6_K", "Q4_K_M", "Q5_K_M", "F16"];
+    // Fast kernels first, the float files last.
+    const ORDER: [&str; 8] = [
+        "Q4_0", "Q8_0", "Q6_K", "Q4_K_M", "Q5_K_M", "F16", "BF16", "F32",
+    ];
     out.sort_by_key(|t| ORDER.iter().position(|n| *n == t.0).unwrap_or(ORDER.len()));
     Some(out)
 }

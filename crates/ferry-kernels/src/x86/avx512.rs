@@ -2,7 +2,7 @@
 //! (Q4_0, Q4_1, Q8_0: two weight rows per 512-bit vector; Q5_0, Q5_1: two tokens per vector;
 //! each half following ggml's x86 per-output float ops; integer products with `vpdpbusd`), the
 //! K-quants (Q4_K, Q5_K, Q6_K: `vpmaddubsw` + `vpdpwssd`, in llama.cpp's tiled K-quant order)
-//! and the 16-bit float rows (F16, BF16). F32 and the quantizers come from the AVX2 module.
+//! and the float rows (F16, BF16, F32). The quantizers come from the AVX2 module.
 //!
 //! Every `unsafe` here is either a call of a `#[target_feature]` function (sound because these
 //! functions are reachable only through `BACKEND`, handed out after `detected()`), or a pointer
@@ -89,7 +89,16 @@ fn tile(ty: GgmlType) -> TileKernel {
             max_t: MAX_T,
         },
         GgmlType::BF16 => TileKernel {
-            f: tile_bf16,
+            f: if has_bf16() {
+                tile_bf16_pairs
+            } else {
+                tile_bf16
+            },
+            max_r: MAX_R,
+            max_t: MAX_T,
+        },
+        GgmlType::F32 => TileKernel {
+            f: tile_f32,
             max_r: MAX_R,
             max_t: MAX_T,
         },
@@ -542,7 +551,15 @@ fn prepared(ty: GgmlType) -> Option<PreparedKernel> {
     type Bytes = (fn(usize) -> usize, fn(usize) -> usize);
     let (w_bytes, prep_w, prep_a, f): (Bytes, PrepWFn, PrepFn, TileFn) = match ty {
         GgmlType::F16 => return Some(h16(prep_w_f16, prep_f16, tile_prep_f16)),
+        GgmlType::BF16 if has_bf16() => {
+            return Some(PreparedKernel {
+                w_bytes: prep_bytes_pairs,
+                a_bytes: prep_bytes_pairs,
+                ..h16(prep_w_bf16_pairs, prep_bf16_pairs, tile_prep_bf16_pairs)
+            })
+        }
         GgmlType::BF16 => return Some(h16(prep_w_bf16, prep_bf16, tile_prep_bf16)),
+        GgmlType::F32 => return Some(h16(prep_w_f32, prep_f32, tile_prep_f32)),
         GgmlType::Q5_0 => return Some(tok2(prep_w_q5_0, prep_a_q5_0, tile_prep_q5_0)),
         GgmlType::Q5_1 => return Some(tok2(prep_w_q5_1, prep_a_q5_1, tile_prep_q5_1)),
         GgmlType::Q4K => return Some(kq(prep_w_q4k, prep_a_q4k, tile_prep_q4k)),
@@ -1776,21 +1793,44 @@ tile_wrapper!(tile_q5k, Q5K::WTY, tile_kq, Q5K, QK_K);
 tile_wrapper!(tile_q6k, Q6K::WTY, tile_kq, Q6K, QK_K);
 
 // ---------------------------------------------------------------------------------------------
-// 16-bit float rows (F16 or BF16 weights × activations of the same type), tiled: 16 elements
-// per step, converted to f32 and multiplied with one FMA per (row, token) into 16 f32 lanes; a
-// ragged tail is a masked load of zeros. The lane sums are reduced once at the end.
+// Float rows (F16, BF16 or F32 weights × activations of the same type), tiled: 16 elements per
+// step, converted to f32 and multiplied with one FMA per (row, token) into 16 f32 lanes; a
+// ragged tail is a masked load of zeros. The lane sums are reduced once at the end
+// (`_mm512_reduce_add_ps`): tinyBLAS's `tinyBLAS<16, __m512, ...>` for these types, which
+// llama.cpp runs for every batch of two or more tokens on an AVX-512 CPU.
 
-trait Half16 {
+trait FloatRow {
     const TY: GgmlType;
-    /// The `k` (< 16, `k` > 0) 16-bit floats at `p` as f32, zeros after them.
+    /// Bytes per element.
+    const BYTES: usize;
+    /// The `k` (<= 16, `k` > 0) floats at `p` as f32, zeros after them.
     unsafe fn load(p: *const u8, k: usize) -> __m512;
 }
 
 struct F16;
 struct BF16;
+struct F32;
 
-impl Half16 for F16 {
+impl FloatRow for F32 {
+    const TY: GgmlType = GgmlType::F32;
+    const BYTES: usize = 4;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+    unsafe fn load(p: *const u8, k: usize) -> __m512 {
+        // SAFETY: the caller guarantees `k` readable f32 at `p`; the masked load reads no more.
+        unsafe {
+            if k >= 16 {
+                _mm512_loadu_ps(p as *const f32)
+            } else {
+                _mm512_maskz_loadu_ps(((1u32 << k) - 1) as u16, p as *const f32)
+            }
+        }
+    }
+}
+
+impl FloatRow for F16 {
     const TY: GgmlType = GgmlType::F16;
+    const BYTES: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load(p: *const u8, k: usize) -> __m512 {
@@ -1806,8 +1846,9 @@ impl Half16 for F16 {
     }
 }
 
-impl Half16 for BF16 {
+impl FloatRow for BF16 {
     const TY: GgmlType = GgmlType::BF16;
+    const BYTES: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load(p: *const u8, k: usize) -> __m512 {
@@ -1825,7 +1866,7 @@ impl Half16 for BF16 {
 
 /// `R` weight rows × `T` activation rows of `n` 16-bit floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
+unsafe fn tile_h16<K: FloatRow, const R: usize, const T: usize>(
     n: usize,
     w: *const u8,
     ws: usize,
@@ -1840,17 +1881,17 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
         // SAFETY: elements `i..i + k` of rows `< R` / `< T` lie inside the ranges
         // `check_tile` verified.
         unsafe {
-            if T <= 2 && i % 32 == 0 {
-                // At each cache line of the rows (32 elements).
-                super::prefetch_next_tile::<R>(w, ws, 2 * i);
+            if T <= 2 && (K::BYTES * i).is_multiple_of(64) {
+                // At each cache line of the rows.
+                super::prefetch_next_tile::<R>(w, ws, K::BYTES * i);
             }
-            let mut wv = [K::load(w.add(2 * i), k); R];
+            let mut wv = [K::load(w.add(K::BYTES * i), k); R];
             for (r, v) in wv.iter_mut().enumerate().skip(1) {
-                *v = K::load(w.add(r * ws + 2 * i), k);
+                *v = K::load(w.add(r * ws + K::BYTES * i), k);
             }
-            let mut av = [K::load(a.add(2 * i), k); T];
+            let mut av = [K::load(a.add(K::BYTES * i), k); T];
             for (t, v) in av.iter_mut().enumerate().skip(1) {
-                *v = K::load(a.add(t * as_ + 2 * i), k);
+                *v = K::load(a.add(t * as_ + K::BYTES * i), k);
             }
             for r in 0..R {
                 for t in 0..T {
@@ -1870,9 +1911,87 @@ unsafe fn tile_h16<K: Half16, const R: usize, const T: usize>(
 
 tile_wrapper!(tile_f16, F16::TY, tile_h16, F16, 1);
 tile_wrapper!(tile_bf16, BF16::TY, tile_h16, BF16, 1);
+tile_wrapper!(tile_f32, F32::TY, tile_h16, F32, 1);
+
+// BF16 rows on a CPU with AVX-512 BF16. llama.cpp runs its batches there with `vdpbf16ps`
+// (tinyBLAS's `tinyBLAS<32, __m512, __m512bh, ...>`): per (row, token), per 32 elements, lane
+// `i` of 16 f32 lanes takes `fma(w[2i], a[2i], fma(w[2i + 1], a[2i + 1], acc))` (the odd
+// element first: measured equal to the instruction on 3.2 million random lanes, and
+// `vdpbf16ps_is_two_fmas` tests it on every run), then `_mm512_reduce_add_ps`. Ferry does the
+// same two FMAs on the odd and even elements widened to f32: llama.cpp's bits, at the F32 FMA
+// rate (`vdpbf16ps` itself runs at half of it here). The one difference: `vdpbf16ps` treats
+// subnormal inputs and results as zero. A ragged tail is zeros (llama.cpp takes another path
+// there). Without AVX-512 BF16, llama.cpp (and Ferry) use the 16-lane order of `tile_h16`.
+
+/// Whether this CPU has AVX-512 BF16: then BF16 products follow `vdpbf16ps`'s order.
+fn has_bf16() -> bool {
+    is_x86_feature_detected!("avx512bf16")
+}
+
+/// The odd and even elements (as f32) of the `k` (<= 32, `k` > 0) bf16 at `p`, zeros after them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_pairs(p: *const u8, k: usize) -> (__m512, __m512) {
+    // SAFETY: the caller guarantees `k` readable bf16 at `p`; the masked load reads no more.
+    let v = unsafe {
+        if k >= 32 {
+            _mm512_loadu_si512(p as *const __m512i)
+        } else {
+            _mm512_maskz_loadu_epi16(((1u64 << k) - 1) as u32, p as *const i16)
+        }
+    };
+    let odd = _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+    let even = _mm512_slli_epi32::<16>(v);
+    (_mm512_castsi512_ps(odd), _mm512_castsi512_ps(even))
+}
+
+/// `R` BF16 weight rows × `T` BF16 activation rows of `n` elements in `vdpbf16ps`'s order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn tile_pairs<K: FloatRow, const R: usize, const T: usize>(
+    n: usize,
+    w: *const u8,
+    ws: usize,
+    a: *const u8,
+    as_: usize,
+    out: *mut f32,
+) {
+    debug_assert!(K::BYTES == 2);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut i = 0;
+    while i < n {
+        let k = (n - i).min(32);
+        // SAFETY: elements `i..i + k` of rows `< R` / `< T` lie inside the ranges
+        // `check_tile` verified.
+        unsafe {
+            if T <= 2 {
+                // Every step reads one cache line of each row.
+                super::prefetch_next_tile::<R>(w, ws, 2 * i);
+            }
+            let wv: [(__m512, __m512); R] =
+                std::array::from_fn(|r| load_pairs(w.add(r * ws + 2 * i), k));
+            let av: [(__m512, __m512); T] =
+                std::array::from_fn(|t| load_pairs(a.add(t * as_ + 2 * i), k));
+            for r in 0..R {
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv[r].0, av[t].0, acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(wv[r].1, av[t].1, acc[r][t]);
+                }
+            }
+        }
+        i += 32;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            // SAFETY: `out` holds at least R·T elements (checked by the caller).
+            unsafe { *out.add(r * T + t) = _mm512_reduce_add_ps(acc[r][t]) };
+        }
+    }
+}
+
+tile_wrapper!(tile_bf16_pairs, BF16::TY, tile_pairs, BF16, 1);
 
 // Prepared 16-bit float rows: widened to f32 once (16 lanes per chunk, the ragged last chunk
-// zero-filled exactly as `Half16::load` fills it), so `tile_prep_h16` only loads and runs the
+// zero-filled exactly as `FloatRow::load` fills it), so `tile_prep_h16` only loads and runs the
 // fused multiply-adds of `tile_h16` in the same order: the same bits.
 
 fn prep_bytes_h16(n: usize) -> usize {
@@ -1881,12 +2000,12 @@ fn prep_bytes_h16(n: usize) -> usize {
 
 /// Widen the `n` 16-bit floats at `src` into `dst` (`prep_bytes_h16(n)` bytes).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn prep_h16<K: Half16>(n: usize, src: *const u8, dst: *mut u8) {
+unsafe fn prep_h16<K: FloatRow>(n: usize, src: *const u8, dst: *mut u8) {
     let mut i = 0;
     while i < n {
         // SAFETY: the caller checked `n` elements at `src` and the prepared row's length.
         unsafe {
-            let v = K::load(src.add(2 * i), (n - i).min(16));
+            let v = K::load(src.add(K::BYTES * i), (n - i).min(16));
             _mm512_storeu_ps(dst.add(4 * i) as *mut f32, v);
         }
         i += 16;
@@ -1942,7 +2061,7 @@ fn hsum16(v: &[__m512; 16]) -> __m512 {
 /// `tile_h16` over prepared rows of `nc` chunks of 16 f32: per (row, token) the same FMAs in
 /// the same order, and the same reduction (`hsum16`), so the same bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-unsafe fn tile_prep_h16<K: Half16, const R: usize, const T: usize>(
+unsafe fn tile_prep_h16<K: FloatRow, const R: usize, const T: usize>(
     nc: usize,
     w: *const u8,
     ws: usize,
@@ -2015,13 +2134,13 @@ macro_rules! h16_match {
 macro_rules! prep_fns_h16 {
     ($k:ty, $prep_w:ident, $prep:ident, $tile:ident) => {
         fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
-            assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_h16(n));
+            assert!(src.len() >= <$k>::BYTES * n && dst.len() >= prep_bytes_h16(n));
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
             unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
         }
         /// A weight group: `$prep` per row.
         fn $prep_w(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
-            assert!((1..=H16_R).contains(&nr) && ss >= 2 * n && ds >= prep_bytes_h16(n));
+            assert!((1..=H16_R).contains(&nr) && ss >= <$k>::BYTES * n && ds >= prep_bytes_h16(n));
             for i in 0..nr {
                 $prep(n, &src[i * ss..], &mut dst[i * ds..]);
             }
@@ -2054,3 +2173,155 @@ macro_rules! prep_fns_h16 {
 }
 prep_fns_h16!(F16, prep_w_f16, prep_f16, tile_prep_f16);
 prep_fns_h16!(BF16, prep_w_bf16, prep_bf16, tile_prep_bf16);
+prep_fns_h16!(F32, prep_w_f32, prep_f32, tile_prep_f32);
+
+/// Bytes of a prepared BF16 row in `vdpbf16ps`'s order: per 32 elements, the odd elements'
+/// 16 f32, then the even elements'.
+fn prep_bytes_pairs(n: usize) -> usize {
+    n.div_ceil(32) * 128
+}
+
+/// Prepare the `n` bf16 at `src` into `dst` (`prep_bytes_pairs(n)` bytes).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn prep_pairs(n: usize, src: *const u8, dst: *mut u8) {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the caller checked `n` elements at `src` and the prepared row's length.
+        unsafe {
+            let (odd, even) = load_pairs(src.add(2 * i), (n - i).min(32));
+            _mm512_storeu_ps(dst.add(4 * i) as *mut f32, odd);
+            _mm512_storeu_ps(dst.add(4 * i + 64) as *mut f32, even);
+        }
+        i += 32;
+    }
+}
+
+fn prep_bf16_pairs(n: usize, src: &[u8], dst: &mut [u8]) {
+    assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_pairs(n));
+    // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
+    unsafe { prep_pairs(n, src.as_ptr(), dst.as_mut_ptr()) }
+}
+
+/// A weight group: `prep_bf16_pairs` per row.
+fn prep_w_bf16_pairs(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
+    assert!((1..=H16_R).contains(&nr) && ss >= 2 * n && ds >= prep_bytes_pairs(n));
+    for i in 0..nr {
+        prep_bf16_pairs(n, &src[i * ss..], &mut dst[i * ds..]);
+    }
+}
+
+/// `tile_pairs` over prepared rows: `tile_prep_h16` over their chunks of 16 f32 (odd, even,
+/// odd, ...), the same FMAs in the same order and the same reduction.
+fn tile_prep_bf16_pairs(
+    n: usize,
+    nr: usize,
+    nt: usize,
+    w: &[u8],
+    ws: usize,
+    a: &[u8],
+    as_: usize,
+    out: &mut [f32],
+) {
+    let pb = prep_bytes_pairs(n);
+    assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
+    assert!(
+        ws >= pb && w.len() >= (nr - 1) * ws + pb,
+        "weight tile out of bounds"
+    );
+    assert!(
+        as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
+        "activation tile out of bounds"
+    );
+    let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+    // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
+    unsafe { h16_match!(BF16, nr, nt, (2 * n.div_ceil(32), w, ws, a, as_, o)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vdpbf16ps` itself over `n` bf16 (a multiple of 32) of `w` and `a`, then
+    /// `_mm512_reduce_add_ps`: what llama.cpp computes per output.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn dpbf16(n: usize, w: &[u16], a: &[u16]) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..n).step_by(32) {
+            // SAFETY: `i + 32 <= n` elements of both; 64-byte unaligned loads.
+            unsafe {
+                let wv = _mm512_loadu_si512(w.as_ptr().add(i) as *const __m512i);
+                let av = _mm512_loadu_si512(a.as_ptr().add(i) as *const __m512i);
+                acc = _mm512_dpbf16_ps(
+                    acc,
+                    std::mem::transmute::<__m512i, __m512bh>(wv),
+                    std::mem::transmute::<__m512i, __m512bh>(av),
+                );
+            }
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[test]
+    fn vdpbf16ps_is_two_fmas() {
+        if !(detected() && has_bf16()) {
+            println!("NOT RUN: no AVX-512 BF16 here");
+            return;
+        }
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        // Normal bf16 of exponents 2^-27..2^26 and both signs (subnormals are where the
+        // instruction flushes and the FMAs do not).
+        let mut val = || {
+            let r = next();
+            ((r & 0x8000) | ((100 + (r >> 16) % 54) << 7) | ((r >> 32) & 0x7F)) as u16
+        };
+        let (rows, toks) = (5, 4);
+        for n in [32, 64, 576, 1536] {
+            let w: Vec<u16> = (0..rows * n).map(|_| val()).collect();
+            let a: Vec<u16> = (0..toks * n).map(|_| val()).collect();
+            let bytes = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            let (wb, ab) = (bytes(&w), bytes(&a));
+            for (r, t) in [(1, 1), (4, 4), (3, 2), (1, 3)] {
+                let mut out = vec![0f32; r * t];
+                tile_bf16_pairs(n, r, t, &wb, 2 * n, &ab, 2 * n, &mut out);
+                for i in 0..r {
+                    for j in 0..t {
+                        // SAFETY: AVX-512 BF16 detected above.
+                        let want = unsafe { dpbf16(n, &w[i * n..], &a[j * n..]) };
+                        assert_eq!(
+                            out[i * t + j].to_bits(),
+                            want.to_bits(),
+                            "n {n} row {i} token {j}"
+                        );
+                    }
+                }
+            }
+            // The prepared tile over the same rows.
+            let pb = prep_bytes_pairs(n);
+            let mut pw = vec![0u8; pb * rows];
+            let mut pa = vec![0u8; pb * toks];
+            prep_w_bf16_pairs(n, rows.min(H16_R), &wb, 2 * n, &mut pw, pb);
+            for j in 0..toks {
+                prep_bf16_pairs(n, &ab[j * 2 * n..], &mut pa[j * pb..]);
+            }
+            let mut out = vec![0f32; rows * toks];
+            tile_prep_bf16_pairs(n, rows, toks, &pw, pb, &pa, pb, &mut out);
+            for i in 0..rows {
+                for j in 0..toks {
+                    // SAFETY: AVX-512 BF16 detected above.
+                    let want = unsafe { dpbf16(n, &w[i * n..], &a[j * n..]) };
+                    assert_eq!(
+                        out[i * toks + j].to_bits(),
+                        want.to_bits(),
+                        "prepared n {n}"
+                    );
+                }
+            }
+        }
+    }
+}
