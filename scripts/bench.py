@@ -267,14 +267,19 @@ def per_type(a, bw):
                   f"llama.cpp {l['prefill_tps']:.1f}/{l['decode_tps']:.1f}{extra}  "
                   f"(pp512/tg128 tok/s)", file=sys.stderr)
     bo = " pp512 ferry, block order | ratio | tg128 ferry, block order | ratio |"
-    print(f"\n| type | MB read/token | pp512 ferry | pp512 llama.cpp | ratio | tg128 ferry | "
-          f"tg128 llama.cpp | ratio | ferry decode, % of bw bound |{bo if a.block_order else ''}")
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.block_order else ""))
+    # "paired": the median over repeats of each repeat's own ratio (Ferry and llama.cpp ran
+    # within the same minute), which the host's swings move less than medians taken per side.
+    print(f"\n| type | MB read/token | pp512 ferry | pp512 llama.cpp | ratio | paired | "
+          f"tg128 ferry | tg128 llama.cpp | ratio | paired | ferry decode, % of bw bound |"
+          f"{bo if a.block_order else ''}")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if a.block_order else ""))
     for t, x in res.items():
         fp, lp = med([d["prefill_tps"] for d in x["f"]]), med([d["prefill_tps"] for d in x["l"]])
         fd, ld = med([d["decode_tps"] for d in x["f"]]), med([d["decode_tps"] for d in x["l"]])
+        pair = lambda k: med([f[k] / l[k] for f, l in zip(x["f"], x["l"])])
         row = (f"| {t} | {x['bytes'] / 1e6:.1f} | {fp:.1f} | {lp:.1f} | {fp / lp:.2f}x | "
-               f"{fd:.1f} | {ld:.1f} | {fd / ld:.2f}x | {100 * fd * x['bytes'] / bw:.0f}% |")
+               f"{pair('prefill_tps'):.2f}x | {fd:.1f} | {ld:.1f} | {fd / ld:.2f}x | "
+               f"{pair('decode_tps'):.2f}x | {100 * fd * x['bytes'] / bw:.0f}% |")
         if x["b"]:
             bp, bd = med([d["prefill_tps"] for d in x["b"]]), med([d["decode_tps"] for d in x["b"]])
             row += f" {bp:.1f} | {bp / lp:.2f}x | {bd:.1f} | {bd / ld:.2f}x |"
