@@ -382,6 +382,15 @@ pub fn softmax_f16(s: &mut [f32]) {
     if s.is_empty() {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() {
+        // SAFETY: AVX-512F (and with it F16C) was detected.
+        return unsafe { softmax_f16_avx512(s) };
+    }
+    softmax_f16_body(s)
+}
+
+fn softmax_f16_body(s: &mut [f32]) {
     let max = max_f32(s);
     let mut sum = 0f64;
     for ch in s.chunks_mut(LANES) {
@@ -392,6 +401,44 @@ pub fn softmax_f16(s: &mut [f32]) {
         *v *= inv;
     }
     round_f16(s);
+}
+
+/// `softmax_f16` in one AVX-512 function: the same maximum, the same chunks of `exp` and
+/// their sums (`exp_sub_chunk_avx512`, inlined here instead of called per 16 scores), and
+/// each weight's multiply by `1 / sum` and rounding to f16 (nearest, ties to even) in one pass.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn softmax_f16_avx512(s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = s.chunks_exact(LANES);
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for ch in &mut chunks {
+        // SAFETY: 16 floats.
+        m = _mm512_max_ps(m, unsafe { _mm512_loadu_ps(ch.as_ptr()) });
+    }
+    let mut max = _mm512_reduce_max_ps(m);
+    for &v in chunks.remainder() {
+        max = if v > max { v } else { max };
+    }
+    let mut sum = 0f64;
+    for ch in s.chunks_mut(LANES) {
+        // SAFETY: AVX-512F is available; a chunk holds at most 16 floats.
+        sum += unsafe { vmath::x86::exp_sub_chunk_avx512(ch, max) } as f64;
+    }
+    let inv = _mm512_set1_ps((1.0 / sum) as f32);
+    for ch in s.chunks_mut(LANES) {
+        let k = ch.len();
+        let m: __mmask16 = if k == LANES { 0xFFFF } else { (1u16 << k) - 1 };
+        // SAFETY: the mask covers the chunk's `k` floats.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ch.as_ptr()), inv);
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            _mm512_mask_storeu_ps(ch.as_mut_ptr(), m, _mm512_cvtph_ps(h));
+        }
+    }
 }
 
 /// Add `n` value rows (`v[r * stride..][..hd]`) weighted by `w[..n]` into the 16-lane
@@ -773,6 +820,27 @@ impl AttnGroup {
 mod tests {
     use super::*;
     use crate::testutil::lcg;
+
+    /// The dispatched softmax (one AVX-512 pass where available) against the plain one, bit
+    /// for bit, over ragged lengths, with ties for the maximum and scores far below it.
+    #[test]
+    fn softmax_matches_plain_body() {
+        let mut seed = 9u64;
+        for n in (1..=40).chain([63, 64, 65, 200, 513]) {
+            let s: Vec<f32> = (0..n)
+                .map(|i| match i % 11 {
+                    3 => 7.5,
+                    7 => -90.0,
+                    _ => lcg(&mut seed) * 6.0,
+                })
+                .collect();
+            let (mut a, mut b) = (s.clone(), s);
+            softmax_f16(&mut a);
+            softmax_f16_body(&mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "n {n}");
+        }
+    }
 
     /// The whole head in the plainest form (f64 where llama.cpp uses it, `mul_add`,
     /// `ggml_expf_ref`, `half` conversions), against the dispatched pieces over ragged
