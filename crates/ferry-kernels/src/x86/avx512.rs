@@ -2130,17 +2130,30 @@ macro_rules! h16_match {
     };
 }
 
-/// The safe entry points of the prepared 16-bit float kernels for `$k`.
+/// The safe entry points of the prepared float-row kernels for `$k`: rows prepared by `$row`
+/// into `$bytes(n)` bytes of `$chunks(n)` chunks of 16 f32 (by default `prep_h16`: the
+/// elements in order), run by `tile_prep_h16`.
 macro_rules! prep_fns_h16 {
     ($k:ty, $prep_w:ident, $prep:ident, $tile:ident) => {
+        prep_fns_h16!(
+            $k,
+            $prep_w,
+            $prep,
+            $tile,
+            prep_bytes_h16,
+            prep_h16::<$k>,
+            |n: usize| n.div_ceil(16)
+        );
+    };
+    ($k:ty, $prep_w:ident, $prep:ident, $tile:ident, $bytes:expr, $row:expr, $chunks:expr) => {
         fn $prep(n: usize, src: &[u8], dst: &mut [u8]) {
-            assert!(src.len() >= <$k>::BYTES * n && dst.len() >= prep_bytes_h16(n));
+            assert!(src.len() >= <$k>::BYTES * n && dst.len() >= $bytes(n));
             // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { prep_h16::<$k>(n, src.as_ptr(), dst.as_mut_ptr()) }
+            unsafe { $row(n, src.as_ptr(), dst.as_mut_ptr()) }
         }
         /// A weight group: `$prep` per row.
         fn $prep_w(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
-            assert!((1..=H16_R).contains(&nr) && ss >= <$k>::BYTES * n && ds >= prep_bytes_h16(n));
+            assert!((1..=H16_R).contains(&nr) && ss >= <$k>::BYTES * n && ds >= $bytes(n));
             for i in 0..nr {
                 $prep(n, &src[i * ss..], &mut dst[i * ds..]);
             }
@@ -2155,7 +2168,7 @@ macro_rules! prep_fns_h16 {
             as_: usize,
             out: &mut [f32],
         ) {
-            let pb = prep_bytes_h16(n);
+            let pb = $bytes(n);
             assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
             assert!(
                 ws >= pb && w.len() >= (nr - 1) * ws + pb,
@@ -2167,7 +2180,7 @@ macro_rules! prep_fns_h16 {
             );
             let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
             // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-            unsafe { h16_match!($k, nr, nt, (n.div_ceil(16), w, ws, a, as_, o)) }
+            unsafe { h16_match!($k, nr, nt, ($chunks(n), w, ws, a, as_, o)) }
         }
     };
 }
@@ -2196,46 +2209,17 @@ unsafe fn prep_pairs(n: usize, src: *const u8, dst: *mut u8) {
     }
 }
 
-fn prep_bf16_pairs(n: usize, src: &[u8], dst: &mut [u8]) {
-    assert!(src.len() >= 2 * n && dst.len() >= prep_bytes_pairs(n));
-    // SAFETY: lengths checked; reachable only via `BACKEND`, used after `detected()`.
-    unsafe { prep_pairs(n, src.as_ptr(), dst.as_mut_ptr()) }
-}
-
-/// A weight group: `prep_bf16_pairs` per row.
-fn prep_w_bf16_pairs(n: usize, nr: usize, src: &[u8], ss: usize, dst: &mut [u8], ds: usize) {
-    assert!((1..=H16_R).contains(&nr) && ss >= 2 * n && ds >= prep_bytes_pairs(n));
-    for i in 0..nr {
-        prep_bf16_pairs(n, &src[i * ss..], &mut dst[i * ds..]);
-    }
-}
-
-/// `tile_pairs` over prepared rows: `tile_prep_h16` over their chunks of 16 f32 (odd, even,
-/// odd, ...), the same FMAs in the same order and the same reduction.
-fn tile_prep_bf16_pairs(
-    n: usize,
-    nr: usize,
-    nt: usize,
-    w: &[u8],
-    ws: usize,
-    a: &[u8],
-    as_: usize,
-    out: &mut [f32],
-) {
-    let pb = prep_bytes_pairs(n);
-    assert!(nr >= 1 && nt >= 1 && out.len() >= nr * nt);
-    assert!(
-        ws >= pb && w.len() >= (nr - 1) * ws + pb,
-        "weight tile out of bounds"
-    );
-    assert!(
-        as_ >= pb && a.len() >= (nt - 1) * as_ + pb,
-        "activation tile out of bounds"
-    );
-    let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-    // SAFETY: bounds checked above; reachable only via `BACKEND`, used after `detected()`.
-    unsafe { h16_match!(BF16, nr, nt, (2 * n.div_ceil(32), w, ws, a, as_, o)) }
-}
+// `tile_pairs` over prepared rows: `tile_prep_h16` over their chunks (odd, even, odd, ...), the
+// same FMAs in the same order and the same reduction.
+prep_fns_h16!(
+    BF16,
+    prep_w_bf16_pairs,
+    prep_bf16_pairs,
+    tile_prep_bf16_pairs,
+    prep_bytes_pairs,
+    prep_pairs,
+    |n: usize| 2 * n.div_ceil(32)
+);
 
 #[cfg(test)]
 mod tests {
