@@ -47,7 +47,11 @@ pub(crate) const DECODE_MAX_TOKENS: usize = 16;
 /// One cache line, the unit of the packed buffer (so every vector load is aligned).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Line(pub(crate) [u8; 64]);
+pub(crate) struct Line([u8; 64]);
+
+impl Line {
+    pub(crate) const ZERO: Self = Self([0; 64]);
+}
 
 /// A weight matrix in the x16 layout of the backend that packed it.
 pub struct PackedMatrix {
@@ -239,7 +243,7 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-pub(crate) fn lines_bytes(l: &[Line]) -> &[u8] {
+fn lines_bytes(l: &[Line]) -> &[u8] {
     // SAFETY: `Line` is 64 plain bytes with no padding.
     unsafe { std::slice::from_raw_parts(l.as_ptr() as *const u8, l.len() * 64) }
 }
@@ -254,7 +258,7 @@ fn pack_blocks(w: &Matrix<'_>) -> Option<Vec<Line>> {
     let g = Geometry::of(w.ty, w.cols)?;
     let groups = w.rows.div_ceil(GROUP);
     let lines = groups * g.group_bytes() / 64;
-    let mut data = vec![Line([0; 64]); lines];
+    let mut data = vec![Line::ZERO; lines];
     let rb = w.row_bytes();
     let buf = lines_bytes_mut(&mut data);
     for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
@@ -355,7 +359,7 @@ impl KGeometry {
 fn pack_k(w: &Matrix<'_>) -> Option<Vec<Line>> {
     let g = KGeometry::of(w.ty, w.cols)?;
     let groups = w.rows.div_ceil(GROUP);
-    let mut data = vec![Line([0; 64]); groups * g.group_bytes() / 64];
+    let mut data = vec![Line::ZERO; groups * g.group_bytes() / 64];
     let (rb, ts) = (w.row_bytes(), w.ty.type_size());
     // Where the quant bytes, the scales and `d` are in a GGML block.
     let (qs, sc, d) = if g.q6 {

@@ -1828,21 +1828,31 @@ impl FloatRow for F32 {
     }
 }
 
+/// The `k` (<= 16, `k` > 0) 16-bit values at `p`, zeros after them.
+///
+/// # Safety
+/// `k` values are readable at `p`; the masked load reads no more.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+unsafe fn load_halves(p: *const u8, k: usize) -> __m256i {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if k >= 16 {
+            _mm256_loadu_si256(p as *const __m256i)
+        } else {
+            _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
+        }
+    }
+}
+
 impl FloatRow for F16 {
     const TY: GgmlType = GgmlType::F16;
     const BYTES: usize = 2;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load(p: *const u8, k: usize) -> __m512 {
-        // SAFETY: the caller guarantees `k` readable f16 at `p`; the masked load reads no more.
-        unsafe {
-            let h = if k >= 16 {
-                _mm256_loadu_si256(p as *const __m256i)
-            } else {
-                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
-            };
-            _mm512_cvtph_ps(h)
-        }
+        // SAFETY: the caller guarantees `k` readable f16 at `p`.
+        _mm512_cvtph_ps(unsafe { load_halves(p, k) })
     }
 }
 
@@ -1852,15 +1862,9 @@ impl FloatRow for BF16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
     unsafe fn load(p: *const u8, k: usize) -> __m512 {
-        // SAFETY: the caller guarantees `k` readable bf16 at `p`; the masked load reads no more.
-        unsafe {
-            let h = if k >= 16 {
-                _mm256_loadu_si256(p as *const __m256i)
-            } else {
-                _mm256_maskz_loadu_epi16(((1u32 << k) - 1) as u16, p as *const i16)
-            };
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-        }
+        // SAFETY: the caller guarantees `k` readable bf16 at `p`.
+        let h = unsafe { load_halves(p, k) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
     }
 }
 

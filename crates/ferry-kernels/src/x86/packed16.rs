@@ -79,14 +79,15 @@ unsafe fn run<const V: usize, const MINS: bool, const HB: bool, const BLOCK: boo
         _ => GgmlType::Q8_0,
     };
     let g = Geometry::of(ty, cols).expect("packed type");
-    if (V == 4 || HB) && nt > PREFETCH_MAX_TOKENS {
+    // `V` 4: nibbles (Q5's high bits only come with them).
+    if V == 4 && nt > PREFETCH_MAX_TOKENS {
         assert!(group.len() >= g.group_bytes() && group.as_ptr().align_offset(64) == 0);
         let wg = Geometry::bytes(MINS, g.nb);
         WIDE.with(|buf| {
             let mut buf = buf.borrow_mut();
             let lines = wg.group_bytes() / 64;
             if buf.len() < lines {
-                buf.resize(lines, Line([0; 64]));
+                buf.resize(lines, Line::ZERO);
             }
             let wide = lines_bytes_mut(&mut buf[..lines]);
             // SAFETY: the group holds `g` (checked above) and `wide` holds `wg`; the kernels'
