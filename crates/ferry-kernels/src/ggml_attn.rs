@@ -154,8 +154,9 @@ struct Paged<'a, F> {
     block: &'a F,
 }
 
-/// Convert rows `p0..p0 + n` of an f16 cache into `dst` (`n` rows of `hd`, contiguous), one
-/// cache block's run of rows at a time.
+/// Convert rows `p0..p0 + n` of an f16 cache into `dst` (rows of `hd`), one cache block's run
+/// of rows at a time: row `p0 + r` to row `to(r)` of `dst` (`r` itself: contiguous, or a
+/// lane-major order for `accumulate_lanes`).
 fn load_rows_f16<F: Fn(usize) -> usize>(
     src: &[u16],
     at: &Paged<'_, F>,
@@ -163,6 +164,7 @@ fn load_rows_f16<F: Fn(usize) -> usize>(
     n: usize,
     hd: usize,
     dst: &mut [f32],
+    to: impl Fn(usize) -> usize,
 ) {
     let mut p = p0;
     while p < p0 + n {
@@ -170,17 +172,19 @@ fn load_rows_f16<F: Fn(usize) -> usize>(
         let cnt = (at.bs - r0).min(p0 + n - p);
         let base = (at.block)(p / at.bs) + r0 * at.stride;
         let src = &src[base..base + (cnt - 1) * at.stride + hd];
-        let dst = &mut dst[(p - p0) * hd..(p - p0 + cnt) * hd];
+        let first = p - p0;
         #[cfg(target_arch = "x86_64")]
         if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+            assert!((0..cnt).all(|r| (to(first + r) + 1) * hd <= dst.len()));
             // SAFETY: AVX-512F was detected; `src` holds the `cnt` rows of `hd` at `stride`
-            // and `dst` `cnt` rows of `hd` (sliced above).
-            unsafe { load_rows_avx512(src, at.stride, cnt, hd, dst) };
+            // and every destination row lies inside `dst` (asserted).
+            unsafe { load_rows_avx512(src, at.stride, cnt, hd, dst, |r| to(first + r)) };
             p += cnt;
             continue;
         }
-        for (r, d) in dst.chunks_exact_mut(hd).enumerate() {
-            load_f16(&src[r * at.stride..r * at.stride + hd], d);
+        for r in 0..cnt {
+            let d = to(first + r) * hd;
+            load_f16(&src[r * at.stride..r * at.stride + hd], &mut dst[d..d + hd]);
         }
         p += cnt;
     }
@@ -188,19 +192,28 @@ fn load_rows_f16<F: Fn(usize) -> usize>(
 
 /// # Safety
 /// The CPU must support AVX-512F; `hd` is a multiple of 16, `src` holds `n` rows of `hd` at
-/// `stride` (the last one may end the slice) and `dst` `n * hd` floats.
+/// `stride` (the last one may end the slice) and `dst` rows `to(r)` of `hd` for `r < n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn load_rows_avx512(src: &[u16], stride: usize, n: usize, hd: usize, dst: &mut [f32]) {
+unsafe fn load_rows_avx512(
+    src: &[u16],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    dst: &mut [f32],
+    to: impl Fn(usize) -> usize,
+) {
     use std::arch::x86_64::*;
     debug_assert!(n == 0 || src.len() >= (n - 1) * stride + hd);
-    debug_assert!(dst.len() >= n * hd);
     for r in 0..n {
+        let d = to(r) * hd;
+        debug_assert!(d + hd <= dst.len());
         for c in (0..hd).step_by(LANES) {
-            // SAFETY: row `r` holds `hd` halves at `r * stride`, `c + 16 <= hd`.
+            // SAFETY: row `r` holds `hd` halves at `r * stride`, `c + 16 <= hd`; row `to(r)`
+            // of `dst` holds `hd` floats.
             unsafe {
                 let h = _mm256_loadu_si256(src.as_ptr().add(r * stride + c) as *const __m256i);
-                _mm512_storeu_ps(dst.as_mut_ptr().add(r * hd + c), _mm512_cvtph_ps(h));
+                _mm512_storeu_ps(dst.as_mut_ptr().add(d + c), _mm512_cvtph_ps(h));
             }
         }
     }
@@ -565,6 +578,146 @@ unsafe fn accumulate_avx512<T: Row16>(
     }
 }
 
+/// `accumulate_lanes`' kernel for one head size.
+type LanesFn = unsafe fn(&[f32], usize, usize, usize, &[f32], usize, &[usize], &mut [f32]);
+
+/// The AVX-512 kernel of `accumulate_lanes` for head size `hd`, if there is one: `16 * NC`
+/// columns, `Q` queries per tile (`Q * NC` accumulators and `NC` value vectors in registers).
+fn lanes_kernel(hd: usize) -> Option<LanesFn> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() {
+        return match hd {
+            16 => Some(accumulate_lanes_avx512::<1, 8>),
+            32 => Some(accumulate_lanes_avx512::<2, 8>),
+            48 => Some(accumulate_lanes_avx512::<3, 8>),
+            64 => Some(accumulate_lanes_avx512::<4, 6>),
+            80 => Some(accumulate_lanes_avx512::<5, 4>),
+            96 => Some(accumulate_lanes_avx512::<6, 4>),
+            112 => Some(accumulate_lanes_avx512::<7, 3>),
+            128 => Some(accumulate_lanes_avx512::<8, 3>),
+            _ => None,
+        };
+    }
+    let _ = hd;
+    None
+}
+
+/// `accumulate` of one block of value rows for every query of a group at once. The block holds
+/// positions `c0..c0 + n` (`c0` a multiple of 16) converted in lane-major order: position
+/// `c0 + l + 16 m` at row `l * per_lane + m` of `rows`. Query `j` (at position `pos[j]`, weights
+/// `s[j * npos..]`, 16-lane accumulator `acc[j * 16 * hd..]`) takes the block's positions up to
+/// its own. Lane `l` of every query only ever receives positions `≡ l (mod 16)`, in position
+/// order, so per lane this is a matrix product (queries × rows of the lane × head columns)
+/// (the accumulators are not read in the first block, `c0 == 0`: every lane of every query
+/// starts from zero there and is written, rows or none)
+/// whose every output takes its terms in `k` order: tiled over several queries, each value
+/// vector is loaded once for all of them (one load per FMA in `accumulate`, one per `Q` here),
+/// and every accumulator receives the same FMAs in the same order as in `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_lanes(
+    rows: &[f32],
+    per_lane: usize,
+    c0: usize,
+    n: usize,
+    s: &[f32],
+    npos: usize,
+    pos: &[usize],
+    acc: &mut [f32],
+) {
+    let nq = pos.len();
+    let hd = acc.len() / (LANES * nq.max(1));
+    assert!(c0.is_multiple_of(LANES) && n <= LANES * per_lane);
+    assert!(rows.len() >= LANES * per_lane * hd && s.len() >= nq * npos);
+    assert!(acc.len() == nq * LANES * hd && pos.iter().all(|&p| p < npos));
+    let f = lanes_kernel(hd).expect("a lane kernel for this head size");
+    // SAFETY: the kernel is the one for this head size (AVX-512F detected); the bounds are
+    // asserted above.
+    unsafe { f(rows, per_lane, c0, n, s, npos, pos, acc) }
+}
+
+/// # Safety
+/// AVX-512F; the bounds `accumulate_lanes` asserts, with `hd = 16 * NC`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate_lanes_avx512<const NC: usize, const Q: usize>(
+    rows: &[f32],
+    per_lane: usize,
+    c0: usize,
+    n: usize,
+    s: &[f32],
+    npos: usize,
+    pos: &[usize],
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (hd, nq) = (16 * NC, pos.len());
+    let (ap, rp, sp) = (acc.as_mut_ptr(), rows.as_ptr(), s.as_ptr());
+    // SAFETY (all loads and stores): query `j < nq` owns `acc[j * 16 * hd..][..16 * hd]`, its
+    // weights for positions up to `pos[j] < npos` are `s[j * npos..]`; lane `l`'s row `m` of
+    // the block (`m < nl <= per_lane`) is `rows[(l * per_lane + m) * hd..][..hd]`.
+    for t in (0..nq).step_by(Q) {
+        // A short last tile repeats its last query: the copy computes the same values and
+        // stores them twice.
+        let qi: [usize; Q] = std::array::from_fn(|k| (t + k).min(nq - 1));
+        let first = c0 == 0;
+        for l in 0..LANES {
+            let nl = n.saturating_sub(l).div_ceil(LANES);
+            // Rows of this lane each query takes (positions `c0 + l + 16 m <= pos`).
+            let cnt: [usize; Q] = std::array::from_fn(|k| {
+                let p = pos[qi[k]];
+                if p >= c0 + l {
+                    ((p - c0 - l) / LANES + 1).min(nl)
+                } else {
+                    0
+                }
+            });
+            let most = cnt.iter().copied().max().unwrap_or(0);
+            if most == 0 && !first {
+                continue;
+            }
+            let common = cnt.iter().copied().min().unwrap_or(0);
+            let at = |k: usize, c: usize| qi[k] * LANES * hd + l * hd + 16 * c;
+            let mut a: [[__m512; NC]; Q] = std::array::from_fn(|k| {
+                std::array::from_fn(|c| {
+                    if first {
+                        _mm512_setzero_ps()
+                    } else {
+                        unsafe { _mm512_loadu_ps(ap.add(at(k, c))) }
+                    }
+                })
+            });
+            let wp: [*const f32; Q] =
+                std::array::from_fn(|k| unsafe { sp.add(qi[k] * npos + c0 + l) });
+            for m in 0..common {
+                let vr = unsafe { rp.add((l * per_lane + m) * hd) };
+                let vv: [__m512; NC] =
+                    std::array::from_fn(|c| unsafe { _mm512_loadu_ps(vr.add(16 * c)) });
+                for (ak, wk) in a.iter_mut().zip(&wp) {
+                    let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
+                    for (x, v) in ak.iter_mut().zip(&vv) {
+                        *x = _mm512_fmadd_ps(*v, w, *x);
+                    }
+                }
+            }
+            for ((ak, wk), &ck) in a.iter_mut().zip(&wp).zip(&cnt) {
+                for m in common..ck {
+                    let vr = unsafe { rp.add((l * per_lane + m) * hd) };
+                    let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
+                    for (c, x) in ak.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(vr.add(16 * c)) }, w, *x);
+                    }
+                }
+            }
+            for (k, ak) in a.iter().enumerate() {
+                for (c, x) in ak.iter().enumerate() {
+                    unsafe { _mm512_storeu_ps(ap.add(at(k, c)), *x) };
+                }
+            }
+        }
+    }
+}
+
 /// `scores` over keys stored as f16 bits (`k[p * stride..][..q.len()]`): the same values as
 /// `scores` on their f32 conversions, the same bits; each key chunk is converted in register
 /// (`vcvtph2ps`) on AVX-512, else through a row buffer. For a query that is alone on its KV
@@ -618,8 +771,38 @@ pub fn accumulate_h(w: &[f32], v: &[u16], stride: usize, n: usize, p0: usize, ac
 pub fn finish(acc: &[f32], out: &mut [f32]) {
     let hd = out.len();
     assert_eq!(acc.len(), hd * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX-512F was detected; the lengths were checked above.
+        return unsafe { finish_avx512(acc, out) };
+    }
     for (j, o) in out.iter_mut().enumerate() {
         *o = fold16(std::array::from_fn(|l| acc[l * hd + j]));
+    }
+}
+
+/// `finish` for 16 columns at a time: `fold16`'s levels as vertical adds of the lanes' rows
+/// (lane `l` + lane `l + w`, for `w` = 8, 4, 2, 1), the same additions per column.
+///
+/// # Safety
+/// AVX-512F; `out.len()` is a multiple of 16 and `acc.len() == 16 * out.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_avx512(acc: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = out.len();
+    for c in (0..hd).step_by(LANES) {
+        // SAFETY: lane `l`'s columns `c..c + 16` are `acc[l * hd + c..][..16]`, `c + 16 <= hd`.
+        let mut a: [__m512; LANES] =
+            std::array::from_fn(|l| unsafe { _mm512_loadu_ps(acc.as_ptr().add(l * hd + c)) });
+        let mut w = LANES / 2;
+        while w > 0 {
+            for i in 0..w {
+                a[i] = _mm512_add_ps(a[i], a[i + w]);
+            }
+            w /= 2;
+        }
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c), a[0]) };
     }
 }
 
@@ -706,13 +889,20 @@ impl AttnGroup {
         // Rows per converted block: ~32 KiB of f32, a multiple of 16 positions so that the
         // blocks start where `accumulate` keeps its lanes in registers.
         let rb = ((32768 / 4 / hd.max(1)) / LANES * LANES).max(LANES);
+        // Value rows per block for `accumulate_lanes`: ~128 KiB (in L2), so that each lane's
+        // tile of accumulators, loaded and stored once per block, takes more rows.
+        let lanes = lanes_kernel(hd).is_some();
+        let rbv = if lanes { 4 * rb } else { rb };
         if self.s.len() < nq * npos {
             self.s.resize(nq * npos, 0.0);
         }
-        if self.rows.len() < rb * hd {
-            self.rows.resize(rb * hd, 0.0);
+        if self.rows.len() < rbv * hd {
+            self.rows.resize(rbv * hd, 0.0);
         }
-        self.acc.clear();
+        if nq <= DIRECT_MAX || !lanes {
+            self.acc.clear();
+        }
+        // (`accumulate_lanes` writes every accumulator from zero in its first block.)
         self.acc.resize(nq * LANES * hd, 0.0);
         self.out.resize(nq * hd, 0.0);
         if nq <= DIRECT_MAX {
@@ -723,7 +913,7 @@ impl AttnGroup {
         let mut c0 = 0;
         while c0 < npos {
             let c1 = (c0 + rb).min(npos);
-            load_rows_f16(k, &at, c0, c1 - c0, hd, rows);
+            load_rows_f16(k, &at, c0, c1 - c0, hd, rows, |r| r);
             for (j, &p) in pos.iter().enumerate() {
                 if p >= c0 {
                     let n = c1.min(p + 1) - c0;
@@ -738,13 +928,22 @@ impl AttnGroup {
         }
         let mut c0 = 0;
         while c0 < npos {
-            let c1 = (c0 + rb).min(npos);
-            load_rows_f16(v, &at, c0, c1 - c0, hd, rows);
-            for (j, &p) in pos.iter().enumerate() {
-                if p >= c0 {
-                    let n = c1.min(p + 1) - c0;
-                    let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
-                    accumulate(&s[j * npos + c0..], rows, hd, n, c0, acc);
+            let c1 = (c0 + rbv).min(npos);
+            if lanes {
+                // Lane-major: row `r` of the block (position `c0 + r`, lane `r % 16`) at row
+                // `r % 16 * per_lane + r / 16`.
+                let per_lane = rbv / LANES;
+                let to = |r: usize| r % LANES * per_lane + r / LANES;
+                load_rows_f16(v, &at, c0, c1 - c0, hd, rows, to);
+                accumulate_lanes(rows, per_lane, c0, c1 - c0, s, npos, pos, &mut self.acc);
+            } else {
+                load_rows_f16(v, &at, c0, c1 - c0, hd, rows, |r| r);
+                for (j, &p) in pos.iter().enumerate() {
+                    if p >= c0 {
+                        let n = c1.min(p + 1) - c0;
+                        let acc = &mut self.acc[j * LANES * hd..(j + 1) * LANES * hd];
+                        accumulate(&s[j * npos + c0..], rows, hd, n, c0, acc);
+                    }
                 }
             }
             c0 = c1;
