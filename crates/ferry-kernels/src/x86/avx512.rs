@@ -2099,13 +2099,14 @@ unsafe fn tile_prep_h16<K: FloatRow, const R: usize, const T: usize>(
                 _mm512_setzero_ps()
             }
         });
-        let mut s = [0f32; 16];
-        // SAFETY: `s` holds 16 floats.
-        unsafe { _mm512_storeu_ps(s.as_mut_ptr(), hsum16(&v)) };
-        for j in 0..n {
-            // SAFETY: `out` holds at least R·T elements (checked by the caller).
-            unsafe { *out.add(i0 + j) = s[4 * (j % 4) + j / 4] };
-        }
+        // `hsum16` leaves sum `j` in lane `4 (j % 4) + j / 4`; in order, one vector store (a
+        // scalar store each made the caller's vector load of the tile wait for all of them).
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let sums = _mm512_permutexvar_ps(idx, hsum16(&v));
+        let m: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+        // SAFETY: `out` holds at least R·T elements (checked by the caller); the mask covers
+        // elements `i0..i0 + n` of them.
+        unsafe { _mm512_mask_storeu_ps(out.add(i0), m, sums) };
         i0 += 16;
     }
 }
