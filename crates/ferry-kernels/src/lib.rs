@@ -12,6 +12,7 @@ pub mod attn;
 pub mod dot;
 pub mod gemm;
 pub mod ggml_attn;
+mod hugemem;
 pub mod igemm;
 pub mod matmul;
 pub mod ops;

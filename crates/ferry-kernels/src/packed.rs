@@ -32,6 +32,7 @@
 //! model reads only its packed copy and the file's pages can leave the resident set.
 
 use crate::dot::{backend, Backend};
+use crate::hugemem::Lines;
 use crate::matmul::Matrix;
 use crate::quant::{GgmlType, Order};
 
@@ -61,7 +62,7 @@ pub struct PackedMatrix {
     pub(crate) cols: usize,
     /// How the kernels sum each output.
     pub(crate) order: Order,
-    data: Vec<Line>,
+    data: Lines,
 }
 
 /// Where things are in a group of a packed type.
@@ -254,11 +255,11 @@ pub(crate) fn lines_bytes_mut(l: &mut [Line]) -> &mut [u8] {
 }
 
 /// The x16 layout of the 32-element block types (see the module's documentation).
-fn pack_blocks(w: &Matrix<'_>) -> Option<Vec<Line>> {
+fn pack_blocks(w: &Matrix<'_>) -> Option<Lines> {
     let g = Geometry::of(w.ty, w.cols)?;
     let groups = w.rows.div_ceil(GROUP);
     let lines = groups * g.group_bytes() / 64;
-    let mut data = vec![Line::ZERO; lines];
+    let mut data = Lines::zeroed(lines);
     let rb = w.row_bytes();
     let buf = lines_bytes_mut(&mut data);
     for (gi, dst) in buf.chunks_exact_mut(g.group_bytes()).enumerate() {
@@ -356,10 +357,10 @@ impl KGeometry {
     }
 }
 
-fn pack_k(w: &Matrix<'_>) -> Option<Vec<Line>> {
+fn pack_k(w: &Matrix<'_>) -> Option<Lines> {
     let g = KGeometry::of(w.ty, w.cols)?;
     let groups = w.rows.div_ceil(GROUP);
-    let mut data = vec![Line::ZERO; groups * g.group_bytes() / 64];
+    let mut data = Lines::zeroed(groups * g.group_bytes() / 64);
     let (rb, ts) = (w.row_bytes(), w.ty.type_size());
     // Where the quant bytes, the scales and `d` are in a GGML block.
     let (qs, sc, d) = if g.q6 {
