@@ -9,11 +9,35 @@
 //! advised `MADV_HUGEPAGE`, which needs only the kernel's default `madvise` mode). A chunk is
 //! anonymous memory, zero until written and resident only where touched; it is unmapped when
 //! the last matrix cut from it is dropped.
+//!
+//! `HugeBytes` is the same memory for weights the kernels read in place (the float types, and
+//! every type where the CPU has no packed layout): a copy of the file's bytes.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use crate::packed::Line;
+use crate::packed::{lines_bytes, lines_bytes_mut, Line};
+
+/// A copy of some bytes in huge-page memory (see the module), 64-byte aligned.
+pub struct HugeBytes {
+    lines: Lines,
+    len: usize,
+}
+
+impl HugeBytes {
+    pub fn copy_of(b: &[u8]) -> Self {
+        let mut lines = Lines::zeroed(b.len().div_ceil(64));
+        lines_bytes_mut(&mut lines)[..b.len()].copy_from_slice(b);
+        Self {
+            lines,
+            len: b.len(),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &lines_bytes(&self.lines)[..self.len]
+    }
+}
 
 /// Huge page size on x86-64 and most aarch64 kernels.
 const HUGE: usize = 2 << 20;
@@ -173,7 +197,6 @@ impl Drop for Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packed::lines_bytes_mut;
 
     #[test]
     fn lines_are_zeroed_disjoint_and_outlive_their_chunk_handle() {
@@ -195,5 +218,9 @@ mod tests {
         #[cfg(unix)]
         assert_eq!(big.as_ptr() as usize % HUGE, 0);
         assert_eq!(Lines::zeroed(0).len(), 0);
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for n in [0, 1, 63, 64, 65, 1000] {
+            assert_eq!(HugeBytes::copy_of(&bytes[..n]).as_bytes(), &bytes[..n]);
+        }
     }
 }

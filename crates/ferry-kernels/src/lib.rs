@@ -25,6 +25,7 @@ pub mod vmath;
 mod x86;
 
 pub use dot::{backend_name, quantize_row_act_fast, vec_dot};
+pub use hugemem::HugeBytes;
 pub use matmul::{matmul, matmul_multi, MatmulScratch, Matrix};
 pub use packed::PackedMatrix;
 pub use pool::ThreadPool;

@@ -244,7 +244,7 @@ impl std::fmt::Debug for PackedMatrix {
     }
 }
 
-fn lines_bytes(l: &[Line]) -> &[u8] {
+pub(crate) fn lines_bytes(l: &[Line]) -> &[u8] {
     // SAFETY: `Line` is 64 plain bytes with no padding.
     unsafe { std::slice::from_raw_parts(l.as_ptr() as *const u8, l.len() * 64) }
 }
