@@ -3,7 +3,10 @@
 //! per (8 tokens, KV head), on one thread. Prints the best and median time of the layer over
 //! the repeats, so attention changes can be compared without the rest of a prefill.
 //!
-//! `cargo run --release -p ferry-kernels --example attn_bench -- [tokens] [repeats] [hd]`
+//! `cargo run --release -p ferry-kernels --example attn_bench -- [tokens] [repeats] [hd]
+//! [per_task] [last]`: `per_task` tokens per group (8, as prefill; 1 is a decode step's group),
+//! and only the last `last` tokens attend (default all; `1024 20 64 1 16` is 16 decode steps
+//! at context ~1024, one group each, like 16 streams' attention).
 
 use std::time::Instant;
 
@@ -13,6 +16,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().expect("a number"));
     let (n, reps, hd) = (arg(1, 512), arg(2, 20), arg(3, 64));
+    let (per_task, last) = (arg(4, 8), arg(5, usize::MAX).min(n));
     let (n_kv, group, block) = (3usize, 3usize, 16usize);
     let kvd = n_kv * hd;
     let mut seed = 1u64;
@@ -34,10 +38,10 @@ fn main() {
     let mut check = 0f32;
     for _ in 0..reps {
         let t0 = Instant::now();
-        for i0 in (0..n).step_by(8) {
+        for i0 in (n - last..n).step_by(per_task) {
             for kvh in 0..n_kv {
                 g.clear(hd);
-                for i in i0..(i0 + 8).min(n) {
+                for i in i0..(i0 + per_task).min(n) {
                     for h in 0..group {
                         let qh = (kvh * group + h) * hd;
                         let qi = i * n_kv * group * hd + qh;

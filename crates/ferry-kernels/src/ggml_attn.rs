@@ -578,23 +578,32 @@ unsafe fn accumulate_avx512<T: Row16>(
     }
 }
 
-/// `accumulate_lanes`' kernel for one head size.
-type LanesFn = unsafe fn(&[f32], usize, usize, usize, &[f32], usize, &[usize], &mut [f32]);
+/// One tile of `accumulate_lanes`: queries `t..t + nt` (`nt` at most the kernel's `Q`).
+type LanesFn =
+    unsafe fn(&[f32], usize, usize, usize, &[f32], usize, &[usize], &mut [f32], usize, usize);
 
-/// The AVX-512 kernel of `accumulate_lanes` for head size `hd`, if there is one: `16 * NC`
-/// columns, `Q` queries per tile (`Q * NC` accumulators and `NC` value vectors in registers).
-fn lanes_kernel(hd: usize) -> Option<LanesFn> {
+/// `accumulate_lanes_avx512::<NC, Q>` for each `Q` listed, largest first.
+macro_rules! lane_tiles {
+    ($nc:literal: $($q:literal),+) => {
+        &[$(($q, accumulate_lanes_avx512::<$nc, $q> as LanesFn)),+]
+    };
+}
+
+/// The AVX-512 kernels of `accumulate_lanes` for head size `hd = 16 * NC`, if there are: tiles
+/// of `Q` queries (`Q * NC` accumulators and `NC` value vectors in registers), largest first;
+/// a group's last queries take the smallest tile that holds them.
+fn lanes_kernels(hd: usize) -> Option<&'static [(usize, LanesFn)]> {
     #[cfg(target_arch = "x86_64")]
     if crate::gemm::has_avx512() {
         return match hd {
-            16 => Some(accumulate_lanes_avx512::<1, 8>),
-            32 => Some(accumulate_lanes_avx512::<2, 8>),
-            48 => Some(accumulate_lanes_avx512::<3, 8>),
-            64 => Some(accumulate_lanes_avx512::<4, 6>),
-            80 => Some(accumulate_lanes_avx512::<5, 4>),
-            96 => Some(accumulate_lanes_avx512::<6, 4>),
-            112 => Some(accumulate_lanes_avx512::<7, 3>),
-            128 => Some(accumulate_lanes_avx512::<8, 3>),
+            16 => Some(lane_tiles!(1: 8, 4, 3, 2, 1)),
+            32 => Some(lane_tiles!(2: 8, 4, 3, 2, 1)),
+            48 => Some(lane_tiles!(3: 8, 4, 3, 2, 1)),
+            64 => Some(lane_tiles!(4: 6, 4, 3, 2, 1)),
+            80 => Some(lane_tiles!(5: 4, 3, 2, 1)),
+            96 => Some(lane_tiles!(6: 4, 3, 2, 1)),
+            112 => Some(lane_tiles!(7: 3, 2, 1)),
+            128 => Some(lane_tiles!(8: 3, 2, 1)),
             _ => None,
         };
     }
@@ -629,14 +638,21 @@ fn accumulate_lanes(
     assert!(c0.is_multiple_of(LANES) && n <= LANES * per_lane);
     assert!(rows.len() >= LANES * per_lane * hd && s.len() >= nq * npos);
     assert!(acc.len() == nq * LANES * hd && pos.iter().all(|&p| p < npos));
-    let f = lanes_kernel(hd).expect("a lane kernel for this head size");
-    // SAFETY: the kernel is the one for this head size (AVX-512F detected); the bounds are
-    // asserted above.
-    unsafe { f(rows, per_lane, c0, n, s, npos, pos, acc) }
+    let ks = lanes_kernels(hd).expect("lane kernels for this head size");
+    let mut t = 0;
+    while t < nq {
+        let left = nq - t;
+        let &(q, f) = ks.iter().rev().find(|&&(q, _)| q >= left).unwrap_or(&ks[0]);
+        // SAFETY: the kernels are this head size's (AVX-512F detected); the bounds are asserted
+        // above, and queries `t..t + min(q, left)` exist.
+        unsafe { f(rows, per_lane, c0, n, s, npos, pos, acc, t, q.min(left)) };
+        t += q.min(left);
+    }
 }
 
 /// # Safety
-/// AVX-512F; the bounds `accumulate_lanes` asserts, with `hd = 16 * NC`.
+/// AVX-512F; the bounds `accumulate_lanes` asserts, with `hd = 16 * NC`; `1 <= nt <= Q` and
+/// `t + nt <= pos.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -649,17 +665,20 @@ unsafe fn accumulate_lanes_avx512<const NC: usize, const Q: usize>(
     npos: usize,
     pos: &[usize],
     acc: &mut [f32],
+    t: usize,
+    nt: usize,
 ) {
     use std::arch::x86_64::*;
-    let (hd, nq) = (16 * NC, pos.len());
+    let hd = 16 * NC;
+    debug_assert!(nt >= 1 && nt <= Q && t + nt <= pos.len());
     let (ap, rp, sp) = (acc.as_mut_ptr(), rows.as_ptr(), s.as_ptr());
     // SAFETY (all loads and stores): query `j < nq` owns `acc[j * 16 * hd..][..16 * hd]`, its
     // weights for positions up to `pos[j] < npos` are `s[j * npos..]`; lane `l`'s row `m` of
     // the block (`m < nl <= per_lane`) is `rows[(l * per_lane + m) * hd..][..hd]`.
-    for t in (0..nq).step_by(Q) {
-        // A short last tile repeats its last query: the copy computes the same values and
-        // stores them twice.
-        let qi: [usize; Q] = std::array::from_fn(|k| (t + k).min(nq - 1));
+    {
+        // A tile of fewer than `Q` queries repeats its last one: the copy computes the same
+        // values and stores them twice.
+        let qi: [usize; Q] = std::array::from_fn(|k| t + k.min(nt - 1));
         let first = c0 == 0;
         for l in 0..LANES {
             let nl = n.saturating_sub(l).div_ceil(LANES);
@@ -889,15 +908,12 @@ impl AttnGroup {
         // Rows per converted block: ~32 KiB of f32, a multiple of 16 positions so that the
         // blocks start where `accumulate` keeps its lanes in registers.
         let rb = ((32768 / 4 / hd.max(1)) / LANES * LANES).max(LANES);
-        // Value rows per block for `accumulate_lanes`: ~128 KiB (in L2), so that each lane's
-        // tile of accumulators, loaded and stored once per block, takes more rows.
-        let lanes = lanes_kernel(hd).is_some();
-        let rbv = if lanes { 4 * rb } else { rb };
+        let lanes = lanes_kernels(hd).is_some();
         if self.s.len() < nq * npos {
             self.s.resize(nq * npos, 0.0);
         }
-        if self.rows.len() < rbv * hd {
-            self.rows.resize(rbv * hd, 0.0);
+        if self.rows.len() < rb * hd {
+            self.rows.resize(rb * hd, 0.0);
         }
         if nq <= DIRECT_MAX || !lanes {
             self.acc.clear();
@@ -928,11 +944,11 @@ impl AttnGroup {
         }
         let mut c0 = 0;
         while c0 < npos {
-            let c1 = (c0 + rbv).min(npos);
+            let c1 = (c0 + rb).min(npos);
             if lanes {
                 // Lane-major: row `r` of the block (position `c0 + r`, lane `r % 16`) at row
                 // `r % 16 * per_lane + r / 16`.
-                let per_lane = rbv / LANES;
+                let per_lane = rb / LANES;
                 let to = |r: usize| r % LANES * per_lane + r / LANES;
                 load_rows_f16(v, &at, c0, c1 - c0, hd, rows, to);
                 accumulate_lanes(rows, per_lane, c0, c1 - c0, s, npos, pos, &mut self.acc);
