@@ -81,6 +81,21 @@ impl Drop for Lines {
         if self._chunk.is_none() {
             // SAFETY: `ptr`/`len` came from a `Box<[Line]>` leaked in `zeroed`, not freed since.
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+            return;
+        }
+        // The chunk may outlive this range (other matrices, or the chunk still being filled):
+        // give the range's whole pages back now (an unloaded model's weights must not stay
+        // resident). They read as zeros if touched again; nothing will, the range is not
+        // handed out twice.
+        #[cfg(target_os = "linux")]
+        {
+            let (start, end) = (self.ptr as usize, self.ptr as usize + self.len * 64);
+            let (a, b) = (start.next_multiple_of(4096), end / 4096 * 4096);
+            if b > a {
+                // SAFETY: `a..b` lies inside this range of the still-mapped chunk, owned by
+                // `self` alone.
+                unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+            }
         }
     }
 }
@@ -207,9 +222,10 @@ mod tests {
             assert!(b.iter().all(|&b| b == 0), "zeroed");
             b.fill(i as u8 + 1);
         }
-        // Dropping one leaves the others' bytes as written (disjoint ranges, chunk kept).
-        all.remove(1);
-        for (l, want) in all.iter_mut().zip([1u8, 3, 4, 5]) {
+        // Dropping one (its whole pages given back) leaves the others' bytes as written
+        // (disjoint ranges, chunk kept), also those sharing its first and last pages.
+        all.remove(2);
+        for (l, want) in all.iter_mut().zip([1u8, 2, 4, 5]) {
             assert!(lines_bytes_mut(l).iter().all(|&b| b == want));
         }
         // A matrix larger than half a chunk gets its own mapping, 2 MiB aligned.
