@@ -200,7 +200,8 @@ struct Layer {
     w_down: W,
 }
 
-/// A loaded llama-family model. Weights stay in the mapped file.
+/// A loaded llama-family model. Its matrices are read from copies made at load (packed, or
+/// copied into huge pages); the mapped file is still read for a packed token embedding's rows.
 pub struct Llama {
     pub cfg: LlamaConfig,
     file: Arc<GgufFile>,
