@@ -617,11 +617,11 @@ fn lanes_kernels(hd: usize) -> Option<&'static [(usize, LanesFn)]> {
 /// `s[j * npos..]`, 16-lane accumulator `acc[j * 16 * hd..]`) takes the block's positions up to
 /// its own. Lane `l` of every query only ever receives positions `≡ l (mod 16)`, in position
 /// order, so per lane this is a matrix product (queries × rows of the lane × head columns)
-/// (the accumulators are not read in the first block, `c0 == 0`: every lane of every query
-/// starts from zero there and is written, rows or none)
 /// whose every output takes its terms in `k` order: tiled over several queries, each value
-/// vector is loaded once for all of them (one load per FMA in `accumulate`, one per `Q` here),
-/// and every accumulator receives the same FMAs in the same order as in `accumulate`.
+/// vector is loaded once for all of them (one load per FMA in `accumulate`, one per tile here),
+/// and every accumulator receives the same FMAs in the same order as in `accumulate`. The
+/// accumulators are not read in the first block (`c0 == 0`): every lane of every query starts
+/// from zero there and is written, rows or none.
 #[allow(clippy::too_many_arguments)]
 fn accumulate_lanes(
     rows: &[f32],
@@ -672,66 +672,63 @@ unsafe fn accumulate_lanes_avx512<const NC: usize, const Q: usize>(
     let hd = 16 * NC;
     debug_assert!(nt >= 1 && nt <= Q && t + nt <= pos.len());
     let (ap, rp, sp) = (acc.as_mut_ptr(), rows.as_ptr(), s.as_ptr());
-    // SAFETY (all loads and stores): query `j < nq` owns `acc[j * 16 * hd..][..16 * hd]`, its
-    // weights for positions up to `pos[j] < npos` are `s[j * npos..]`; lane `l`'s row `m` of
-    // the block (`m < nl <= per_lane`) is `rows[(l * per_lane + m) * hd..][..hd]`.
-    {
-        // A tile of fewer than `Q` queries repeats its last one: the copy computes the same
-        // values and stores them twice.
-        let qi: [usize; Q] = std::array::from_fn(|k| t + k.min(nt - 1));
-        let first = c0 == 0;
-        for l in 0..LANES {
-            let nl = n.saturating_sub(l).div_ceil(LANES);
-            // Rows of this lane each query takes (positions `c0 + l + 16 m <= pos`).
-            let cnt: [usize; Q] = std::array::from_fn(|k| {
-                let p = pos[qi[k]];
-                if p >= c0 + l {
-                    ((p - c0 - l) / LANES + 1).min(nl)
+    // SAFETY (all loads and stores): query `j < pos.len()` owns `acc[j * 16 * hd..][..16 * hd]`,
+    // its weights for positions up to `pos[j] < npos` are `s[j * npos..]`; lane `l`'s row `m`
+    // of the block (`m < nl <= per_lane`) is `rows[(l * per_lane + m) * hd..][..hd]`.
+    // A tile of fewer than `Q` queries repeats its last one: the copy computes the same
+    // values and stores them twice.
+    let qi: [usize; Q] = std::array::from_fn(|k| t + k.min(nt - 1));
+    let first = c0 == 0;
+    for l in 0..LANES {
+        let nl = n.saturating_sub(l).div_ceil(LANES);
+        // Rows of this lane each query takes (positions `c0 + l + 16 m <= pos`).
+        let cnt: [usize; Q] = std::array::from_fn(|k| {
+            let p = pos[qi[k]];
+            if p >= c0 + l {
+                ((p - c0 - l) / LANES + 1).min(nl)
+            } else {
+                0
+            }
+        });
+        let most = cnt.iter().copied().max().unwrap_or(0);
+        if most == 0 && !first {
+            continue;
+        }
+        let common = cnt.iter().copied().min().unwrap_or(0);
+        let at = |k: usize, c: usize| qi[k] * LANES * hd + l * hd + 16 * c;
+        let mut a: [[__m512; NC]; Q] = std::array::from_fn(|k| {
+            std::array::from_fn(|c| {
+                if first {
+                    _mm512_setzero_ps()
                 } else {
-                    0
+                    unsafe { _mm512_loadu_ps(ap.add(at(k, c))) }
                 }
-            });
-            let most = cnt.iter().copied().max().unwrap_or(0);
-            if most == 0 && !first {
-                continue;
+            })
+        });
+        let wp: [*const f32; Q] = std::array::from_fn(|k| unsafe { sp.add(qi[k] * npos + c0 + l) });
+        for m in 0..common {
+            let vr = unsafe { rp.add((l * per_lane + m) * hd) };
+            let vv: [__m512; NC] =
+                std::array::from_fn(|c| unsafe { _mm512_loadu_ps(vr.add(16 * c)) });
+            for (ak, wk) in a.iter_mut().zip(&wp) {
+                let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
+                for (x, v) in ak.iter_mut().zip(&vv) {
+                    *x = _mm512_fmadd_ps(*v, w, *x);
+                }
             }
-            let common = cnt.iter().copied().min().unwrap_or(0);
-            let at = |k: usize, c: usize| qi[k] * LANES * hd + l * hd + 16 * c;
-            let mut a: [[__m512; NC]; Q] = std::array::from_fn(|k| {
-                std::array::from_fn(|c| {
-                    if first {
-                        _mm512_setzero_ps()
-                    } else {
-                        unsafe { _mm512_loadu_ps(ap.add(at(k, c))) }
-                    }
-                })
-            });
-            let wp: [*const f32; Q] =
-                std::array::from_fn(|k| unsafe { sp.add(qi[k] * npos + c0 + l) });
-            for m in 0..common {
+        }
+        for ((ak, wk), &ck) in a.iter_mut().zip(&wp).zip(&cnt) {
+            for m in common..ck {
                 let vr = unsafe { rp.add((l * per_lane + m) * hd) };
-                let vv: [__m512; NC] =
-                    std::array::from_fn(|c| unsafe { _mm512_loadu_ps(vr.add(16 * c)) });
-                for (ak, wk) in a.iter_mut().zip(&wp) {
-                    let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
-                    for (x, v) in ak.iter_mut().zip(&vv) {
-                        *x = _mm512_fmadd_ps(*v, w, *x);
-                    }
+                let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
+                for (c, x) in ak.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(vr.add(16 * c)) }, w, *x);
                 }
             }
-            for ((ak, wk), &ck) in a.iter_mut().zip(&wp).zip(&cnt) {
-                for m in common..ck {
-                    let vr = unsafe { rp.add((l * per_lane + m) * hd) };
-                    let w = _mm512_set1_ps(unsafe { *wk.add(LANES * m) });
-                    for (c, x) in ak.iter_mut().enumerate() {
-                        *x = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(vr.add(16 * c)) }, w, *x);
-                    }
-                }
-            }
-            for (k, ak) in a.iter().enumerate() {
-                for (c, x) in ak.iter().enumerate() {
-                    unsafe { _mm512_storeu_ps(ap.add(at(k, c)), *x) };
-                }
+        }
+        for (k, ak) in a.iter().enumerate() {
+            for (c, x) in ak.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(ap.add(at(k, c)), *x) };
             }
         }
     }

@@ -2099,8 +2099,8 @@ unsafe fn tile_prep_h16<K: FloatRow, const R: usize, const T: usize>(
                 _mm512_setzero_ps()
             }
         });
-        // `hsum16` leaves sum `j` in lane `4 (j % 4) + j / 4`; in order, one vector store (a
-        // scalar store each made the caller's vector load of the tile wait for all of them).
+        // `hsum16` leaves sum `j` in lane `4 (j % 4) + j / 4`: put in order, one masked vector
+        // store instead of a scalar store per sum.
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         let sums = _mm512_permutexvar_ps(idx, hsum16(&v));
         let m: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
