@@ -50,7 +50,7 @@ pub(crate) struct Lines {
     ptr: *mut Line,
     len: usize,
     /// Keeps the memory mapped (`None`: `ptr` is a leaked `Box<[Line]>`'s, freed on drop).
-    _chunk: Option<Arc<Chunk>>,
+    chunk: Option<Arc<Chunk>>,
 }
 
 // SAFETY: `Lines` owns its range like a `Vec<Line>` does; the shared chunk is only mapped and
@@ -71,14 +71,14 @@ impl Lines {
         Self {
             ptr: Box::into_raw(b) as *mut Line,
             len: n,
-            _chunk: None,
+            chunk: None,
         }
     }
 }
 
 impl Drop for Lines {
     fn drop(&mut self) {
-        if self._chunk.is_none() {
+        if self.chunk.is_none() {
             // SAFETY: `ptr`/`len` came from a `Box<[Line]>` leaked in `zeroed`, not freed since.
             drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
             return;
@@ -138,7 +138,7 @@ fn from_chunk(n: usize) -> Option<Lines> {
         return Some(Lines {
             ptr: c.base,
             len: n,
-            _chunk: Some(c),
+            chunk: Some(c),
         });
     }
     let mut cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,7 +153,7 @@ fn from_chunk(n: usize) -> Option<Lines> {
     Some(Lines {
         ptr,
         len: n,
-        _chunk: Some(c.clone()),
+        chunk: Some(c.clone()),
     })
 }
 
